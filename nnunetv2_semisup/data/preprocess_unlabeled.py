@@ -1,0 +1,232 @@
+"""``nnUNetv2_semisup_preprocess``: preprocess ``imagesUnlabeled/`` with the dataset's own plans.
+
+Every unlabeled scan goes through the configuration's own nnU-Net preprocessor (``run_case`` without a
+segmentation: transpose, crop to nonzero, normalise, resample) and is stored like nnU-Net's cases in
+``nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled/`` with empty ``class_locations``. A separate folder,
+so nnU-Net's splits, ``fold all`` and validation only ever see labeled cases.
+
+Writes are atomic per case (temporary sub-folder, then renames with the data file last), so an interrupted run
+leaves no half-written case and a re-run only processes what is missing.
+"""
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+from typing import List
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+
+from nnunetv2_semisup.data.unlabeled_raw import UnlabeledDataError, find_unlabeled_cases
+from nnunetv2_semisup.trainer_dir import ext_trainer_env_problem
+
+STATE_FILE = "semisup_preprocess.json"
+
+
+def unlabeled_folder_name(data_identifier: str) -> str:
+    return data_identifier + "_unlabeled"
+
+
+def _dataset_class_files(dataset_class, case: str) -> List[str]:
+    """Files one case consists of, data file LAST (its presence marks a complete case)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    if issubclass(dataset_class, nnUNetDatasetBlosc2):
+        return [case + "_seg.b2nd", case + ".pkl", case + ".b2nd"]
+    return [case + ".pkl", case + ".npz"]
+
+
+def _configuration_fingerprint(plans: dict, configuration_manager, plans_identifier: str, configuration: str) -> dict:
+    blob = json.dumps({"conf": configuration_manager.configuration,
+                       "norm": plans.get("foreground_intensity_properties_per_channel"),
+                       "transpose": plans.get("transpose_forward")}, sort_keys=True, default=str)
+    return {"plans_identifier": plans_identifier, "configuration": configuration,
+            "sha256": hashlib.sha256(blob.encode()).hexdigest()}
+
+
+def preprocess_unlabeled_case(case: str, image_files: List[str], output_folder: str, plans: dict,
+                              configuration: str, dataset_json: dict, dataset_class) -> None:
+    """Preprocess one unlabeled case exactly like nnU-Net's preprocessor does an unlabeled (test) image."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2, comp_blosc2_params
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(configuration)
+    preprocessor = configuration_manager.preprocessor_class(verbose=False)
+    data, seg, properties = preprocessor.run_case(image_files, None, plans_manager, configuration_manager,
+                                                  dataset_json)
+    if data.shape[0] != len(dataset_json["channel_names"]):
+        raise UnlabeledDataError(
+            f"Unlabeled case '{case}' ({image_files}) has {data.shape[0]} channel(s) after reading, dataset.json "
+            f"declares {len(dataset_json['channel_names'])} ({dict(dataset_json['channel_names'])}). Store one "
+            f"single-channel image per channel file.")
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    # Same keys as labeled cases, no locations: foreground-forced crops fall back to uniform ones.
+    properties["class_locations"] = {k: [] for k in (label_manager.foreground_regions if label_manager.has_regions
+                                                     else label_manager.foreground_labels)}
+    data = data.astype(np.float32, copy=False)
+    seg = seg.astype(np.int16, copy=False)  # 0 inside the nonzero mask, -1 outside, like nnU-Net
+
+    tmp = os.path.join(output_folder, f".tmp_{case}_{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        if issubclass(dataset_class, nnUNetDatasetBlosc2):
+            patch = tuple(configuration_manager.patch_size)
+            blocks, chunks = comp_blosc2_params(data.shape, patch, data.itemsize)
+            blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch, seg.itemsize)
+            dataset_class.save_case(data, seg, properties, os.path.join(tmp, case), chunks=chunks, blocks=blocks,
+                                    chunks_seg=chunks_seg, blocks_seg=blocks_seg)
+        else:
+            dataset_class.save_case(data, seg, properties, os.path.join(tmp, case))
+        for f in _dataset_class_files(dataset_class, case):
+            os.replace(os.path.join(tmp, f), os.path.join(output_folder, f))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_complete(output_folder: str, dataset_class, case: str) -> bool:
+    return all(os.path.isfile(os.path.join(output_folder, f)) for f in _dataset_class_files(dataset_class, case))
+
+
+def _remove_case(output_folder: str, dataset_class, case: str) -> None:
+    for f in _dataset_class_files(dataset_class, case):
+        p = os.path.join(output_folder, f)
+        if os.path.isfile(p):
+            os.remove(p)
+
+
+def _existing_cases(output_folder: str, dataset_class) -> set:
+    suffix = _dataset_class_files(dataset_class, "")[-1]
+    return {f[: -len(suffix)] for f in os.listdir(output_folder) if f.endswith(suffix) and not f.startswith(".")
+            and not f.endswith("_seg" + suffix)}
+
+
+def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_identifier: str = "nnUNetPlans",
+                         num_processes: int = 4, overwrite: bool = False, verbose: bool = True) -> dict:
+    """Preprocess all unlabeled scans of a dataset for the given configurations.
+
+    Returns ``{configuration: output_folder}``. Raises UnlabeledDataError with the command to run when the
+    dataset has not been planned/preprocessed, or the unlabeled raw data are missing or malformed.
+    """
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    except RuntimeError as e:
+        raise UnlabeledDataError(f"Dataset {dataset_name_or_id} not found: {e}") from e
+    raw_folder = os.path.join(nnUNet_raw, dataset_name)
+    pp_base = os.path.join(nnUNet_preprocessed, dataset_name)
+    plans_file = os.path.join(pp_base, plans_identifier + ".json")
+    plan_cmd = f"nnUNetv2_plan_and_preprocess -d {dataset_name_or_id} -c {' '.join(configurations)}"
+    if not os.path.isfile(plans_file):
+        raise UnlabeledDataError(
+            f"Plans file {plans_file} not found: the dataset has not been planned yet. Run `{plan_cmd}` first "
+            f"(stock nnU-Net, labeled cases), then this command again.")
+    dataset_json_file = os.path.join(pp_base, "dataset.json")
+    if not os.path.isfile(dataset_json_file):
+        raise UnlabeledDataError(f"{dataset_json_file} not found. Run `{plan_cmd}` first.")
+    plans = load_json(plans_file)
+    dataset_json = load_json(dataset_json_file)
+    # the raw dataset.json carries the "semisup" record (e.g. the transductive flag) written by the converters
+    raw_dataset_json_file = os.path.join(raw_folder, "dataset.json")
+    raw_dataset_json = load_json(raw_dataset_json_file) if os.path.isfile(raw_dataset_json_file) else dataset_json
+    cases = find_unlabeled_cases(raw_folder, {**dataset_json, "semisup": raw_dataset_json.get("semisup", {})})
+    plans_manager = PlansManager(plans)
+
+    outputs = {}
+    for configuration in configurations:
+        if configuration not in plans_manager.available_configurations:
+            raise UnlabeledDataError(
+                f"Configuration '{configuration}' is not in {plans_file} (available: "
+                f"{plans_manager.available_configurations}). 3d_lowres only exists for large images.")
+        configuration_manager = plans_manager.get_configuration(configuration)
+        labeled_folder = os.path.join(pp_base, configuration_manager.data_identifier)
+        if not os.path.isdir(labeled_folder) or not os.listdir(labeled_folder):
+            raise UnlabeledDataError(
+                f"Preprocessed labeled data {labeled_folder} not found: run `nnUNetv2_plan_and_preprocess -d "
+                f"{dataset_name_or_id} -c {configuration}` (or nnUNetv2_preprocess) first.")
+        dataset_class = infer_dataset_class(labeled_folder)
+        out = os.path.join(pp_base, unlabeled_folder_name(configuration_manager.data_identifier))
+        fingerprint = _configuration_fingerprint(plans, configuration_manager, plans_identifier, configuration)
+        state_file = os.path.join(out, STATE_FILE)
+        if overwrite and os.path.isdir(out):
+            shutil.rmtree(out)
+        os.makedirs(out, exist_ok=True)
+        if os.path.isfile(state_file) and load_json(state_file) != fingerprint:
+            raise UnlabeledDataError(
+                f"{out} was preprocessed with different plans than the current {plans_file} (configuration "
+                f"'{configuration}'). Re-run with --overwrite to redo all unlabeled cases.")
+        save_json(fingerprint, state_file)
+        for stale in [d for d in os.listdir(out) if d.startswith(".tmp_")]:
+            shutil.rmtree(os.path.join(out, stale), ignore_errors=True)  # leftovers of an interrupted run
+        for removed in sorted(_existing_cases(out, dataset_class) - set(cases)):
+            print(f"Removing {removed} from {out}: no longer in imagesUnlabeled")
+            _remove_case(out, dataset_class, removed)
+
+        todo = [c for c in cases if not _is_complete(out, dataset_class, c)]
+        if verbose:
+            print(f"{configuration}: {len(cases)} unlabeled cases, {len(cases) - len(todo)} already done, "
+                  f"{len(todo)} to preprocess -> {out}")
+        args = [(c, cases[c], out, plans, configuration, dataset_json, dataset_class) for c in todo]
+        if num_processes <= 1 or len(args) <= 1:
+            for a in args:
+                preprocess_unlabeled_case(*a)
+        else:
+            with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+                pool.starmap(preprocess_unlabeled_case, args)
+        outputs[configuration] = out
+
+    install_semisup_splits(raw_folder, pp_base, verbose=verbose)
+    return outputs
+
+
+def install_semisup_splits(raw_folder: str, preprocessed_folder: str, verbose: bool = True) -> bool:
+    """Copy ``splits_semisup.json`` of the raw dataset to ``splits_final.json`` unless one exists."""
+    src = os.path.join(raw_folder, "splits_semisup.json")
+    dst = os.path.join(preprocessed_folder, "splits_final.json")
+    if not os.path.isfile(src):
+        return False
+    if os.path.isfile(dst):
+        if verbose and load_json(dst) != load_json(src):
+            print(f"Note: {dst} exists and differs from {src}; keeping the existing nnU-Net split.")
+        return False
+    tmp = dst + ".tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    if verbose:
+        print(f"Installed {src} as {dst} (train with fold 0)")
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_semisup_preprocess",
+        description="Preprocess nnUNet_raw/DatasetXXX/imagesUnlabeled/ with the dataset's nnU-Net plans "
+                    "(run after nnUNetv2_plan_and_preprocess). Output: <data_identifier>_unlabeled/ next to "
+                    "nnU-Net's preprocessed folders. Re-running only processes missing cases.")
+    parser.add_argument("-d", required=True, help="dataset name or ID")
+    parser.add_argument("-c", nargs="+", default=["3d_fullres"],
+                        help="configuration(s), e.g. 2d 3d_fullres 3d_lowres (default: 3d_fullres)")
+    parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    parser.add_argument("-np", type=int, default=4, help="number of processes (default: 4)")
+    parser.add_argument("--overwrite", action="store_true", help="redo every case (e.g. after re-planning)")
+    args = parser.parse_args(argv)
+    try:
+        preprocess_unlabeled(args.d, args.c, args.plans, args.np, args.overwrite)
+    except UnlabeledDataError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    problem = ext_trainer_env_problem()
+    if problem:
+        print(f"\nNote: {problem}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Hard pseudo-labels of the unlabeled cases, for foreground-aware unlabeled crops (and for users to inspect).
+
+Prediction reuses nnU-Net's sliding-window predictor on the preprocessed unlabeled arrays (no TTA); the class
+locations are sampled with nnU-Net's own ``_sample_foreground_locations`` exactly as preprocessing does for
+labeled cases, so nnU-Net's ``nnUNetDataLoader`` uses them unchanged.
+"""
+import os
+import warnings
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from nnunetv2.inference.export_prediction import export_prediction_from_logits
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+
+def predict_class_locations(trainer, network: torch.nn.Module, dataset, export_folder: Optional[str] = None
+                            ) -> Dict[str, dict]:
+    """``{case: class_locations}`` of the argmax of ``network`` on every case of ``dataset``."""
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=trainer.device.type == "cuda", device=trainer.device,
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager, None,
+                                    trainer.dataset_json, trainer.__class__.__name__, None)
+    label_manager = trainer.label_manager
+    if label_manager.has_regions:
+        raise NotImplementedError("pseudo-label class locations are not supported for region-based training")
+    if export_folder is not None:
+        os.makedirs(export_folder, exist_ok=True)
+    locations = {}
+    for case in dataset.identifiers:
+        data, _, _, properties = dataset.load_case(case)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:]))).cpu()
+        seg = logits.argmax(0).numpy().astype(np.int16)
+        locations[case] = DefaultPreprocessor._sample_foreground_locations(
+            seg[None], label_manager.foreground_labels, seed=1234)
+        if export_folder is not None:
+            export_prediction_from_logits(logits, properties, trainer.configuration_manager, trainer.plans_manager,
+                                          trainer.dataset_json, os.path.join(export_folder, case), False,
+                                          num_threads_torch=1)
+    return locations

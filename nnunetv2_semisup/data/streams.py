@@ -1,0 +1,103 @@
+"""Training data streams: one augmented nnU-Net loader per stream, resizable per epoch, and the iterator that
+joins the labeled and unlabeled streams into one batch dict for ``train_step``.
+"""
+from typing import Optional
+
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+
+class AugmentedStream:
+    """nnU-Net's ``nnUNetDataLoader`` + augmentations in background workers, with a batch size that can change.
+
+    Changing the batch size restarts the workers (cheap relative to an epoch, and rare: LRG changes the
+    composition a handful of times per run). A batch size of 0 means the stream is idle.
+    """
+
+    def __init__(self, dataset, initial_patch_size, final_patch_size, label_manager, transforms,
+                 oversample_foreground_percent: float, probabilistic_oversampling: bool, num_processes: int,
+                 pin_memory: bool):
+        self.dataset = dataset
+        self.initial_patch_size = initial_patch_size
+        self.final_patch_size = final_patch_size
+        self.label_manager = label_manager
+        self.transforms = transforms
+        self.oversample_foreground_percent = oversample_foreground_percent
+        self.probabilistic_oversampling = probabilistic_oversampling
+        self.num_processes = num_processes
+        self.pin_memory = pin_memory
+        self.batch_size = 0
+        self.augmenter = None
+
+    def _build(self):
+        loader = nnUNetDataLoader(self.dataset, self.batch_size, self.initial_patch_size, self.final_patch_size,
+                                  self.label_manager, oversample_foreground_percent=self.oversample_foreground_percent,
+                                  sampling_probabilities=None, pad_sides=None, transforms=self.transforms,
+                                  probabilistic_oversampling=self.probabilistic_oversampling)
+        if self.num_processes == 0:
+            return SingleThreadedAugmenter(loader, None)
+        return NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=self.num_processes,
+                                            num_cached=max(6, self.num_processes // 2), seeds=None,
+                                            pin_memory=self.pin_memory, wait_time=0.002)
+
+    def set_batch_size(self, batch_size: int) -> bool:
+        """Returns True if the workers were (re)started."""
+        if batch_size == self.batch_size and (self.augmenter is not None or batch_size == 0):
+            return False
+        self.finish()
+        self.batch_size = batch_size
+        if batch_size > 0:
+            self.augmenter = self._build()
+        return batch_size > 0
+
+    def set_dataset(self, dataset) -> None:
+        """Swap the dataset (e.g. new pseudo-label class locations); workers restart on the next batch."""
+        self.finish()
+        self.dataset = dataset
+
+    def __next__(self):
+        if self.augmenter is None:
+            if self.batch_size == 0:
+                raise RuntimeError("stream has batch size 0")
+            self.augmenter = self._build()
+        return next(self.augmenter)
+
+    def finish(self):
+        if self.augmenter is not None and isinstance(self.augmenter, NonDetMultiThreadedAugmenter):
+            self.augmenter._finish()
+        self.augmenter = None
+
+
+class SemiSupBatchIterator:
+    """What ``self.dataloader_train`` is in a semi-supervised trainer.
+
+    ``next()`` returns nnU-Net's labeled batch dict (``data``, ``target``, ``keys``; absent when b_l = 0) with the
+    unlabeled batch under ``"unlabeled"`` (``data``, ``keys``; absent when b_u = 0) and the composition under
+    ``"b_l"``/``"b_u"``.
+    """
+
+    def __init__(self, labeled: AugmentedStream, unlabeled: Optional[AugmentedStream]):
+        self.labeled = labeled
+        self.unlabeled = unlabeled
+
+    @property
+    def composition(self):
+        return self.labeled.batch_size, (self.unlabeled.batch_size if self.unlabeled is not None else 0)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        b_l, b_u = self.composition
+        batch = dict(next(self.labeled)) if b_l > 0 else {}
+        if b_u > 0:
+            u = next(self.unlabeled)
+            batch["unlabeled"] = {"data": u["data"], "keys": u["keys"]}
+        batch["b_l"], batch["b_u"] = b_l, b_u
+        return batch
+
+    def finish(self):
+        self.labeled.finish()
+        if self.unlabeled is not None:
+            self.unlabeled.finish()

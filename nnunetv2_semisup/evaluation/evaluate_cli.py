@@ -1,0 +1,124 @@
+"""``nnUNetv2_semisup_evaluate``: Dice, Jaccard, HD95 and ASD/ASSD per case and label (spec/metrics.md).
+
+Examples::
+
+    nnUNetv2_semisup_evaluate -ref labelsTs -pred pred                       # mm mode (default)
+    nnUNetv2_semisup_evaluate -ref labelsTs -pred pred --preset uamt_lcc --compare-paper LA/8
+    nnUNetv2_semisup_evaluate --aggregate-runs s0/summary.json s1/summary.json s666/summary.json
+
+See docs/evaluation.md for every option.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from typing import List, Optional
+
+from nnunetv2_semisup.evaluation.aggregate import RunAggregationError, aggregate_runs
+from nnunetv2_semisup.evaluation.evaluate import (EvaluationError, nan_to_none, default_output_folder,
+                                                  evaluate_folders)
+from nnunetv2_semisup.evaluation.published import COMPARISONS
+from nnunetv2_semisup.evaluation.settings import EMPTY_POLICIES, MODES, PRESETS, SettingsError, resolve_settings
+from nnunetv2_semisup.evaluation.tables import format_comparison, format_runs, format_summary
+
+RUNS_JSON = "summary_runs.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnUNetv2_semisup_evaluate",
+        description="Dice, Jaccard, HD95 and ASD/ASSD per case and foreground label, in physical units (mm mode, "
+                    "default) or in the voxel conventions of the semi-supervised papers (paper mode). Writes "
+                    "metrics_per_case.csv and summary.json and prints a table.",
+        epilog="Presets (paper mode): " + "; ".join(f"{k}: {v[2]} (empty policy {v[0]}, LCC "
+                                                     f"{'on' if v[1] else 'off'})" for k, v in PRESETS.items()))
+    p.add_argument("-ref", metavar="FOLDER", help="folder of reference label maps (e.g. labelsTs)")
+    p.add_argument("-pred", metavar="FOLDER", help="folder of predicted label maps; cases matched by file name")
+    p.add_argument("-l", metavar="LABEL", type=int, nargs="+", default=None,
+                   help="foreground labels to evaluate (default: all labels of dataset.json, found in -ref, -pred "
+                        "or the parent of -ref)")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="mm (default): mm from the reference header, HD95 = max of directed P95, symmetric ASSD; "
+                        "paper: voxels, medpy conventions (pooled HD95, directed ASD pred->ref)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="paper-mode preset fixing the empty-mask policy and LCC of a family of paper scripts "
+                        "(implies --mode paper)")
+    p.add_argument("--empty-policy", choices=EMPTY_POLICIES, default=None,
+                   help="what empty masks give (metrics.md §4); mm: penalty (default) or nan; paper without "
+                        "preset: default zeros")
+    p.add_argument("--lcc", action="store_const", const=True, default=None,
+                   help="paper mode: keep only the largest 26-connected component of each predicted label")
+    p.add_argument("--hd", action="store_true", help="also report the Hausdorff distance (maximum), column hd")
+    p.add_argument("--aggregate-runs", metavar="SUMMARY_JSON", nargs="+", default=None,
+                   help="instead of evaluating folders: mean and std (ddof 0) over runs of the foreground means of "
+                        "these summary.json files")
+    p.add_argument("-np", metavar="N", type=int, default=min(8, os.cpu_count() or 1),
+                   help="number of worker processes (default: min(8, CPU count))")
+    p.add_argument("-o", metavar="OUT", default=None,
+                   help="output folder for metrics_per_case.csv and summary.json (default: "
+                        "PRED/semisup_eval_<mode>[_<preset>]); with --aggregate-runs: where summary_runs.json goes")
+    p.add_argument("--compare-paper", metavar="DATASET/SETTING", default=None,
+                   help="print your numbers beside the published rows; one of " + ", ".join(COMPARISONS))
+    return p
+
+
+def _warning_to_stderr(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = _warning_to_stderr
+    if args.compare_paper is not None and args.compare_paper.lower() not in {k.lower() for k in COMPARISONS}:
+        parser.error(f"--compare-paper {args.compare_paper}: unknown setting; available: {', '.join(COMPARISONS)}")
+    if args.np < 1:
+        parser.error("-np must be at least 1")
+    try:
+        if args.aggregate_runs is not None:
+            if args.ref or args.pred:
+                parser.error("--aggregate-runs combines existing summary.json files; do not pass -ref/-pred")
+            return _aggregate(args)
+        if not args.ref or not args.pred:
+            parser.error("-ref and -pred are required (or use --aggregate-runs)")
+        try:
+            settings = resolve_settings(args.mode, args.preset, args.empty_policy, args.lcc, args.hd)
+        except SettingsError as e:
+            parser.error(str(e))
+        out = args.o or default_output_folder(args.pred, settings)
+        summary = evaluate_folders(args.ref, args.pred, labels=args.l, mode=args.mode, preset=args.preset,
+                                   empty_policy=args.empty_policy, lcc=args.lcc, num_processes=args.np,
+                                   output_folder=out, include_hd=args.hd, verbose=True)
+        print(format_summary(summary))
+        print(f"written: {os.path.join(out, 'metrics_per_case.csv')}, {os.path.join(out, 'summary.json')}")
+        if args.compare_paper:
+            print()
+            print(format_comparison(summary, args.compare_paper))
+        return 0
+    except (EvaluationError, RunAggregationError) as e:
+        print(f"nnUNetv2_semisup_evaluate: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _aggregate(args) -> int:
+    agg = aggregate_runs(args.aggregate_runs)
+    print(format_runs(agg))
+    if args.o:
+        os.makedirs(args.o, exist_ok=True)
+        path = os.path.join(args.o, RUNS_JSON)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(nan_to_none(agg), f, indent=2, allow_nan=False)
+        print(f"written: {path}")
+    if args.compare_paper:
+        with open(args.aggregate_runs[0], encoding="utf-8") as f:
+            first = json.load(f)
+        print()
+        print(format_comparison(first, args.compare_paper, runs=agg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

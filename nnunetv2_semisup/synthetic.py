@@ -1,0 +1,175 @@
+"""Synthetic 3D datasets for the tests, the demo and the quality benchmark (no downloads needed).
+
+``nnUNetv2_semisup_make_synthetic -d ID [--labeled N] [--unlabeled M] [--test K] [--seed S]`` writes a raw
+nnU-Net dataset: imagesTr/labelsTr (labeled), imagesUnlabeled, imagesTs/labelsTs and dataset.json.
+
+Each volume is a noisy "body" with three structures: a large irregular organ (label 1), a second organ (label 2)
+and a small lesion inside the first organ (label 3, a few hundred voxels). Shape, size, orientation, position,
+intensities, noise level and a smooth multiplicative bias field vary per case, and unlabeled distractor blobs
+with organ-like intensities sit in the body, so thresholding does not solve it and a few labeled cases do not
+saturate Dice. Spacing is anisotropic (1 x 1 x 2.5 mm by default, SimpleITK x/y/z order).
+"""
+import argparse
+import os
+import shutil
+import sys
+from typing import Tuple
+
+import numpy as np
+
+LABELS = {"background": 0, "organ": 1, "organ2": 2, "lesion": 3}
+DEFAULT_SHAPE = (24, 48, 48)  # z, y, x (numpy order)
+DEFAULT_SPACING = (1.0, 1.0, 2.5)  # x, y, z (SimpleITK order)
+
+
+def _grid(shape):
+    return np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+
+
+def _smooth_field(rng, shape, scale):
+    """Smooth random field in [-1, 1]: a few low-frequency cosines."""
+    z, y, x = _grid(shape)
+    field = np.zeros(shape, np.float32)
+    for _ in range(4):
+        k = rng.uniform(0.5, 2.0, 3) * np.pi / np.array(shape)
+        field += np.cos(k[0] * z + k[1] * y + k[2] * x + rng.uniform(0, 2 * np.pi))
+    return scale * field / 4
+
+
+def _ellipsoid(rng, shape, center, radii, spacing_zyx, wobble):
+    """Irregular ellipsoid mask: rotated about z, radius perturbed by a smooth field (physical units)."""
+    z, y, x = _grid(shape)
+    dz, dy, dx = [(g - c) * s for g, c, s in zip((z, y, x), center, spacing_zyx)]
+    a = rng.uniform(0, np.pi)
+    ry, rx = np.cos(a) * dy - np.sin(a) * dx, np.sin(a) * dy + np.cos(a) * dx
+    r = np.sqrt((dz / radii[0]) ** 2 + (ry / radii[1]) ** 2 + (rx / radii[2]) ** 2)
+    return r < 1 + _smooth_field(rng, shape, wobble)
+
+
+def make_case(rng: np.random.Generator, shape: Tuple[int, int, int] = DEFAULT_SHAPE,
+              spacing: Tuple[float, float, float] = DEFAULT_SPACING, num_channels: int = 1):
+    """Return (images [C, Z, Y, X] float32, label [Z, Y, X] uint8) for one random case."""
+    spacing_zyx = np.array(spacing[::-1], np.float32)
+    extent = np.array(shape) * spacing_zyx
+    seg = np.zeros(shape, np.uint8)
+    z, y, x = _grid(shape)
+    body_r = extent * np.array([0.6, 0.45, 0.45])
+    body = (((z - shape[0] / 2) * spacing_zyx[0] / body_r[0]) ** 2 + ((y - shape[1] / 2) * spacing_zyx[1] / body_r[1]) ** 2
+            + ((x - shape[2] / 2) * spacing_zyx[2] / body_r[2]) ** 2) < 1 + _smooth_field(rng, shape, 0.1)
+
+    c1 = np.array(shape) * np.array([0.5, rng.uniform(0.38, 0.5), rng.uniform(0.35, 0.45)])
+    organ = _ellipsoid(rng, shape, c1, extent * np.array([0.3, 0.2, 0.17]) * rng.uniform(0.8, 1.2, 3), spacing_zyx,
+                       0.15) & body
+    c2 = np.array(shape) * np.array([rng.uniform(0.4, 0.6), rng.uniform(0.55, 0.68), rng.uniform(0.6, 0.7)])
+    organ2 = _ellipsoid(rng, shape, c2, extent * np.array([0.22, 0.1, 0.08]) * rng.uniform(0.8, 1.25, 3),
+                        spacing_zyx, 0.2) & body & ~organ
+    seg[organ] = 1
+    seg[organ2] = 2
+    inside = np.argwhere(organ)
+    if len(inside):
+        center = inside[rng.integers(len(inside))].astype(np.float32)
+        lesion = _ellipsoid(rng, shape, center, np.full(3, rng.uniform(2.0, 3.5)) * spacing_zyx.min() * 1.2,
+                            spacing_zyx, 0.1) & organ
+        seg[lesion] = 3
+
+    images = []
+    for ch in range(num_channels):
+        means = {0: rng.uniform(0.0, 0.1), 1: rng.uniform(0.25, 0.4), 2: rng.uniform(0.5, 0.7), 3: rng.uniform(0.65, 0.85)}
+        lesion_mean = means[2] - rng.uniform(0.15, 0.3) if ch == 0 else means[2] + rng.uniform(0.15, 0.3)
+        img = np.full(shape, means[0], np.float32)
+        img[body] = means[1]
+        img[seg == 1] = means[2]
+        img[seg == 2] = means[3]
+        img[seg == 3] = lesion_mean
+        for _ in range(rng.integers(3, 7)):  # unlabeled distractors with organ-like intensities
+            blob = _ellipsoid(rng, shape, np.array(shape) * rng.uniform(0.2, 0.8, 3),
+                              np.full(3, rng.uniform(2.5, 6.0)) * spacing_zyx.max(), spacing_zyx, 0.2) & body & (seg == 0)
+            img[blob] = rng.uniform(means[2] - 0.1, means[3] + 0.05)
+        img += _smooth_field(rng, shape, 0.08)  # texture
+        img *= 1 + _smooth_field(rng, shape, rng.uniform(0.1, 0.3))  # bias field
+        img += rng.normal(0, rng.uniform(0.05, 0.12), shape).astype(np.float32)
+        images.append(img * 1000)  # MRI-like arbitrary units
+    return np.stack(images).astype(np.float32), seg
+
+
+def _write(array_zyx, path, spacing, is_seg):
+    import SimpleITK as sitk
+    img = sitk.GetImageFromArray(array_zyx.astype(np.uint8 if is_seg else np.float32))
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    img.SetOrigin((-10.0, 5.0, 20.0))
+    sitk.WriteImage(img, path, useCompression=True)
+
+
+def make_synthetic_dataset(output_folder: str, num_labeled: int = 4, num_unlabeled: int = 16, num_test: int = 6,
+                           seed: int = 0, shape: Tuple[int, int, int] = DEFAULT_SHAPE,
+                           spacing: Tuple[float, float, float] = DEFAULT_SPACING, num_channels: int = 1,
+                           overwrite: bool = False) -> str:
+    """Write a raw nnU-Net dataset to ``output_folder`` (atomically: temporary folder, then rename)."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+    output_folder = os.fspath(output_folder)
+    if os.path.exists(output_folder):
+        if not overwrite:
+            raise FileExistsError(f"{output_folder} exists; use --overwrite to replace it")
+        shutil.rmtree(output_folder)
+    tmp = output_folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesTs", "labelsTs"):
+        os.makedirs(os.path.join(tmp, sub))
+    rng = np.random.default_rng(seed)
+    roles = [("imagesTr", "labelsTr", num_labeled), ("imagesUnlabeled", None, num_unlabeled),
+             ("imagesTs", "labelsTs", num_test)]
+    idx = 0
+    for img_dir, lab_dir, n in roles:
+        for _ in range(n):
+            case = f"syn_{idx:03d}"
+            idx += 1
+            images, seg = make_case(rng, shape, spacing, num_channels)
+            for c in range(num_channels):
+                _write(images[c], os.path.join(tmp, img_dir, f"{case}_{c:04d}.nii.gz"), spacing, False)
+            if lab_dir is not None:
+                _write(seg, os.path.join(tmp, lab_dir, f"{case}.nii.gz"), spacing, True)
+    generate_dataset_json(
+        tmp, {str(c): "MRI" if c == 0 else f"MRI{c}" for c in range(num_channels)}, LABELS, num_labeled,
+        ".nii.gz", dataset_name=os.path.basename(output_folder),
+        description="Synthetic semi-supervised dataset made by nnunetv2_semisup.synthetic",
+        semisup={"format_version": 1, "source": "synthetic", "seed": seed, "num_labeled": num_labeled,
+                 "num_unlabeled": num_unlabeled, "num_test": num_test, "transductive": False,
+                 "shape_zyx": list(shape), "spacing_xyz": list(spacing)})
+    os.replace(tmp, output_folder)
+    return output_folder
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="nnUNetv2_semisup_make_synthetic",
+                                     description="Write a synthetic semi-supervised dataset to nnUNet_raw.")
+    parser.add_argument("-d", type=int, required=True, help="dataset ID (e.g. 990 -> Dataset990_SemiSupSynthetic)")
+    parser.add_argument("--name", default="SemiSupSynthetic", help="dataset name (default: SemiSupSynthetic)")
+    parser.add_argument("--labeled", type=int, default=4, help="labeled training cases (default 4)")
+    parser.add_argument("--unlabeled", type=int, default=16, help="unlabeled training cases (default 16)")
+    parser.add_argument("--test", type=int, default=6, help="test cases with labels in labelsTs (default 6)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("Z", "Y", "X"),
+                        help="volume shape in voxels (default 24 48 48)")
+    parser.add_argument("--channels", type=int, default=1, help="number of image channels (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    args = parser.parse_args(argv)
+    from nnunetv2.paths import nnUNet_raw
+    if not nnUNet_raw.is_set():
+        print("ERROR: nnUNet_raw is not set. export nnUNet_raw=/path/to/nnUNet_raw", file=sys.stderr)
+        return 1
+    if args.labeled < 1:
+        print("ERROR: --labeled must be >= 1 (nnU-Net needs labeled cases to plan)", file=sys.stderr)
+        return 1
+    out = os.path.join(nnUNet_raw, f"Dataset{args.d:03d}_{args.name}")
+    try:
+        make_synthetic_dataset(out, args.labeled, args.unlabeled, args.test, args.seed, tuple(args.shape),
+                               num_channels=args.channels, overwrite=args.overwrite)
+    except FileExistsError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    print(f"Wrote {out}: {args.labeled} labeled, {args.unlabeled} unlabeled, {args.test} test cases")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""``nnUNetTrainerSemiSup``: what every semi-supervised method shares, on top of ``nnUNetTrainer``.
+
+- A second data stream over ``<data_identifier>_unlabeled/`` (nnU-Net's loader and training augmentations, its
+  own workers), joined with the labeled stream by ``SemiSupBatchIterator``: ``train_step`` receives nnU-Net's
+  labeled batch dict plus ``batch["unlabeled"]["data"]``.
+- Per-epoch batch composition ``(b_l, b_u)`` from ``get_batch_composition()`` (fixed for most methods, LRG for
+  M&N); the streams are resized when it changes.
+- Optional foreground-aware unlabeled sampling from pseudo-label class locations
+  (``refresh_unlabeled_pseudo_labels``), stored next to the training output.
+- Extra state in checkpoints: objects registered in ``self.extra_checkpoint_objects`` (modules, optimizers,
+  schedulers, grad scalers: anything with ``state_dict``/``load_state_dict``) under their own top-level keys, and
+  ``get_method_state()``/``set_method_state()`` for plain values. Checkpoint writes are atomic. ``--c`` restores
+  everything.
+- Each loss term named in ``self.loss_terms`` and returned by ``train_step`` is logged per epoch (log file and a
+  fourth panel of ``progress.png``), as are ``b_l`` and ``b_u``.
+
+Subclasses implement ``train_step`` (and their networks in ``initialize``), set hyperparameters as attributes in
+``__init__`` and keep the exact 5-argument constructor signature nnU-Net introspects.
+"""
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
+from torch import distributed as dist
+from torch._dynamo import OptimizedModule
+
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+from nnunetv2_semisup.data.preprocess_unlabeled import unlabeled_folder_name
+from nnunetv2_semisup.data.streams import AugmentedStream, SemiSupBatchIterator
+from nnunetv2_semisup.data.unlabeled_dataset import UnlabeledDataset, write_class_locations
+from nnunetv2_semisup.training.logging import SemiSupLocalLogger
+
+# top-level checkpoint keys nnU-Net itself writes; extra objects must not collide with them
+NNUNET_CHECKPOINT_KEYS = ("network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema",
+                          "current_epoch", "init_args", "trainer_name", "inference_allowed_mirroring_axes")
+
+
+class MissingUnlabeledDataError(RuntimeError):
+    pass
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The plain module behind DDP and/or torch.compile wrappers."""
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        module = module.module
+    if isinstance(module, OptimizedModule):
+        module = module._orig_mod
+    return module
+
+
+class nnUNetTrainerSemiSup(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # --- hyperparameters (override in subclasses / variants) ---
+        # False: a dataset without preprocessed unlabeled cases is an error. True: train on labeled data only
+        # (b_u is folded into b_l) with a logged note.
+        self.allow_labeled_only = False
+        # unlabeled crops are foreground-forced with this probability once pseudo-label locations exist
+        self.unlabeled_oversample_foreground_percent = self.oversample_foreground_percent
+        # names of the loss terms train_step returns (besides 'loss'); logged per epoch as 'loss_<name>'
+        self.loss_terms: Tuple[str, ...] = ()
+
+        # --- state ---
+        self.unlabeled_preprocessed_folder = join(self.preprocessed_dataset_folder_base, unlabeled_folder_name(
+            self.configuration_manager.data_identifier)) if self.preprocessed_dataset_folder_base else None
+        self.pseudo_label_folder = join(self.output_folder, "pseudo_labels") if self.output_folder else None
+        self.extra_checkpoint_objects: Dict[str, object] = {}
+        self.class_locations_file: Optional[str] = None
+        self.pseudo_label_round = 0
+        self._labeled_stream = self._unlabeled_stream = None
+        self._has_unlabeled = None
+        # nnU-Net's logger only accepts pre-registered keys; ours can register loss-term series
+        self.logger.local_logger = SemiSupLocalLogger()
+
+    # ------------------------------------------------------------------ setup
+    def initialize(self):
+        check_ext_trainer_env(self)
+        super().initialize()
+        self.logger.local_logger.register(["batch_labeled", "batch_unlabeled"] +
+                                          [f"loss_{t}" for t in self.loss_terms])
+
+    def get_batch_composition(self) -> Tuple[int, int]:
+        """``(b_l, b_u)`` for the current epoch: labeled and unlabeled patches per (per-GPU) batch.
+
+        Called at the start of every training epoch. Default: half of nnU-Net's batch each (at least one), so the
+        memory of a step stays close to nnU-Net's.
+        """
+        b_l = max(1, (self.batch_size + 1) // 2)
+        return b_l, max(1, self.batch_size - b_l)
+
+    def get_unlabeled_transforms(self):
+        """Augmentations of the unlabeled stream; default: nnU-Net's training augmentations."""
+        return self._train_transforms
+
+    def _unlabeled_available(self) -> bool:
+        folder = self.unlabeled_preprocessed_folder
+        return folder is not None and os.path.isdir(folder) and len(
+            self.dataset_class.get_identifiers(folder)) > 0
+
+    def get_unlabeled_dataset(self) -> Optional[UnlabeledDataset]:
+        if not self._unlabeled_available():
+            cmd = (f"nnUNetv2_semisup_preprocess -d {self.plans_manager.dataset_name} -c {self.configuration_name}"
+                   + (f" -p {self.plans_manager.plans_name}" if self.plans_manager.plans_name != "nnUNetPlans" else ""))
+            msg = (f"No preprocessed unlabeled cases in {self.unlabeled_preprocessed_folder}. Put unlabeled scans in "
+                   f"nnUNet_raw/{self.plans_manager.dataset_name}/imagesUnlabeled/ and run `{cmd}` before training "
+                   f"{self.__class__.__name__}.")
+            if not self.allow_labeled_only:
+                raise MissingUnlabeledDataError(msg)
+            self.print_to_log_file(f"NOTE: {msg} {self.__class__.__name__} allows a labeled-only run: training on "
+                                   f"labeled cases only.")
+            return None
+        return UnlabeledDataset(self.dataset_class, self.unlabeled_preprocessed_folder,
+                                class_locations_file=self.class_locations_file)
+
+    def get_dataloaders(self):
+        """Labeled + unlabeled training streams (``SemiSupBatchIterator``) and nnU-Net's validation loader."""
+        patch_size = self.configuration_manager.patch_size
+        ds_scales = self._get_deep_supervision_scales()
+        rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        regions = self.label_manager.foreground_regions if self.label_manager.has_regions else None
+        self._train_transforms = self.get_training_transforms(
+            patch_size, rotation_for_DA, ds_scales, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=self.label_manager.foreground_labels, regions=regions,
+            ignore_label=self.label_manager.ignore_label)
+        val_transforms = self.get_validation_transforms(
+            ds_scales, is_cascaded=self.is_cascaded, foreground_labels=self.label_manager.foreground_labels,
+            regions=regions, ignore_label=self.label_manager.ignore_label)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        unlabeled_dataset = self.get_unlabeled_dataset()
+        self._has_unlabeled = unlabeled_dataset is not None
+
+        n_proc = get_allowed_n_proc_DA()
+        pin = self.device.type == "cuda"
+        n_train = n_proc if not self._has_unlabeled else (max(1, n_proc // 2) if n_proc > 0 else 0)
+        self._labeled_stream = AugmentedStream(
+            dataset_tr, initial_patch_size, patch_size, self.label_manager, self._train_transforms,
+            self.oversample_foreground_percent, self.probabilistic_oversampling, n_train, pin)
+        if self._has_unlabeled:
+            # probabilistic: nnU-Net's deterministic "last x% of the batch" never triggers for b_u = 1
+            self._unlabeled_stream = AugmentedStream(
+                unlabeled_dataset, initial_patch_size, patch_size, self.label_manager,
+                self.get_unlabeled_transforms(), self.unlabeled_oversample_foreground_percent, True, n_train, pin)
+        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, self.label_manager,
+                                  oversample_foreground_percent=self.oversample_foreground_percent,
+                                  sampling_probabilities=None, pad_sides=None, transforms=val_transforms,
+                                  probabilistic_oversampling=self.probabilistic_oversampling)
+        if n_proc == 0:
+            mt_gen_val = SingleThreadedAugmenter(dl_val, None)
+        else:
+            mt_gen_val = NonDetMultiThreadedAugmenter(data_loader=dl_val, transform=None,
+                                                      num_processes=max(1, n_proc // 2),
+                                                      num_cached=max(3, n_proc // 4), seeds=None, pin_memory=pin,
+                                                      wait_time=0.002)
+        _ = next(mt_gen_val)
+        return SemiSupBatchIterator(self._labeled_stream, self._unlabeled_stream), mt_gen_val
+
+    # ------------------------------------------------------------------ epochs
+    def set_batch_composition(self, b_l: int, b_u: int) -> None:
+        """Resize the two streams to ``b_l`` labeled and ``b_u`` unlabeled samples per batch."""
+        b_l, b_u = int(b_l), int(b_u)
+        if b_l < 0 or b_u < 0 or b_l + b_u == 0:
+            raise ValueError(f"{self.__class__.__name__}: invalid batch composition b_l={b_l}, b_u={b_u}")
+        if not self._has_unlabeled:
+            b_l, b_u = b_l + b_u, 0
+        if (b_l, b_u) != self.dataloader_train.composition:
+            self.print_to_log_file(f"Batch composition: {b_l} labeled + {b_u} unlabeled")
+        self._labeled_stream.set_batch_size(b_l)
+        if self._unlabeled_stream is not None:
+            self._unlabeled_stream.set_batch_size(b_u)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.set_batch_composition(*self.get_batch_composition())
+        b_l, b_u = self.dataloader_train.composition
+        self.logger.log("batch_labeled", b_l, self.current_epoch)
+        self.logger.log("batch_unlabeled", b_u, self.current_epoch)
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        for term in self.loss_terms:
+            values = [float(np.mean(o[term])) for o in train_outputs if term in o]
+            value = float(np.mean(values)) if values else float("nan")
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, value)
+                value = float(np.nanmean(gathered)) if not np.all(np.isnan(gathered)) else float("nan")
+            self.logger.log(f"loss_{term}", value, self.current_epoch)
+        if self.loss_terms:
+            self.print_to_log_file("loss terms: " + ", ".join(
+                f"{t}={self.logger.get_value(f'loss_{t}', step=-1):.4f}" for t in self.loss_terms))
+
+    def on_train_end(self):
+        super().on_train_end()
+        if isinstance(self.dataloader_train, SemiSupBatchIterator):
+            self.dataloader_train.finish()  # nnU-Net only finishes its own two augmenters
+
+    # ------------------------------------------------------------------ pseudo-label class locations
+    def refresh_unlabeled_pseudo_labels(self, network: Optional[torch.nn.Module] = None,
+                                        export_nifti: bool = True) -> str:
+        """Predict every unlabeled case with ``network`` (default: the nnU-Net network, sliding window, no TTA),
+        store the hard labels' class locations for foreground-aware unlabeled crops, and optionally export the
+        hard pseudo-labels as images in the original geometry to ``<output_folder>/pseudo_labels/round_<k>/``.
+
+        Returns the path of the class-location store. In DDP, rank 0 predicts and the others wait.
+        """
+        from nnunetv2_semisup.data.pseudo_labels import predict_class_locations
+        self.pseudo_label_round += 1
+        filename = join(self.pseudo_label_folder, f"class_locations_round{self.pseudo_label_round}.pkl")
+        if self.local_rank == 0:
+            own = network is None
+            network = self.network if own else network
+            if own:
+                self.set_deep_supervision_enabled(False)
+            was_training = network.training
+            try:
+                export = join(self.pseudo_label_folder, f"round_{self.pseudo_label_round}") if export_nifti else None
+                locations = predict_class_locations(self, unwrap(network), self._unlabeled_stream.dataset.inner,
+                                                    export)
+            finally:
+                network.train(was_training)
+                if own:
+                    self.set_deep_supervision_enabled(self.enable_deep_supervision)
+            write_class_locations(locations, filename)
+            self.print_to_log_file(f"Pseudo-label class locations (round {self.pseudo_label_round}) -> {filename}")
+        if self.is_ddp:
+            dist.barrier()
+        self.set_class_locations_file(filename)
+        return filename
+
+    def set_class_locations_file(self, filename: Optional[str]) -> None:
+        self.class_locations_file = filename
+        if self._unlabeled_stream is not None:
+            self._unlabeled_stream.set_dataset(UnlabeledDataset(self.dataset_class, self.unlabeled_preprocessed_folder,
+                                                                class_locations_file=filename))
+
+    # ------------------------------------------------------------------ checkpoints
+    def get_method_state(self) -> dict:
+        """Plain (picklable) method state saved in the checkpoint; override and call super()."""
+        return {}
+
+    def set_method_state(self, state: dict) -> None:
+        """Restore what ``get_method_state`` returned; override and call super()."""
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus the semi-supervised extras, written atomically (temp file + rename)."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": unwrap(self.network).state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+        }
+        for key, obj in self.extra_checkpoint_objects.items():
+            if key in NNUNET_CHECKPOINT_KEYS or key == "semisup_state":
+                raise KeyError(f"extra checkpoint key '{key}' collides with nnU-Net's own keys")
+            checkpoint[key] = (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).state_dict()
+        checkpoint["semisup_state"] = {
+            "format_version": 1,
+            "class_locations_file": self.class_locations_file,
+            "pseudo_label_round": self.pseudo_label_round,
+            "method": self.get_method_state(),
+        }
+        tmp = filename + ".tmp"
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError("nnUNetTrainerSemiSup.load_checkpoint expects a checkpoint file path")
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        if "semisup_state" not in checkpoint:
+            raise RuntimeError(f"{filename_or_checkpoint} was not written by a nnunetv2_semisup trainer (no "
+                               f"'semisup_state'); it cannot be resumed with {self.__class__.__name__}. Use "
+                               f"-pretrained_weights to start from its network weights instead.")
+        for key, obj in self.extra_checkpoint_objects.items():
+            if key not in checkpoint:
+                raise RuntimeError(f"{filename_or_checkpoint} has no '{key}' entry needed by "
+                                   f"{self.__class__.__name__}; was it written by a different trainer?")
+            (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).load_state_dict(checkpoint[key])
+        state = checkpoint["semisup_state"]
+        self.pseudo_label_round = state["pseudo_label_round"]
+        self.class_locations_file = state["class_locations_file"]
+        if self.class_locations_file is not None and not os.path.isfile(self.class_locations_file):
+            self.print_to_log_file(f"WARNING: pseudo-label store {self.class_locations_file} is gone; unlabeled "
+                                   f"crops are uniform until the next refresh.")
+            self.class_locations_file = None
+        self.set_method_state(state["method"])
+        self.logger.local_logger.register(["batch_labeled", "batch_unlabeled"] +
+                                          [f"loss_{t}" for t in self.loss_terms])
+
+
+def check_ext_trainer_env(trainer) -> None:
+    """Refuse to train a plugin trainer that nnU-Net could not find again for --c, --val or nnUNetv2_predict."""
+    from nnunetv2_semisup.trainer_dir import ext_trainer_env_problem
+    problem = ext_trainer_env_problem()
+    if problem:
+        raise RuntimeError(f"{trainer.__class__.__name__}: {problem}")

@@ -1,0 +1,43 @@
+"""Short-schedule variants for tests, the demo and CPU smoke runs (like nnU-Net's ``nnUNetTrainer_5epochs``).
+
+``ShortScheduleMixin`` shortens training, checkpoints every epoch (so ``--c`` can be tested) and turns mirroring
+off in training and inference (nnU-Net's final validation otherwise runs 8 mirrored passes in 3D). Epochs and
+iterations can be overridden with ``nnUNet_semisup_short_epochs``, ``nnUNet_semisup_short_iterations`` and
+``nnUNet_semisup_short_val_iterations``.
+"""
+import os
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_semisup.training.mean_teacher import nnUNetTrainerMeanTeacher
+
+
+class ShortScheduleMixin:
+    short_epochs = 4
+    short_iterations = 5
+    short_val_iterations = 1
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get("nnUNet_semisup_short_epochs", self.short_epochs))
+        self.num_iterations_per_epoch = int(os.environ.get("nnUNet_semisup_short_iterations",
+                                                           self.short_iterations))
+        self.num_val_iterations_per_epoch = int(os.environ.get("nnUNet_semisup_short_val_iterations",
+                                                               self.short_val_iterations))
+        self.save_every = 1
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, _ = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, None
+
+
+class nnUNetTrainer_semisupShort(ShortScheduleMixin, nnUNetTrainer):
+    """Stock nnU-Net (labeled cases only) on the same short schedule: the baseline of the demo and benchmarks."""
+
+
+class nnUNetTrainerMeanTeacher_short(ShortScheduleMixin, nnUNetTrainerMeanTeacher):
+    pass
