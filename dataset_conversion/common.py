@@ -300,9 +300,8 @@ def add_common_options(p: argparse.ArgumentParser, splits: Sequence[str], defaul
     p.add_argument("--split", default=default_split,
                    help=f"published split: {', '.join(splits)}, or custom (all cases not in --test-list are training "
                         f"cases; needs --num-labeled or --labeled-list). Default {default_split}")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--num-labeled", type=int, default=None, help="labeled = the first N IDs of the split's train list")
-    g.add_argument("--labeled-list", default=None, help="file with the labeled IDs, one per line (must be in the "
+    p.add_argument("--num-labeled", type=int, default=None, help="labeled = the first N IDs of the split's train list")
+    p.add_argument("--labeled-list", default=None, help="file with the labeled IDs, one per line (must be in the "
                                                           "split's train list); overrides --num-labeled")
     p.add_argument("--test-list", default=None, help="--split custom only: file with the test IDs, one per line")
     p.add_argument("--transductive", action="store_true",
@@ -434,6 +433,8 @@ def make_plan(args, split: Split, cases: Dict[str, SourceCase], normalise: Calla
     """Roles for every case. ``available``: the source IDs the split draws from (default: all of ``cases``)."""
     if split.name == "custom" and args.num_labeled is None and args.labeled_list is None:
         raise ConversionError("--split custom needs --num-labeled N or --labeled-list FILE")
+    if args.labeled_list is not None and args.num_labeled is not None:
+        warn(f"--labeled-list overrides --num-labeled {args.num_labeled}")
     if args.test_list is not None and split.name != "custom":
         raise ConversionError("--test-list is only used with --split custom")
     sel = select_cases(split, list(cases) if available is None else list(available), args.num_labeled, args.labeled_list, normalise)

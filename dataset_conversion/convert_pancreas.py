@@ -15,9 +15,10 @@ exactly one variant must pass (the repair is recorded in dataset.json), otherwis
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -74,10 +75,21 @@ class Scan:
                     self.coranet.setdefault(m.group(1), full)
                 elif (m := RE_NIFTI_IMAGE.match(f)):
                     self.nifti.setdefault(m.group(1), full)
-                elif re.match(r"^pancreas_\d{3}(_0000)?\.nii\.gz$", f):
-                    self.msd = True
-                elif f == "dataset.json" and ("Task07" in d or "Pancreas" in os.path.basename(d)):
-                    self.msd = self.msd or os.path.isdir(os.path.join(d, "imagesTr"))
+                elif re.match(r"^pancreas_\d{3}\.nii\.gz$", f):
+                    self.msd = True   # Decathlon Task07 names (3 digits, no channel suffix)
+                elif f == "dataset.json":
+                    self.msd = self.msd or _is_msd_json(full)
+
+
+def _is_msd_json(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            dj = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    labels = dj.get("labels", {})
+    return "pancreas" in str(dj.get("name", "")).lower() and any(
+        str(v).lower() in ("cancer", "tumour", "tumor") for v in labels.values()) if isinstance(labels, dict) else False
 
 
 def _refuse_msd(scan: Scan, root: str) -> None:
@@ -90,17 +102,20 @@ def _refuse_msd(scan: Scan, root: str) -> None:
 
 DETECTORS = {
     "pancreas_tcia_dicom": lambda s: bool(s.dicom),
-    "pancreas_tcia_nifti": lambda s: bool(s.nifti) and bool(s.labels) and not s.dicom,
+    "pancreas_tcia_nifti": lambda s: bool(s.nifti) and not s.dicom,
     "pancreas_mcnet_h5": lambda s: bool(s.mcnet),
     "pancreas_coranet_h5": lambda s: bool(s.coranet),
 }
 
 
 # --------------------------------------------------------------------------------------------------- geometry
-def _inside_fraction(body: np.ndarray, lab: np.ndarray) -> float:
+def _inside_fraction(body: np.ndarray, lab: np.ndarray, n_expected: int) -> float:
+    """Fraction of the label's voxels that lie inside the body. Voxels lost by resampling count as outside, so a
+    label that lands outside the image grid cannot pass as an empty label."""
     fg = lab > 0
-    n = int(fg.sum())
-    return 1.0 if n == 0 else float(body[fg].mean())
+    if n_expected == 0:
+        return 1.0
+    return float(body[fg].sum()) / float(max(n_expected, int(fg.sum())))
 
 
 def place_label(case: str, image: sitk.Image, label: sitk.Image) -> Tuple[sitk.Image, Dict[str, object]]:
@@ -116,7 +131,8 @@ def place_label(case: str, image: sitk.Image, label: sitk.Image) -> Tuple[sitk.I
     else:
         res = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         primary, how = sitk.GetArrayFromImage(res), "resampled onto the image grid by physical coordinates"
-    frac = _inside_fraction(body, primary)
+    n_fg = int((raw > 0).sum())
+    frac = _inside_fraction(body, primary, n_fg)
     notes: Dict[str, object] = {}
     if frac < BODY_FRACTION:
         candidates = {}
@@ -126,7 +142,7 @@ def place_label(case: str, image: sitk.Image, label: sitk.Image) -> Tuple[sitk.I
             candidates["swap_xy"] = np.transpose(raw, (0, 2, 1))
             candidates["swap_xy+flip_z"] = np.transpose(raw, (0, 2, 1))[::-1]
         candidates["flip_z"] = raw[::-1]
-        passing = {k: v for k, v in candidates.items() if _inside_fraction(body, v) >= BODY_FRACTION}
+        passing = {k: v for k, v in candidates.items() if _inside_fraction(body, v, n_fg) >= BODY_FRACTION}
         if len(passing) != 1:
             detail = ("none of the repairs (" + ", ".join(candidates) + ") brings it there") if not passing else \
                 f"several repairs pass ({', '.join(passing)}), so the right one is ambiguous"

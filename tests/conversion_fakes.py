@@ -111,7 +111,6 @@ def write_dicom_series(folder: str, vol_zyx: np.ndarray, spacing_xyz: Sequence[f
                        patient: str, reverse_instance_numbers: bool = True) -> None:
     """One CT series with real ImagePositionPatient tags; InstanceNumber deliberately runs opposite to z so that a
     reader sorting by InstanceNumber would stack the slices upside down."""
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
     os.makedirs(folder, exist_ok=True)
@@ -159,7 +158,8 @@ def make_pancreas_raw(root: str, ids: Iterable[str], fmt: str = "dicom",
                       label_transform: Optional[Dict[str, str]] = None) -> str:
     """TCIA layout: Pancreas-CT/PANCREAS_XXXX/<study>/<series>/1-NNN.dcm (fmt dicom) or
     Pancreas-CT/PANCREAS_XXXX.nii.gz (fmt nifti); labels TCIA_pancreas_labels-02-05-2017/labelXXXX.nii.gz.
-    label_transform[id] in {'swap_xy', 'flip_z', 'outside', 'zflip_header'} corrupts / re-encodes that label."""
+    label_transform[id] in {'swap_xy', 'flip_z', 'outside', 'zflip_header', 'far_origin'} corrupts / re-encodes
+    that label."""
     label_transform = label_transform or {}
     for i in ids:
         img, lab = ct_body_volume()
@@ -182,6 +182,9 @@ def make_pancreas_raw(root: str, ids: Iterable[str], fmt: str = "dicom",
         elif t == "outside":
             lab = np.zeros_like(lab)
             lab[6:8, 8:11, 8:11] = 1   # in the air whatever the axis handling
+        elif t == "far_origin":
+            # array aligned with the image, but a header that puts it 1 m away (outside the image grid)
+            origin = (PANCREAS_ORIGIN[0] + 1000.0, PANCREAS_ORIGIN[1], PANCREAS_ORIGIN[2])
         elif t == "zflip_header":
             # same physical label, stored with the slice axis reversed and a negative z direction
             lab = np.ascontiguousarray(lab[::-1])
@@ -261,3 +264,68 @@ def make_synapse_npy(root: str, ids: Iterable[str], shape_zyx=SYN_NPY_SHAPE_ZYX,
         with open(os.path.join(s, f"{name}.txt"), "w") as f:
             f.write("\n".join(src) + "\n")
     return root
+
+
+# ------------------------------------------------------------------------------------------------ test plumbing
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def conv_env(tmp_path, monkeypatch):
+    """nnUNet_raw / nnUNet_preprocessed / nnUNet_results pointing into tmp_path; returns the raw folder."""
+    raw = tmp_path / "nnUNet_raw"
+    for name, p in (("nnUNet_raw", raw), ("nnUNet_preprocessed", tmp_path / "nnUNet_preprocessed"),
+                    ("nnUNet_results", tmp_path / "nnUNet_results")):
+        p.mkdir()
+        monkeypatch.setenv(name, str(p))
+    return raw
+
+
+def dataset_json(folder) -> dict:
+    with open(os.path.join(folder, "dataset.json")) as f:
+        return json.load(f)
+
+
+def cases_in(folder, sub: str) -> List[str]:
+    """Case IDs of an images* folder (files {case}_0000.nii.gz) or a labels* folder ({case}.nii.gz)."""
+    d = os.path.join(folder, sub)
+    if not os.path.isdir(d):
+        return []
+    out = []
+    for f in sorted(os.listdir(d)):
+        assert f.endswith(".nii.gz"), f
+        stem = f[: -len(".nii.gz")]
+        out.append(stem[:-5] if sub.startswith("images") else stem)
+    return sorted(set(out))
+
+
+def read_array(path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+class _ForkContext:
+    """Stands in for the ``multiprocessing`` module inside nnU-Net's verify_dataset_integrity so that its worker pool
+    is forked instead of spawned: the checks are nnU-Net's own, only the start-up of a fresh interpreter (which
+    re-imports torch, ~10 s on a busy 2-core machine) is saved."""
+
+    def get_context(self, method=None):
+        import multiprocessing
+        return multiprocessing.get_context("fork")
+
+
+def verify_integrity(folder) -> None:
+    """nnU-Net's own dataset integrity check (what nnUNetv2_plan_and_preprocess --verify_dataset_integrity runs)."""
+    import nnunetv2.experiment_planning.verify_dataset_integrity as vdi
+    original = vdi.multiprocessing
+    vdi.multiprocessing = _ForkContext()
+    try:
+        vdi.verify_dataset_integrity(str(folder), num_processes=1)
+    finally:
+        vdi.multiprocessing = original
+
+
+def leftovers(raw) -> List[str]:
+    """Anything in nnUNet_raw (a dataset folder or a temporary folder) - must be empty after a failed conversion."""
+    return sorted(os.listdir(raw))

@@ -226,3 +226,25 @@ def test_aggregate_runs_cli(folders, tmp_path, capsys):
     assert agg["foreground_std_over_runs"]["dice"] == pytest.approx(abs(fg[0] - fg[1]) / 2)  # ddof 0
     printed = capsys.readouterr().out
     assert "SKCDF Table 1" in printed and "64.27 ± 1.36" in printed and "mean ± std" in printed
+
+
+def test_every_published_table_is_well_formed_and_renders():
+    from nnunetv2_semisup.evaluation.published import COMPARISONS
+    from nnunetv2_semisup.evaluation.settings import PRESETS
+    from nnunetv2_semisup.evaluation.tables import format_comparison
+
+    summary = {"mode": "paper", "preset": "dhc", "units": "voxel", "empty_policy": "dhc", "lcc": False,
+               "hd95_definition": "pooled_p95", "asd_definition": "directed_pred_to_ref",
+               "labels": {str(k): f"c{k}" for k in range(1, 14)},
+               "mean": {str(k): {"dice": k / 100} for k in range(1, 14)},
+               "foreground_mean": {"dice": 0.5, "jaccard": 0.4, "hd95": 3.0, "asd": 1.0}}
+    for key, tables in COMPARISONS.items():
+        for t in tables:
+            assert t.preset in PRESETS
+            assert all(len(values) == len(t.columns) for _, values, _ in t.rows), t.source
+            assert sum(note == "own" for _, _, note in t.rows) >= 1
+        text = format_comparison(summary, key)
+        assert all(t.source in text for t in tables)
+        assert sum(line.startswith("your run ") for line in text.splitlines()) == len(tables)
+    synapse = format_comparison(summary, "Synapse/20")
+    assert " 1.0 " in synapse and "13.0" in synapse  # the 13 per-class Dice of the user's row

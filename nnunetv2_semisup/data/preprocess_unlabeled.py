@@ -162,7 +162,8 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
             raise UnlabeledDataError(
                 f"{out} was preprocessed with different plans than the current {plans_file} (configuration "
                 f"'{configuration}'). Re-run with --overwrite to redo all unlabeled cases.")
-        save_json(fingerprint, state_file)
+        if not os.path.isfile(state_file):
+            save_json(fingerprint, state_file)
         for stale in [d for d in os.listdir(out) if d.startswith(".tmp_")]:
             shutil.rmtree(os.path.join(out, stale), ignore_errors=True)  # leftovers of an interrupted run
         for removed in sorted(_existing_cases(out, dataset_class) - set(cases)):

@@ -262,9 +262,11 @@ def evaluate_folders(ref_folder: str, pred_folder: str, labels: Optional[Sequenc
     else:
         per_case = [_evaluate_case_star(j) for j in jobs]
     rows = [r for case_rows in per_case for r in case_rows]
+    printed = set()
     for r in rows:
         r["label_name"] = names[r["label"]]
-        if r["warning"] and verbose:
+        if verbose and r["warning"] and r["warning"] not in printed:
+            printed.add(r["warning"])
             print(f"warning: {r['warning']}", file=sys.stderr)
     summary = build_summary(rows, settings, names, ref_folder, pred_folder, missing, unmatched, dataset_json)
     if output_folder is not None:

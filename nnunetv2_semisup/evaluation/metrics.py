@@ -114,7 +114,11 @@ def directed_surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Optio
     if crop:
         box = union_bounding_box(pred, ref)
         pred, ref = pred[box], ref[box]
-    pred_surface, ref_surface = surface_mask(pred), surface_mask(ref)
+    return _distances_between_surfaces(surface_mask(pred), surface_mask(ref), sampling)
+
+
+def _distances_between_surfaces(pred_surface: np.ndarray, ref_surface: np.ndarray, sampling: np.ndarray
+                                ) -> Tuple[np.ndarray, np.ndarray]:
     d_pg = ndimage.distance_transform_edt(~ref_surface, sampling=sampling)[pred_surface]
     d_gp = ndimage.distance_transform_edt(~pred_surface, sampling=sampling)[ref_surface]
     return d_pg, d_gp
@@ -233,8 +237,9 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Sequence
         out["n_ref_surface"] = out["n_pred_surface"] = 0
     else:
         pred_c, ref_c = pred[box], ref[box]
-        out["n_pred_surface"] = int(np.count_nonzero(surface_mask(pred_c)))
-        out["n_ref_surface"] = int(np.count_nonzero(surface_mask(ref_c)))
+        pred_surface, ref_surface = surface_mask(pred_c), surface_mask(ref_c)
+        out["n_pred_surface"] = int(np.count_nonzero(pred_surface))
+        out["n_ref_surface"] = int(np.count_nonzero(ref_surface))
     if empty_case != "none":
         d, j, dist, warning = empty_mask_values(empty_case, settings.empty_policy,
                                                 reference_diagonal(ref.shape, sampling))
@@ -243,7 +248,7 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Sequence
         if settings.include_hd:
             out["hd"] = dist
         return out
-    d_pg, d_gp = directed_surface_distances(pred_c, ref_c, sampling, crop=False)
+    d_pg, d_gp = _distances_between_surfaces(pred_surface, ref_surface, sampling)
     out["dice"], out["jaccard"] = dice(pred_c, ref_c), jaccard(pred_c, ref_c)
     if settings.mode == "mm":
         out["hd95"], out["assd"] = hd95_max_directed(d_pg, d_gp), assd_pooled(d_pg, d_gp)

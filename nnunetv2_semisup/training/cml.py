@@ -1,0 +1,256 @@
+"""``nnUNetTrainerCML``: Cross-View Mutual Learning (Wu et al., ACM MM 2024) on nnU-Net (spec cml.md §3).
+
+Two independent nnU-Net networks (``CMLDualNetwork``; ``_hetero``: subnet 2 upsamples by interpolation + conv).
+
+- Pretraining, the first round(0.12·E) epochs (round half up; fixed at the first start and restored on ``--c``):
+  L_pre = l_w·(sup_DS(o¹(X_l,mix), Y_mix) + sup_DS(o²(X_l,mix), Y_mix)) + λ2·(dis(f¹_l, f²_l) + dis(f²_l, f¹_l));
+  the unlabeled stream is idle (b_u = 0, never advanced).
+- Self-training, the remaining epochs, continuing from the last pretraining state (same optimiser and schedule; the
+  reference's best-checkpoint reload selected on the test list is deliberately not ported):
+  L = l_w·(sup¹_l + sup²_l) + λ1·(sup_DS(o¹_u, T¹) + sup_DS(o²_u, T²)) + λ2·(dis_l(1,2) + dis_l(2,1) + dis_u(1,2)
+  + dis_u(2,1)), with T¹, T² the heterogeneous CutMix targets of paper eq. 9 built from LCC-filtered pseudo-labels
+  of the unmixed unlabeled batch (no_grad, network in its current mode). No ramp-ups. One backward, one step.
+- sup = ½·(CE + per-sample Dice incl. background) applied to every deep-supervision output with nnU-Net's DS weights;
+  dis = 1 + mean per-voxel channel cosine at the bottleneck, partner detached (``losses/cml_losses.py``).
+- CutMix (``training/cutmix.py``): one zero box of ⌊β·s⌋ per axis per mixing operation, shared by all pairs; halves
+  a (first B/2) and b (second B/2); mixing at full resolution, DS targets by nnU-Net's downsampling of the mixed label.
+- Batches: B_l = B_u = largest even number ≤ nnU-Net's planned (per-GPU) batch size, at least 2 (rounded with a
+  logged note); ``cml_batch_size`` overrides and must be even (an odd value is refused).
+- Optimiser: nnU-Net's default over both subnets (one SGD, poly LR over all epochs, clipping at 12).
+- Inference: ``CMLDualNetwork.forward`` = (logits₁ + logits₂)/2; ``network_weights`` holds both subnets.
+- Checkpoint key ``cml_state``: stage, pretraining length, mask draws, self-training iterations.
+
+Deviation: ``cml_hetero`` is a class attribute (not set in ``__init__``) because ``nnUNetv2_predict`` builds the
+network from the trainer class without instantiating it.
+"""
+import math
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import autocast
+
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunetv2_semisup.losses.cml_losses import (CMLSupLoss, cml_pseudo_labels, cml_sup_loss, feature_discrepancy,
+                                                heterogeneous_targets)
+from nnunetv2_semisup.networks.dual_net import CMLDualNetwork, build_cml_network
+from nnunetv2_semisup.training.cutmix import cutmix_box_mask, cutmix_pairs, ds_targets
+from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
+
+PRETRAIN, SELFTRAIN = "pretrain", "selftrain"
+
+
+def resolve_pair_batch_size(planned: int, override: Optional[int] = None) -> Tuple[int, Optional[str]]:
+    """(B, note): B_l = B_u for CML (spec §3.3). Planned odd sizes round down to pairs (minimum 2), with a note to
+    log; an explicit ``cml_batch_size`` must be an even number ≥ 2."""
+    if override is not None:
+        if int(override) != override or override < 2 or override % 2:
+            raise ValueError(f"cml_batch_size={override} is invalid: CML mixes pairs of patches, so the labeled and "
+                             f"unlabeled batch sizes must be even and ≥ 2 (e.g. {max(2, int(override) // 2 * 2)}).")
+        return int(override), None
+    b = max(2, int(planned) // 2 * 2)
+    note = None if b == planned else (f"CML needs pairs of patches: planned batch size {planned} -> "
+                                      f"{b} labeled + {b} unlabeled patches per iteration")
+    return b, note
+
+
+def pretrain_epochs_for(num_epochs: int, fraction: float) -> int:
+    """round(fraction · E), rounding halves up (Python's round() would round 0.5 to even)."""
+    return int(math.floor(fraction * num_epochs + 0.5))
+
+
+class _CMLState:
+    """Adapter so the base class saves/restores CML's plain state under the top-level checkpoint key ``cml_state``."""
+
+    def __init__(self, trainer: "nnUNetTrainerCML"):
+        self.trainer = trainer
+
+    def state_dict(self) -> dict:
+        t = self.trainer
+        return {"stage": t.cml_stage, "pretrain_epochs": t.cml_pretrain_epochs, "mask_draws": t.cml_mask_draws,
+                "selftrain_iterations": t.cml_selftrain_iterations}
+
+    def load_state_dict(self, state: dict) -> None:
+        t = self.trainer
+        t.cml_stage = state["stage"]
+        t.cml_pretrain_epochs = state["pretrain_epochs"]
+        t.cml_mask_draws = state["mask_draws"]
+        t.cml_selftrain_iterations = state["selftrain_iterations"]
+
+
+class nnUNetTrainerCML(nnUNetTrainerSemiSup):
+    # class attribute: read by the (class-level) build_network_architecture, which nnUNetv2_predict calls
+    cml_hetero = False
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.cml_lambda1 = 1.0  # unlabeled loss weight
+        self.cml_lambda2 = 0.2  # discrepancy weight
+        self.cml_labeled_weight = 1.0  # l_w
+        self.cml_beta = 2 / 3  # cube side ratio
+        self.cml_pretrain_fraction = 0.12  # pretraining share of epochs
+        self.cml_lcc = True  # largest-connected-component filter on pseudo-labels
+        self.cml_binary_threshold = 0.5  # foreground threshold when C = 2
+        self.cml_batch_size: Optional[int] = None  # override of B_l = B_u (must be even)
+        self.cml_grad_clip: Optional[float] = 12.0  # nnU-Net's clipping; None = off (_paper)
+        self.loss_terms = ("sup_l1", "sup_l2", "sup_u1", "sup_u2", "dis_l", "dis_u", "stage", "lcc_removed")
+        # state (checkpointed under 'cml_state')
+        self.cml_stage = PRETRAIN
+        self.cml_pretrain_epochs: Optional[int] = None
+        self.cml_mask_draws = 0
+        self.cml_selftrain_iterations = 0
+        self._cml_sup = None
+        self._cml_logged = set()
+
+    # ------------------------------------------------------------------ network
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> CMLDualNetwork:
+        return build_cml_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                 enable_deep_supervision, hetero=cls.cml_hetero)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        unwrap(self.network).set_deep_supervision(enabled)
+
+    def initialize(self):
+        lm = self.label_manager
+        if lm.has_regions or lm.has_ignore_label:
+            raise ValueError(f"{self.__class__.__name__} supports label-based datasets only (no regions, no ignore "
+                             f"label), but dataset.json of {self.plans_manager.dataset_name} defines "
+                             f"{'regions' if lm.has_regions else 'an ignore label'}. Use a dataset with plain labels.")
+        super().initialize()
+        # sup applied per DS output with nnU-Net's own DS weights (those of self.loss)
+        self._cml_sup = DeepSupervisionWrapper(CMLSupLoss(), self.loss.weight_factors) \
+            if isinstance(self.loss, DeepSupervisionWrapper) else CMLSupLoss()
+        self.extra_checkpoint_objects["cml_state"] = _CMLState(self)
+        if self.cml_pretrain_epochs is None:
+            self.cml_pretrain_epochs = pretrain_epochs_for(self.num_epochs, self.cml_pretrain_fraction)
+        resolve_pair_batch_size(self.batch_size, self.cml_batch_size)  # refuse a bad override before training
+
+    # ------------------------------------------------------------------ stages and batches
+    def cml_stage_for_epoch(self, epoch: int) -> str:
+        return PRETRAIN if epoch < self.cml_pretrain_epochs else SELFTRAIN
+
+    def uses_unlabeled(self) -> bool:
+        """Self-training consumes unlabeled patches only if a term needs them (not for ``_supOnly``)."""
+        return self.cml_lambda1 != 0 or self.cml_lambda2 != 0
+
+    def get_batch_composition(self) -> Tuple[int, int]:
+        b, note = resolve_pair_batch_size(self.batch_size, self.cml_batch_size)
+        if note and "batch" not in self._cml_logged:
+            self._cml_logged.add("batch")
+            self.print_to_log_file(f"NOTE: {note}")
+        if self.cml_stage_for_epoch(self.current_epoch) == PRETRAIN or not self.uses_unlabeled():
+            return b, 0
+        return b, b
+
+    def on_train_epoch_start(self):
+        stage = self.cml_stage_for_epoch(self.current_epoch)
+        if stage != self.cml_stage or "stage" not in self._cml_logged:
+            self._cml_logged.add("stage")
+            self.print_to_log_file(f"CML stage: {stage} (pretraining epochs 0..{self.cml_pretrain_epochs - 1}, "
+                                   f"self-training from epoch {self.cml_pretrain_epochs} of {self.num_epochs})")
+        self.cml_stage = stage
+        super().on_train_epoch_start()
+
+    # ------------------------------------------------------------------ training
+    def cml_iteration_lr(self) -> Optional[float]:
+        """Per-iteration learning rate, or None to keep nnU-Net's per-epoch schedule (default)."""
+        return None
+
+    def _draw_mask(self, patch_size, device) -> torch.Tensor:
+        mask, corner = cutmix_box_mask(patch_size, self.cml_beta, device=device)
+        self.cml_mask_draws += 1
+        if not corner and "mask" not in self._cml_logged:
+            self._cml_logged.add("mask")
+            self.print_to_log_file(f"WARNING: cml_beta={self.cml_beta} gives a zero-sized CutMix box for patch "
+                                   f"{tuple(patch_size)}: no mixing.")
+        return mask
+
+    def _sup(self, outputs: List[torch.Tensor], targets: List[torch.Tensor]) -> torch.Tensor:
+        if isinstance(self._cml_sup, DeepSupervisionWrapper):
+            return self._cml_sup(outputs, targets)
+        return cml_sup_loss(outputs[0], targets[0])
+
+    def train_step(self, batch: dict) -> dict:
+        dev = self.device
+        x_l = batch["data"].to(dev, non_blocking=True)
+        target = batch["target"]
+        y_l = (target[0] if isinstance(target, (list, tuple)) else target).to(dev, non_blocking=True)
+        ds_scales = self._get_deep_supervision_scales()
+        selftrain = self.cml_stage == SELFTRAIN and "unlabeled" in batch and self.uses_unlabeled()
+        with_unsup = selftrain and self.cml_lambda1 != 0
+
+        m_l = self._draw_mask(x_l.shape[2:], dev)
+        x_lmix = cutmix_pairs(x_l, m_l)
+        t_l = ds_targets(cutmix_pairs(y_l, m_l), ds_scales)
+        h = x_lmix.shape[0]
+        out = {}
+
+        lr = self.cml_iteration_lr()
+        if lr is not None:
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(dev.type, enabled=True) if dev.type == "cuda" else dummy_context():
+            x = x_lmix
+            if selftrain:
+                x_u = batch["unlabeled"]["data"].to(dev, non_blocking=True)
+                m_u = self._draw_mask(x_u.shape[2:], dev)
+                x = torch.cat((x_lmix, cutmix_pairs(x_u, m_u)))
+                if with_unsup:
+                    with torch.no_grad():  # pseudo-labels of the unmixed batch, network left in its current mode
+                        p1, p2, _, _ = self.network(x_u, return_all=True)
+                    pl1, r1 = cml_pseudo_labels(_full_res(p1), self.cml_lcc, self.cml_binary_threshold)
+                    pl2, r2 = cml_pseudo_labels(_full_res(p2), self.cml_lcc, self.cml_binary_threshold)
+                    t1, t2 = heterogeneous_targets(pl1, pl2, m_u)
+                    t_u1, t_u2 = ds_targets(t1[:, None], ds_scales), ds_targets(t2[:, None], ds_scales)
+                    out["lcc_removed"] = (r1 + r2) / 2
+            o1, o2, f1, f2 = self.network(x, return_all=True)
+            o1, o2 = _as_list(o1), _as_list(o2)
+
+            sup_l1 = self._sup([o[:h] for o in o1], t_l)
+            sup_l2 = self._sup([o[:h] for o in o2], t_l)
+            dis_l = feature_discrepancy(f1[:h], f2[:h]) + feature_discrepancy(f2[:h], f1[:h])
+            loss = self.cml_labeled_weight * (sup_l1 + sup_l2) + self.cml_lambda2 * dis_l
+            out.update(sup_l1=sup_l1, sup_l2=sup_l2, dis_l=dis_l)
+            if selftrain:
+                dis_u = feature_discrepancy(f1[h:], f2[h:]) + feature_discrepancy(f2[h:], f1[h:])
+                loss = loss + self.cml_lambda2 * dis_u
+                out["dis_u"] = dis_u
+                if with_unsup:
+                    sup_u1 = self._sup([o[h:] for o in o1], t_u1)
+                    sup_u2 = self._sup([o[h:] for o in o2], t_u2)
+                    loss = loss + self.cml_lambda1 * (sup_u1 + sup_u2)
+                    out.update(sup_u1=sup_u1, sup_u2=sup_u2)
+
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            if self.cml_grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.cml_grad_clip)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            if self.cml_grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.cml_grad_clip)
+            self.optimizer.step()
+        if self.cml_stage == SELFTRAIN:
+            self.cml_selftrain_iterations += 1
+
+        result = {"loss": loss.detach().cpu().numpy(), "stage": float(self.cml_stage == SELFTRAIN)}
+        for k, v in out.items():
+            result[k] = v.detach().cpu().numpy() if torch.is_tensor(v) else float(v)
+        return result
+
+
+def _as_list(output) -> list:
+    return list(output) if isinstance(output, (list, tuple)) else [output]
+
+
+def _full_res(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (list, tuple)) else output

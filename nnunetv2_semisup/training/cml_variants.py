@@ -1,0 +1,101 @@
+"""CML trainer variants (spec cml.md §4 and the paper's Table 4 ablation), as tiny attribute-changing subclasses.
+
+| class | differs from ``nnUNetTrainerCML`` by |
+|---|---|
+| ``nnUNetTrainerCML_hetero`` | subnet 2's decoder upsamples by interpolation + 3×3×3 conv (reference VNet) |
+| ``nnUNetTrainerCML_noDis`` | λ2 = 0 (Table 4 "L_sup + L_sup^u") |
+| ``nnUNetTrainerCML_noUnsup`` | λ1 = 0 (Table 4 "L_sup + L_dis"; unlabeled patches still feed dis_u) |
+| ``nnUNetTrainerCML_supOnly`` | λ1 = λ2 = 0 (Table 4 "L_sup"; no unlabeled patches are loaded, none need to exist) |
+| ``nnUNetTrainerCML_paper`` | reference optimisation: B_l = B_u = 4; SGD lr 0.01, momentum 0.9, wd 1e-4, no Nesterov, no clipping; 200 iterations × 85 epochs, 10 pretraining epochs at constant LR; self-training LR 0.01·0.1^⌊k/2500⌋ (k = self-training iterations so far) |
+| ``nnUNetTrainerCML_short`` | short schedule for tests/demo (``ShortScheduleMixin``); pretraining fraction 0.34 so a 2–4 epoch run has one pretraining epoch and then self-training |
+| ``nnUNetTrainerCML_hetero_short`` | ``_hetero`` on the short schedule |
+"""
+from typing import Optional
+
+import torch
+
+from nnunetv2_semisup.training.cml import SELFTRAIN, nnUNetTrainerCML
+from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
+
+__all__ = ["nnUNetTrainerCML", "nnUNetTrainerCML_hetero", "nnUNetTrainerCML_noDis", "nnUNetTrainerCML_noUnsup",
+           "nnUNetTrainerCML_supOnly", "nnUNetTrainerCML_paper", "nnUNetTrainerCML_short",
+           "nnUNetTrainerCML_hetero_short"]
+
+
+class nnUNetTrainerCML_hetero(nnUNetTrainerCML):
+    cml_hetero = True
+
+
+class nnUNetTrainerCML_noDis(nnUNetTrainerCML):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.cml_lambda2 = 0.0
+
+
+class nnUNetTrainerCML_noUnsup(nnUNetTrainerCML):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.cml_lambda1 = 0.0
+
+
+class nnUNetTrainerCML_supOnly(nnUNetTrainerCML):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.cml_lambda1 = 0.0
+        self.cml_lambda2 = 0.0
+        self.allow_labeled_only = True  # never loads unlabeled patches, so it also runs without them
+
+
+class _PerIterationLR:
+    """nnU-Net calls ``lr_scheduler.step(epoch)`` at every epoch start; this sets the trainer's per-iteration LR
+    instead (so the logged LR is the one in use)."""
+
+    def __init__(self, trainer: "nnUNetTrainerCML_paper"):
+        self.trainer = trainer
+
+    def step(self, current_step=None):
+        lr = self.trainer.cml_iteration_lr()
+        for g in self.trainer.optimizer.param_groups:
+            g["lr"] = lr
+
+
+class nnUNetTrainerCML_paper(nnUNetTrainerCML):
+    cml_paper_decay_every = 2500  # self-training iterations per ×0.1 LR step (LA reference)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.cml_batch_size = 4
+        self.initial_lr = 0.01
+        self.weight_decay = 1e-4
+        self.cml_grad_clip = None
+        self.num_iterations_per_epoch = 200
+        self.num_epochs = 85
+        self.cml_pretrain_fraction = 0.12  # round(0.12 · 85) = 10 epochs = 2000 iterations
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                    momentum=0.9, nesterov=False)
+        return optimizer, _PerIterationLR(self)
+
+    def cml_iteration_lr(self) -> Optional[float]:
+        if self.cml_stage != SELFTRAIN:
+            return self.initial_lr
+        return self.initial_lr * 0.1 ** (self.cml_selftrain_iterations // self.cml_paper_decay_every)
+
+
+class nnUNetTrainerCML_short(ShortScheduleMixin, nnUNetTrainerCML):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.cml_pretrain_fraction = 0.34
+
+
+class nnUNetTrainerCML_hetero_short(ShortScheduleMixin, nnUNetTrainerCML_hetero):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.cml_pretrain_fraction = 0.34

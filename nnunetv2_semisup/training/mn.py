@@ -1,0 +1,381 @@
+"""``nnUNetTrainerMN``: M&N (Yeung et al., MLMI 2025) — a 2D SegFormer pretrained on natural images (LoRA
+fine-tuned, slice by slice) and nnU-Net's 3D network co-train with soft pseudo-masks and learning-rate-guided
+sampling. Contract: ``shared/spec/mn.md``; user documentation: ``docs/mn.md``.
+
+Epochs (§3.3, ``mn_schedule.MNEpochPlan``): a supervised warm-up stage of W epochs in which both models take one
+step per iteration on the same labeled batch, then alternating co-training epochs — odd j = e − W + 1 trains the
+3D model with the 2D model's soft pseudo-masks, even j trains the 2D model with the 3D model's. The teacher runs
+in eval mode under no_grad on the same augmented patches as the student. Each model has its own optimiser, its
+own epoch counter and its own schedule (3D: nnU-Net SGD + poly; 2D: AdamW, linear warm-up + cosine).
+
+Loss (§1.4, §3.4): Dice_sq + KL_mean on the concatenated batch (unlabeled with soft teacher targets first, then
+labeled with one-hot targets); the 3D student keeps nnU-Net deep supervision with average-pooled soft targets.
+
+Batch composition (§3.5): b_u = ⌊r·B⌋, r = (η₀ − η)/(η₀ − η_final) of the trained model (paper eq. 10), or the
+reference's linear formula, or uniform sampling; b_u = 0 during warm-up.
+
+Pseudo-labels (§3.2): the 3D model's hard predictions of the unlabeled cases (class locations for
+foreground-aware unlabeled crops, NIfTI export) at the end of warm-up and at 25/37.5/50/75 % of T_3D.
+
+Inference uses only the 3D network: ``network_weights`` is nnU-Net's planned network, so stock
+``nnUNetv2_predict`` works; the SegFormer (incl. LoRA), its optimiser, grad scaler and the M&N state live under
+extra checkpoint keys.
+"""
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import autocast
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunetv2_semisup.losses.mn_loss import (MNLoss, build_targets, deep_supervision_loss,
+                                             nnunet_deep_supervision_weights, scale_factors)
+from nnunetv2_semisup.networks.segformer2d import (REFERENCE_LORA_TARGETS, build_segformer_2d, check_slice_size,
+                                                   segformer_checkpoint_from_env)
+from nnunetv2_semisup.networks.slicing import SliceWiseModel
+from nnunetv2_semisup.training.mn_schedule import (TRAIN_2D, TRAIN_3D, WARMUP, MNEpochPlan, ModelLRScheduler,
+                                                   PolySchedule, ReferenceCompositeSchedule, WarmupCosineSchedule,
+                                                   batch_composition, due_pseudo_label_refreshes, lr_warmup_epochs,
+                                                   lrg_uniform, warmup_stage_epochs)
+from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
+
+PHASE_CODE = {WARMUP: 0, TRAIN_2D: 2, TRAIN_3D: 3}  # logged per epoch as 'mn_trained_model'
+
+
+class nnUNetTrainerMN(nnUNetTrainerSemiSup):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # --- hyperparameters (spec §3.7; variants change them) ---
+        self.mn_segformer_checkpoint = segformer_checkpoint_from_env()
+        self.mn_2d_finetune = "lora"
+        self.mn_lora_r, self.mn_lora_alpha, self.mn_lora_dropout = 64, 64, 0.1
+        self.mn_lora_targets = REFERENCE_LORA_TARGETS
+        self.mn_2d_lr, self.mn_2d_weight_decay, self.mn_2d_warmup_ratio = 1e-3, 0.01, 50 / 4000
+        self.mn_2d_grad_clip: Optional[float] = None  # reference: no clipping of the 2D model
+        self.mn_3d_optimizer = "sgd"  # "sgd" = nnU-Net's SGD (initial_lr, weight_decay); "adamw" (reference)
+        self.mn_3d_grad_clip: Optional[float] = 12.0  # nnU-Net's gradient-norm clipping; None = off
+        self.mn_warmup_fraction, self.mn_warmup_epochs = 0.125, None
+        self.mn_lrg_mode = "paper"  # "paper" | "linear" | "uniform"
+        self.mn_cotraining = True  # False: 2D trained during warm-up only, then a fixed teacher
+        self.mn_slice_axis, self.mn_2d_chunk_size, self.mn_2d_checkpointing = 0, 32, True
+        self.mn_pseudo_refresh_fractions = (0.25, 0.375, 0.5, 0.75)
+        self.mn_export_pseudo_labels = True  # NIfTI of every refresh under <fold>/pseudo_labels/round_k/
+        self.mn_unlabeled_oversample: Optional[float] = None  # None: = oversample_foreground_percent
+        self.mn_schedule = "nnunet"  # "nnunet" (poly 3D, warm-up + cosine 2D) | "reference" (§1.6, both)
+        self.mn_batch_size: Optional[int] = None  # None: the plans' batch size
+        self.mn_uniform_seed = 12345
+        self.loss_terms = ("3d", "2d", "dice_3d", "kl_3d", "dice_2d", "kl_2d")
+        # --- state (set in initialize / restored from checkpoints) ---
+        self.network_2d = self.optimizer_2d = self.grad_scaler_2d = None
+        self.mn_plan: Optional[MNEpochPlan] = None
+        self.mn_scheduler_2d: Optional[ModelLRScheduler] = None
+        self.mn_phase = None
+        self.mn_composition: Tuple[int, int] = (0, 0)
+        self.mn_refreshes = []  # [(point, global epoch, round)]
+        self.mn_rng: Optional[np.random.Generator] = None  # uniform-mode draws; seeded in initialize
+        self._mn_uniform_draws = []
+
+    # ------------------------------------------------------------------ setup
+    def _check_supported(self):
+        lm = self.label_manager
+        if lm.has_regions or lm.has_ignore_label:
+            raise ValueError(f"{self.__class__.__name__}: M&N supports label-based datasets only (its loss needs a "
+                             f"softmax probability simplex and one-hot targets); dataset "
+                             f"{self.plans_manager.dataset_name} uses "
+                             f"{'region-based training' if lm.has_regions else 'an ignore label'}. Remove the "
+                             f"regions/ignore label from dataset.json or use another trainer.")
+        if len(self.configuration_manager.patch_size) != 3:
+            raise ValueError(f"{self.__class__.__name__} needs a 3D configuration (3d_fullres/3d_lowres); "
+                             f"'{self.configuration_name}' has a {len(self.configuration_manager.patch_size)}D patch")
+        if self.mn_lrg_mode not in ("paper", "linear", "uniform"):
+            raise ValueError(f"mn_lrg_mode must be 'paper', 'linear' or 'uniform', got '{self.mn_lrg_mode}'")
+        if self.mn_schedule not in ("nnunet", "reference"):
+            raise ValueError(f"mn_schedule must be 'nnunet' or 'reference', got '{self.mn_schedule}'")
+        if self.mn_slice_axis not in (0, 1, 2):
+            raise ValueError(f"mn_slice_axis must be 0, 1 or 2, got {self.mn_slice_axis}")
+
+    def initialize(self):
+        if self.was_initialized:
+            raise RuntimeError("trainer already initialized")
+        self._check_supported()
+        self.mn_plan = MNEpochPlan(self.num_epochs, warmup_stage_epochs(
+            self.num_epochs, self.mn_warmup_fraction, self.mn_warmup_epochs), self.mn_cotraining)
+        if self.mn_unlabeled_oversample is not None:
+            self.unlabeled_oversample_foreground_percent = self.mn_unlabeled_oversample
+        super().initialize()  # 3D network, its optimiser (configure_optimizers) and loss (_build_loss)
+
+        self.print_to_log_file(f"M&N: 2D model from '{self.mn_segformer_checkpoint}' (nnUNet_semisup_segformer), "
+                               f"fine-tuning '{self.mn_2d_finetune}'")
+        segformer = build_segformer_2d(
+            self.mn_segformer_checkpoint, self.num_input_channels, self.label_manager.num_segmentation_heads,
+            self.mn_2d_finetune, self.mn_lora_r, self.mn_lora_alpha, self.mn_lora_dropout, self.mn_lora_targets,
+            log=self.print_to_log_file).to(self.device)
+        self.print_to_log_file(f"M&N: SegFormer config {segformer.hf_model().config.to_dict()}")
+        slice_shape = [s for i, s in enumerate(self.configuration_manager.patch_size) if i != self.mn_slice_axis]
+        check_slice_size(segformer, self.num_input_channels, slice_shape, self.device)
+        self.network_2d = SliceWiseModel(segformer, self.mn_slice_axis, self.mn_2d_chunk_size,
+                                         self.mn_2d_checkpointing).to(self.device)
+        n_train = sum(p.numel() for p in segformer.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in segformer.parameters())
+        self.print_to_log_file(f"M&N: 2D model has {n_all} parameters, {n_train} trainable")
+        self.optimizer_2d = torch.optim.AdamW([p for p in segformer.parameters() if p.requires_grad],
+                                              lr=self.mn_2d_lr, weight_decay=self.mn_2d_weight_decay)
+        self.mn_scheduler_2d = ModelLRScheduler(self.optimizer_2d, self._schedule(TRAIN_2D, self.mn_2d_lr),
+                                                self.mn_plan, TRAIN_2D)
+        if self.device.type == "cuda":
+            self.grad_scaler_2d = torch.GradScaler("cuda")
+        if self.is_ddp:
+            self.network_2d = DDP(torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network_2d),
+                                  device_ids=[self.local_rank])
+        self.extra_checkpoint_objects["mn_segformer_state"] = self.network_2d
+        self.extra_checkpoint_objects["mn_segformer_optimizer_state"] = self.optimizer_2d
+        if self.grad_scaler_2d is not None:
+            self.extra_checkpoint_objects["mn_segformer_grad_scaler_state"] = self.grad_scaler_2d
+        self.mn_rng = np.random.default_rng(self.mn_uniform_seed)
+        self._register_mn_series()
+        p = self.mn_plan
+        self.print_to_log_file(f"M&N: E={p.num_epochs}, warm-up W={p.warmup_epochs}, T_3D={p.T_3d}, T_2D={p.T_2d}, "
+                               f"LRG '{self.mn_lrg_mode}', schedule '{self.mn_schedule}', batch {self.batch_size}")
+
+    def _register_mn_series(self):
+        self.logger.local_logger.register(["lr_2d", "mn_trained_model", "mn_mean_batch_unlabeled"])
+
+    def _schedule(self, model: str, initial_lr: float):
+        T = self.mn_plan.schedule_length(model)
+        w = lr_warmup_epochs(T, self.mn_2d_warmup_ratio)
+        if self.mn_schedule == "reference":
+            return ReferenceCompositeSchedule(initial_lr, T, w, self.mn_plan.warmup_epochs)
+        if model == TRAIN_3D:
+            return PolySchedule(initial_lr, T)
+        return WarmupCosineSchedule(initial_lr, T, w)
+
+    def _set_batch_size_and_oversample(self):
+        if self.mn_batch_size is None:
+            return super()._set_batch_size_and_oversample()
+        conf = self.configuration_manager.configuration
+        planned, conf["batch_size"] = conf["batch_size"], self.mn_batch_size
+        try:
+            super()._set_batch_size_and_oversample()
+        finally:
+            conf["batch_size"] = planned
+
+    def configure_optimizers(self):
+        """3D optimiser and its own-epoch scheduler (``self.lr_scheduler``, stepped by nnU-Net each epoch)."""
+        if self.mn_3d_optimizer == "sgd":
+            optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                        momentum=0.99, nesterov=True)
+        elif self.mn_3d_optimizer == "adamw":
+            optimizer = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        else:
+            raise ValueError(f"mn_3d_optimizer must be 'sgd' or 'adamw', got '{self.mn_3d_optimizer}'")
+        return optimizer, ModelLRScheduler(optimizer, self._schedule(TRAIN_3D, self.initial_lr), self.mn_plan,
+                                           TRAIN_3D)
+
+    def _build_loss(self):
+        """M&N loss (Dice_sq + KL_mean); for the 3D network wrapped in nnU-Net's deep supervision with nnU-Net's
+        weights (also what nnU-Net's validation step uses)."""
+        self.mn_loss = MNLoss()
+        if not self.enable_deep_supervision:
+            self.mn_ds_weights, self.mn_ds_factors = [1.0], [(1,) * len(self.configuration_manager.patch_size)]
+            return self.mn_loss
+        scales = self._get_deep_supervision_scales()
+        self.mn_ds_factors = scale_factors(scales)
+        self.mn_ds_weights = list(nnunet_deep_supervision_weights(
+            len(scales), self.is_ddp and not self._do_i_compile()))
+        return DeepSupervisionWrapper(self.mn_loss, self.mn_ds_weights)
+
+    # ------------------------------------------------------------------ epochs
+    def on_train_epoch_start(self):
+        e = self.current_epoch
+        self.mn_phase = self.mn_plan.phase(e)
+        self.mn_scheduler_2d.step(e)
+        if self._has_unlabeled:
+            done = {p for p, _, _ in self.mn_refreshes}
+            due = due_pseudo_label_refreshes(e, self.mn_plan, self.mn_pseudo_refresh_fractions, done)
+            if due:
+                self.print_to_log_file(f"M&N: refreshing the 3D hard pseudo-labels (points {due})")
+                self.refresh_unlabeled_pseudo_labels(export_nifti=self.mn_export_pseudo_labels)
+                self.mn_refreshes.extend((p, e, self.pseudo_label_round) for p in due)
+        self._mn_uniform_draws = []
+        super().on_train_epoch_start()  # network.train(), 3D scheduler step, lr log, get_batch_composition()
+        self.network_2d.train()
+        self.logger.log("lr_2d", self.optimizer_2d.param_groups[0]["lr"], e)
+        self.logger.log("mn_trained_model", PHASE_CODE[self.mn_phase], e)
+        self.print_to_log_file(f"M&N epoch {e}: trains {self.mn_phase} (3D epoch {self.mn_plan.own_epoch(e, TRAIN_3D)}"
+                               f"/{self.mn_plan.T_3d}, 2D epoch {self.mn_plan.own_epoch(e, TRAIN_2D)}/"
+                               f"{self.mn_plan.T_2d}); b_l, b_u = {self.mn_composition}; lr 3D "
+                               f"{self.optimizer.param_groups[0]['lr']:.3g}, lr 2D "
+                               f"{self.optimizer_2d.param_groups[0]['lr']:.3g}")
+
+    def get_batch_composition(self) -> Tuple[int, int]:
+        B = self.batch_size
+        phase = self.mn_phase if self.mn_phase is not None else self.mn_plan.phase(self.current_epoch)
+        if phase != WARMUP and self.mn_lrg_mode == "uniform":
+            comp = (B, B)  # both streams full; each iteration draws b_u and uses the first b_l / b_u samples
+        elif phase == WARMUP:
+            comp = (B, 0)
+        else:
+            optimizer, scheduler = (self.optimizer, self.lr_scheduler) if phase == TRAIN_3D else \
+                (self.optimizer_2d, self.mn_scheduler_2d)
+            comp = batch_composition(
+                self.mn_lrg_mode, B, phase, lr=optimizer.param_groups[0]["lr"],
+                initial_lr=scheduler.schedule.initial_lr, final_lr=scheduler.schedule.final_lr,
+                own_epoch=self.mn_plan.own_epoch(self.current_epoch, phase),
+                warmup_epochs=self.mn_plan.warmup_epochs, total=self.mn_plan.schedule_length(phase))
+        self.mn_composition = comp
+        return comp
+
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        b_u = float(np.mean(self._mn_uniform_draws)) if self._mn_uniform_draws else \
+            float(self.dataloader_train.composition[1])
+        self.logger.log("mn_mean_batch_unlabeled", b_u, self.current_epoch)
+
+    # ------------------------------------------------------------------ teachers
+    @torch.no_grad()
+    def soft_targets_2d(self, x: torch.Tensor) -> torch.Tensor:
+        """2D teacher (eval mode, no_grad, slice by slice): softmax probabilities (N, C, Z, Y, X), float32."""
+        model = unwrap(self.network_2d)
+        was_training = model.training
+        model.eval()
+        try:
+            with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+                logits = model(x)
+            return torch.softmax(logits.float(), 1)
+        finally:
+            model.train(was_training)
+
+    @torch.no_grad()
+    def soft_targets_3d(self, x: torch.Tensor) -> torch.Tensor:
+        """3D teacher (eval mode, no_grad; full-resolution output): softmax probabilities, float32."""
+        model = unwrap(self.network)
+        was_training = model.training
+        model.eval()
+        try:
+            with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+                out = model(x)
+            out = out[0] if isinstance(out, (list, tuple)) else out
+            return torch.softmax(out.float(), 1)
+        finally:
+            model.train(was_training)
+
+    # ------------------------------------------------------------------ steps
+    def _backward_step(self, loss, optimizer, scaler, params, clip):
+        """Backward + (clip) + step like nnU-Net's train_step; gradients are freed afterwards, so the model that
+        is teacher in the next epochs holds no stale gradients (and no memory for them)."""
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def step_3d(self, x_u, soft_u, x_l, targets_l) -> dict:
+        """One 3D student step on cat(x_u, x_l) with cat(soft teacher targets, one-hot labels) at every DS scale."""
+        x = torch.cat([t for t in (x_u, x_l) if t is not None])
+        targets = build_targets(soft_u, targets_l, self.label_manager.num_segmentation_heads, self.mn_ds_factors)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(x)
+            loss, dice, kl = deep_supervision_loss(self.mn_loss, output, targets, self.mn_ds_weights)
+        self._backward_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.mn_3d_grad_clip)
+        return {"3d": loss.detach().cpu().numpy(), "dice_3d": dice.detach().cpu().numpy(),
+                "kl_3d": kl.detach().cpu().numpy()}
+
+    def step_2d(self, x_u, soft_u, x_l, target_l) -> dict:
+        """One 2D student step (slice by slice, full resolution only) on the concatenated batch."""
+        x = torch.cat([t for t in (x_u, x_l) if t is not None])
+        target = build_targets(soft_u, None if target_l is None else [target_l],
+                               self.label_manager.num_segmentation_heads, [(1, 1, 1)])[0]
+        self.optimizer_2d.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            logits = self.network_2d(x)
+            dice, kl = self.mn_loss.components(logits, target)
+            loss = self.mn_loss.weight_dice * dice + self.mn_loss.weight_kl * kl
+        params = [p for p in self.network_2d.parameters() if p.requires_grad]
+        self._backward_step(loss, self.optimizer_2d, self.grad_scaler_2d, params, self.mn_2d_grad_clip)
+        return {"2d": loss.detach().cpu().numpy(), "dice_2d": dice.detach().cpu().numpy(),
+                "kl_2d": kl.detach().cpu().numpy()}
+
+    def train_step(self, batch: dict) -> dict:
+        x_l = batch["data"].to(self.device, non_blocking=True) if "data" in batch else None
+        targets = batch.get("target")
+        if targets is not None:
+            targets = [t.to(self.device, non_blocking=True) for t in targets] if isinstance(targets, list) \
+                else [targets.to(self.device, non_blocking=True)]
+        x_u = batch["unlabeled"]["data"].to(self.device, non_blocking=True) if "unlabeled" in batch else None
+        phase = self.mn_phase
+
+        if phase != WARMUP and self.mn_lrg_mode == "uniform" and x_u is not None and x_l is not None:
+            B = self.batch_size
+            b_u = lrg_uniform(self.mn_rng, B, len(self._labeled_stream.dataset.identifiers),
+                              len(self._unlabeled_stream.dataset.identifiers))
+            self._mn_uniform_draws.append(b_u)
+            x_u = x_u[:b_u] if b_u > 0 else None
+            x_l = x_l[:B - b_u] if b_u < B else None
+            targets = [t[:B - b_u] for t in targets] if b_u < B else None
+
+        out = {}
+        if phase == WARMUP:
+            out.update(self.step_2d(None, None, x_l, targets[0]))
+            out.update(self.step_3d(None, None, x_l, targets))
+        elif phase == TRAIN_3D:
+            soft = self.soft_targets_2d(x_u) if x_u is not None else None
+            out.update(self.step_3d(x_u, soft, x_l, targets))
+        elif phase == TRAIN_2D:
+            soft = self.soft_targets_3d(x_u) if x_u is not None else None
+            out.update(self.step_2d(x_u, soft, x_l, None if targets is None else targets[0]))
+        else:
+            raise RuntimeError("train_step called outside an epoch (mn_phase not set)")
+        losses = [out[k] for k in ("3d", "2d") if k in out]
+        out["loss"] = np.mean(losses)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def get_method_state(self) -> dict:
+        plan = self.mn_plan
+        done = self.current_epoch + 1  # epochs completed when the checkpoint is written (nnU-Net's convention)
+        return {**super().get_method_state(),
+                "segformer_checkpoint": self.mn_segformer_checkpoint,
+                "segformer_config": unwrap(self.network_2d).model.hf_model().config.to_dict(),
+                "finetune": self.mn_2d_finetune,
+                "num_epochs": plan.num_epochs, "W": plan.warmup_epochs, "T_3d": plan.T_3d, "T_2d": plan.T_2d,
+                "cotraining": plan.cotraining,
+                "epoch_3d": plan.own_epoch(done, TRAIN_3D), "epoch_2d": plan.own_epoch(done, TRAIN_2D),
+                "scheduler_3d": self.lr_scheduler.state_dict(), "scheduler_2d": self.mn_scheduler_2d.state_dict(),
+                "lrg_mode": self.mn_lrg_mode, "schedule": self.mn_schedule,
+                "composition": tuple(self.mn_composition),
+                "uniform_rng": self.mn_rng.bit_generator.state,
+                "refreshes": list(self.mn_refreshes)}
+
+    def set_method_state(self, state: dict) -> None:
+        super().set_method_state(state)
+        plan = self.mn_plan
+        saved = (state["num_epochs"], state["W"], state["cotraining"])
+        if saved != (plan.num_epochs, plan.warmup_epochs, plan.cotraining):
+            raise ValueError(f"{self.__class__.__name__}: the checkpoint was trained with (num_epochs, W, "
+                             f"cotraining) = {saved}, this trainer has {(plan.num_epochs, plan.warmup_epochs, plan.cotraining)}; "
+                             f"the M&N schedules depend on them, so resume with the same settings")
+        if state["segformer_checkpoint"] != self.mn_segformer_checkpoint:
+            self.print_to_log_file(f"NOTE: the checkpoint's SegFormer came from '{state['segformer_checkpoint']}', "
+                                   f"now '{self.mn_segformer_checkpoint}'; the saved weights are used.")
+        self.lr_scheduler.load_state_dict(state["scheduler_3d"])
+        self.mn_scheduler_2d.load_state_dict(state["scheduler_2d"])
+        self.mn_composition = tuple(state["composition"])
+        self.mn_rng.bit_generator.state = state["uniform_rng"]
+        self.mn_refreshes = [tuple(r) for r in state["refreshes"]]
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        self._register_mn_series()

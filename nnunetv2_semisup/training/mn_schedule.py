@@ -1,0 +1,216 @@
+"""M&N epoch bookkeeping, learning-rate schedules and learning-rate-guided sampling (LRG).
+
+Spec: ``shared/spec/mn.md`` §1.6 (reference composite schedule), §1.7 (LRG), §3.3 (port schedules, epoch plan),
+§3.5 (LRG modes). Everything here is a pure function of epoch counters, so resuming (``--c``) only needs the
+global epoch and the stored counters.
+
+Epoch plan (§3.3): global epochs e = 0 .. E−1; warm-up stage e < W (both models trained on labeled batches);
+co-training epoch j = e − W + 1: odd j trains the 3D model, even j the 2D model (without co-training, every
+co-training epoch trains 3D). Each model m has its own epoch counter e_m (epochs in which m was trained so far)
+and its own schedule length T_3D = W + ⌈(E − W)/2⌉, T_2D = W + ⌊(E − W)/2⌋ (no co-training: T_3D = E, T_2D = W).
+"""
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+
+WARMUP, TRAIN_3D, TRAIN_2D = "warmup", "3d", "2d"
+
+
+def warmup_stage_epochs(num_epochs: int, fraction: float = 0.125, absolute: Optional[int] = None) -> int:
+    """W: ``absolute`` if given, else round(fraction·E), at least 1 (so short runs still have a supervised stage)
+    and at most E."""
+    if absolute is not None:
+        w = int(absolute)
+    else:
+        w = max(1, int(round(fraction * num_epochs))) if fraction > 0 else 0
+    if not 0 <= w <= num_epochs:
+        raise ValueError(f"M&N warm-up stage of {w} epochs does not fit into num_epochs={num_epochs}; set "
+                         f"mn_warmup_epochs/mn_warmup_fraction accordingly")
+    return w
+
+
+@dataclass(frozen=True)
+class MNEpochPlan:
+    """Which model trains in global epoch e, and each model's own epoch counter and schedule length (§3.3)."""
+    num_epochs: int
+    warmup_epochs: int
+    cotraining: bool = True
+
+    @property
+    def T_3d(self) -> int:
+        rest = self.num_epochs - self.warmup_epochs
+        return self.num_epochs if not self.cotraining else self.warmup_epochs + (rest + 1) // 2
+
+    @property
+    def T_2d(self) -> int:
+        rest = self.num_epochs - self.warmup_epochs
+        return self.warmup_epochs if not self.cotraining else self.warmup_epochs + rest // 2
+
+    def schedule_length(self, model: str) -> int:
+        return self.T_3d if model == TRAIN_3D else self.T_2d
+
+    def phase(self, e: int) -> str:
+        """'warmup' (both models), '3d' or '2d' for global epoch e."""
+        if e < self.warmup_epochs:
+            return WARMUP
+        if not self.cotraining:
+            return TRAIN_3D
+        j = e - self.warmup_epochs + 1
+        return TRAIN_3D if j % 2 == 1 else TRAIN_2D
+
+    def trains(self, e: int, model: str) -> bool:
+        p = self.phase(e)
+        return p == WARMUP or p == model
+
+    def own_epoch(self, e: int, model: str) -> int:
+        """Number of epochs before global epoch e in which ``model`` was trained (= its counter at e)."""
+        W = self.warmup_epochs
+        if e <= W:
+            return e
+        done = e - W  # co-training epochs before e
+        if model == TRAIN_3D:
+            return W + (done if not self.cotraining else (done + 1) // 2)
+        return W + (0 if not self.cotraining else done // 2)
+
+
+# ---------------------------------------------------------------------------------------------- LR schedules
+class PolySchedule:
+    """nnU-Net's poly decay η₀·(1 − e/T)^0.9 (``PolyLRScheduler`` formula), η_final = 0."""
+
+    def __init__(self, initial_lr: float, total: int, exponent: float = 0.9):
+        self.initial_lr, self.final_lr, self.total, self.exponent = initial_lr, 0.0, total, exponent
+
+    def __call__(self, e: int) -> float:
+        return self.initial_lr * (1 - e / self.total) ** self.exponent
+
+
+class WarmupCosineSchedule:
+    """Port 2D schedule (§3.3): linear warm-up 0.01·η₀ → η₀ over w epochs, then cosine η₀ → 0 until T."""
+
+    def __init__(self, initial_lr: float, total: int, warmup: int):
+        if warmup < 1 or total < 1:
+            raise ValueError(f"schedule needs total ≥ 1 and warm-up ≥ 1 epochs, got {total} and {warmup}")
+        self.initial_lr, self.final_lr, self.total, self.warmup = initial_lr, 0.0, total, warmup
+
+    def __call__(self, e: int) -> float:
+        if e < self.warmup:
+            return self.initial_lr * (0.01 + 0.99 * e / self.warmup)
+        # (a schedule of T ≤ w epochs never gets here)
+        return self.initial_lr * (1 + math.cos(math.pi * (e - self.warmup) / max(1, self.total - self.warmup))) / 2
+
+
+class ReferenceCompositeSchedule:
+    """The reference's composite schedule (§1.6), generalised: linear warm-up 0.01·η₀ → η₀ over w epochs, cosine
+    η₀ → 0 until the end of the supervised stage W, then a **restart** at η₀ with cosine → 0 until T.
+    With w = 50, W = 500, T = 4000 this is exactly the reference's ``SequentialLR``."""
+
+    def __init__(self, initial_lr: float, total: int, warmup: int, restart: int):
+        if not 0 < warmup < restart < total:
+            raise ValueError(f"reference schedule needs 0 < warm-up ({warmup}) < restart ({restart}) < total ({total})")
+        self.initial_lr, self.final_lr = initial_lr, 0.0
+        self.total, self.warmup, self.restart = total, warmup, restart
+
+    def __call__(self, e: int) -> float:
+        if e < self.warmup:
+            return self.initial_lr * (0.01 + 0.99 * e / self.warmup)
+        if e < self.restart:
+            return self.initial_lr * (1 + math.cos(math.pi * (e - self.warmup) / (self.restart - self.warmup))) / 2
+        return self.initial_lr * (1 + math.cos(math.pi * (e - self.restart) / (self.total - self.restart))) / 2
+
+
+def lr_warmup_epochs(total: int, ratio: float) -> int:
+    """w = max(1, round(T·ratio)) (ratio = 50/4000 in the reference)."""
+    return max(1, int(round(total * ratio)))
+
+
+class ModelLRScheduler:
+    """Sets one model's learning rate from its own epoch counter.
+
+    ``step(global_epoch)`` is what nnU-Net's ``on_train_epoch_start`` calls with ``self.current_epoch``: the
+    scheduler steps only if its model is trained in that epoch (so over a run it steps exactly T_m times) and
+    sets lr = schedule(e_m).
+    """
+
+    def __init__(self, optimizer, schedule: Callable[[int], float], plan: MNEpochPlan, model: str):
+        self.optimizer, self.schedule, self.plan, self.model = optimizer, schedule, plan, model
+        self.num_steps = 0
+        self.last_own_epoch = None
+        self._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+    def step(self, global_epoch: int) -> bool:
+        if not self.plan.trains(global_epoch, self.model):
+            return False
+        e = self.plan.own_epoch(global_epoch, self.model)
+        lr = self.schedule(e)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [lr] * len(self.optimizer.param_groups)
+        self.num_steps += 1
+        self.last_own_epoch = e
+        return True
+
+    def get_last_lr(self):
+        return self._last_lr
+
+    def state_dict(self) -> dict:
+        return {"num_steps": self.num_steps, "last_own_epoch": self.last_own_epoch, "last_lr": self._last_lr}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.num_steps, self.last_own_epoch, self._last_lr = state["num_steps"], state["last_own_epoch"], \
+            state["last_lr"]
+
+
+# ---------------------------------------------------------------------------------------------- LRG
+def lrg_paper(batch_size: int, lr: float, initial_lr: float, final_lr: float = 0.0) -> int:
+    """Paper eq. 10: b_u = ⌊r·B⌋ with r = clamp((η₀ − η)/(η₀ − η_final), 0, 1)."""
+    r = min(1.0, max(0.0, (initial_lr - lr) / (initial_lr - final_lr)))
+    return int(math.floor(r * batch_size + 1e-12))
+
+
+def lrg_linear(batch_size: int, own_epoch: int, warmup_epochs: int, total: int) -> int:
+    """Reference code: b_u = ⌊(e_m − W)/(T_m − W)·B⌋ (never B inside a run)."""
+    if own_epoch < warmup_epochs:
+        return 0
+    return int(math.floor((own_epoch - warmup_epochs) / (total - warmup_epochs) * batch_size))
+
+
+def lrg_uniform(rng: np.random.Generator, batch_size: int, n_labeled: int, n_unlabeled: int) -> int:
+    """'No LRG' ablation: each of the B patches comes from labeled ∪ unlabeled with probability proportional to
+    case counts, i.e. b_u ~ Binomial(B, |U|/(|L|+|U|))."""
+    return int(rng.binomial(batch_size, n_unlabeled / (n_labeled + n_unlabeled)))
+
+
+def batch_composition(mode: str, batch_size: int, phase: str, lr: float = None, initial_lr: float = None,
+                      final_lr: float = 0.0, own_epoch: int = None, warmup_epochs: int = None,
+                      total: int = None) -> Tuple[int, int]:
+    """(b_l, b_u) of an epoch for the paper/linear modes; warm-up always (B, 0). Uniform mode is drawn per
+    iteration (``lrg_uniform``)."""
+    if phase == WARMUP:
+        return batch_size, 0
+    if mode == "paper":
+        b_u = lrg_paper(batch_size, lr, initial_lr, final_lr)
+    elif mode == "linear":
+        b_u = lrg_linear(batch_size, own_epoch, warmup_epochs, total)
+    else:
+        raise ValueError(f"unknown mn_lrg_mode '{mode}' for a per-epoch composition; use 'paper', 'linear' or "
+                         f"'uniform'")
+    b_u = min(b_u, batch_size)
+    return batch_size - b_u, b_u
+
+
+# ---------------------------------------------------------------------------------------------- pseudo refresh
+def due_pseudo_label_refreshes(e: int, plan: MNEpochPlan, fractions, done) -> list:
+    """Refresh points due at the start of global epoch e (§3.2): 'warmup' at e = W, and each fraction f at the
+    first 3D epoch whose own counter is ≥ ⌈f·T_3D⌉. ``done`` holds points already served; points falling on the
+    same epoch are served by one refresh."""
+    due = []
+    if plan.warmup_epochs > 0 and e >= plan.warmup_epochs and "warmup" not in done:
+        due.append("warmup")
+    if plan.phase(e) == TRAIN_3D:
+        e3 = plan.own_epoch(e, TRAIN_3D)
+        for f in fractions:
+            if f not in done and e3 >= math.ceil(f * plan.T_3d):
+                due.append(f)
+    return due

@@ -1,0 +1,94 @@
+"""M&N trainer variants (spec §4): tiny subclasses that change attributes, as nnU-Net's own variants do.
+
+| class | change |
+|---|---|
+| ``nnUNetTrainerMN_whole`` | whole SegFormer trainable, no LoRA (Table 4 "Whole") |
+| ``nnUNetTrainerMN_decoder`` | SegFormer encoder frozen; decode head, output head, adapter trainable (Table 4 "Decoder") |
+| ``nnUNetTrainerMN_lrglinear`` | reference LRG b_u = ⌊(e_m − W)/(T_m − W)·B⌋ |
+| ``nnUNetTrainerMN_uniform`` | no LRG: b_u ~ Binomial(B, |U|/(|L|+|U|)) per iteration (Table 4 "no LRG") |
+| ``nnUNetTrainerMN_fixedpseudo`` | 2D trained in warm-up only, then a fixed teacher (Table 4 "no iterative co-training") |
+| ``nnUNetTrainerMN_paper`` | reference hyperparameters (B = 5, 8 it/epoch, W = 500, 4000 own epochs per model, AdamW both, composite schedule with restart, no clipping, oversampling 0.5) |
+| ``nnUNetTrainerMN_paper_lrglinear`` | ``_paper`` + linear LRG: the fully code-faithful schedule |
+| ``nnUNetTrainerMN_short`` | test/demo variant: short schedule (``ShortScheduleMixin``), 6 epochs, chunks of 16 slices |
+"""
+import torch
+
+from nnunetv2_semisup.training.mn import nnUNetTrainerMN
+from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
+
+__all__ = ["nnUNetTrainerMN", "nnUNetTrainerMN_whole", "nnUNetTrainerMN_decoder", "nnUNetTrainerMN_lrglinear",
+           "nnUNetTrainerMN_uniform", "nnUNetTrainerMN_fixedpseudo", "nnUNetTrainerMN_paper",
+           "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_short"]
+
+
+class nnUNetTrainerMN_whole(nnUNetTrainerMN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_2d_finetune = "whole"
+
+
+class nnUNetTrainerMN_decoder(nnUNetTrainerMN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_2d_finetune = "decoder"
+
+
+class nnUNetTrainerMN_lrglinear(nnUNetTrainerMN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_lrg_mode = "linear"
+
+
+class nnUNetTrainerMN_uniform(nnUNetTrainerMN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_lrg_mode = "uniform"
+
+
+class nnUNetTrainerMN_fixedpseudo(nnUNetTrainerMN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_cotraining = False
+
+
+class nnUNetTrainerMN_paper(nnUNetTrainerMN):
+    """Reference hyperparameters (spec §1.1, §4). E = 7500 global epochs = W + 2·3500, so each model runs
+    4000 own epochs; pseudo-label refreshes at own 3D epochs 500, 1000, 1500, 2000, 3000."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_batch_size = 5
+        self.num_iterations_per_epoch = 8
+        self.num_epochs = 7500
+        self.mn_warmup_epochs = 500
+        self.mn_3d_optimizer, self.initial_lr, self.weight_decay = "adamw", 1e-4, 0.01
+        self.mn_2d_lr, self.mn_2d_weight_decay = 1e-3, 0.01
+        self.mn_schedule = "reference"
+        self.mn_3d_grad_clip = self.mn_2d_grad_clip = None
+        self.oversample_foreground_percent = 0.5
+        self.unlabeled_oversample_foreground_percent = self.mn_unlabeled_oversample = 0.5
+        self.mn_lrg_mode = "paper"
+
+
+class nnUNetTrainerMN_paper_lrglinear(nnUNetTrainerMN_paper):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_lrg_mode = "linear"
+
+
+class nnUNetTrainerMN_short(ShortScheduleMixin, nnUNetTrainerMN):
+    """Tests and the offline demo: 6 epochs (W = 1; the 3D and 2D models then alternate and b_u reaches 1 for
+    B = 2), chunks of 16 slices so chunking and checkpointing are exercised."""
+    short_epochs = 6
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_2d_chunk_size = 16

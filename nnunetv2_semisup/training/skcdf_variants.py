@@ -1,0 +1,99 @@
+"""SKCDF trainer variants (spec ``skcdf.md`` §4): tiny subclasses that change attributes, nnU-Net style.
+
+| class | differs from ``nnUNetTrainerSKCDF`` by | paper |
+|---|---|---|
+| ``_truemask`` | masked loss averaged over the selected voxels only | — |
+| ``_paper`` | reference optimiser/schedule: SGD lr 0.3, momentum 0.9, Nesterov, wd 3e-5, poly 0.9 over 1500 epochs, batch 2 + 2, max(1, ⌊\\|U\\|/2⌋) iterations per epoch, dropout 0.5, no gradient clipping | Tab. 1 |
+| ``_noSKCM`` | SKCM replaced by the identity | Tab. 3 "DF + ABSH" |
+| ``_noABSH`` | no auxiliary heads / aux losses; EMA head steps skipped (decoder EMA kept) | Tab. 3 "DF + SKCM" |
+| ``_noEMA`` | no knowledge transfer | Tab. 4 "w/o EMA" |
+| ``_DF`` | neither SKCM nor auxiliary heads (decoupled decoders + decoder EMA) | Tab. 3 "+ DF", Tab. 4 |
+| ``_DF_noEMA`` | ``_DF`` without decoder EMA | Tab. 4 "unlabeled / no" |
+| ``_DF_inferL``, ``_DF_noEMA_inferL`` | ``_DF`` / ``_DF_noEMA`` predicting with D_l's main head | Tab. 4 "labeled" rows |
+| ``_short`` | short schedule for tests and the demo (``ShortScheduleMixin``) | — |
+
+Architecture switches are class attributes (nnU-Net rebuilds the network from the class at prediction time).
+"""
+import torch
+
+from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
+from nnunetv2_semisup.training.skcdf import nnUNetTrainerSKCDF
+
+
+class nnUNetTrainerSKCDF_truemask(nnUNetTrainerSKCDF):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.skcdf_mask_mode = "true"
+
+
+class nnUNetTrainerSKCDF_paper(nnUNetTrainerSKCDF):
+    """Reference hyperparameters (spec §1.1). lr 0.3 is the Synapse value; use 0.1 for AMOS-like data
+    (subclass and set ``initial_lr``)."""
+    skcdf_dropout_p = 0.5
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 0.3
+        self.weight_decay = 3e-5
+        self.skcdf_momentum = 0.9
+        self.skcdf_grad_clip = None
+        self.num_epochs = 1500
+        self.skcdf_batch_size = 2
+
+    def initialize(self):
+        super().initialize()
+        # the reference repeats the labeled set to the unlabeled set size, drop_last, 2 per batch
+        if self._unlabeled_available():
+            n_u = len(self.dataset_class.get_identifiers(self.unlabeled_preprocessed_folder))
+            self.num_iterations_per_epoch = max(1, n_u // 2)
+
+
+class nnUNetTrainerSKCDF_noSKCM(nnUNetTrainerSKCDF):
+    skcdf_use_skcm = False
+
+
+class nnUNetTrainerSKCDF_noABSH(nnUNetTrainerSKCDF):
+    skcdf_use_aux = False
+
+
+class nnUNetTrainerSKCDF_noEMA(nnUNetTrainerSKCDF):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.skcdf_use_ema = False
+
+
+class nnUNetTrainerSKCDF_DF(nnUNetTrainerSKCDF):
+    skcdf_use_skcm = False
+    skcdf_use_aux = False
+
+
+class nnUNetTrainerSKCDF_DF_noEMA(nnUNetTrainerSKCDF_DF):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.skcdf_use_ema = False
+
+
+class nnUNetTrainerSKCDF_DF_inferL(nnUNetTrainerSKCDF_DF):
+    skcdf_inference_decoder = "labeled"
+
+
+class nnUNetTrainerSKCDF_DF_noEMA_inferL(nnUNetTrainerSKCDF_DF_noEMA):
+    skcdf_inference_decoder = "labeled"
+
+
+class nnUNetTrainerSKCDF_short(ShortScheduleMixin, nnUNetTrainerSKCDF):
+    """Short schedule for tests and the demo (epochs/iterations via nnUNet_semisup_short_* variables)."""
+
+
+class nnUNetTrainerSKCDF_DF_short(ShortScheduleMixin, nnUNetTrainerSKCDF_DF):
+    pass
+
+
+__all__ = ["nnUNetTrainerSKCDF", "nnUNetTrainerSKCDF_truemask", "nnUNetTrainerSKCDF_paper",
+           "nnUNetTrainerSKCDF_noSKCM", "nnUNetTrainerSKCDF_noABSH", "nnUNetTrainerSKCDF_noEMA",
+           "nnUNetTrainerSKCDF_DF", "nnUNetTrainerSKCDF_DF_noEMA", "nnUNetTrainerSKCDF_DF_inferL",
+           "nnUNetTrainerSKCDF_DF_noEMA_inferL", "nnUNetTrainerSKCDF_short", "nnUNetTrainerSKCDF_DF_short"]

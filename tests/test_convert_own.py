@@ -1,0 +1,232 @@
+"""Own data: folder + CSV, --check of an existing dataset, and nnUNetv2_semisup_add_unlabeled."""
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conversion_fakes import (PANCREAS_ORIGIN, PANCREAS_SPACING, cases_in, ct_body_volume, dataset_json,
+                              leftovers, conv_env, read_array, verify_integrity, write_dicom_series)  # noqa: F401
+from nnunetv2_semisup_conversion import add_unlabeled, convert_own
+from nnunetv2_semisup_conversion.errors import ConversionError
+
+SPACING = (0.9, 0.8, 2.0)
+
+
+def _img(arr_zyx, spacing=SPACING, origin=(0.0, 0.0, 0.0)):
+    im = sitk.GetImageFromArray(arr_zyx)
+    im.SetSpacing(spacing)
+    im.SetOrigin(origin)
+    return im
+
+
+def _vol(seed, shape=(6, 8, 10)):
+    return np.random.default_rng(seed).normal(0, 1, shape).astype(np.float32)
+
+
+def _lab(shape=(6, 8, 10), value=1):
+    a = np.zeros(shape, np.uint8)
+    a[1:4, 2:5, 3:7] = value
+    a[4, 6, 8] = 2
+    return a
+
+
+def _dicom_vol():
+    return (np.arange(6 * 8 * 10).reshape(6, 8, 10) % 300 - 100).astype(np.int16)
+
+
+def _write_source(src):
+    """Two channels per case, in NRRD, MHA and NIfTI; one case's channel 0 as a DICOM series."""
+    os.makedirs(src, exist_ok=True)
+    rows = ["case,role,image_0000,image_0001,label"]
+    roles = {"p1": "labeled", "p2": "labeled", "p3": "validation", "p4": "unlabeled", "p5": "unlabeled",
+             "p6": "test"}
+    for k, (case, role) in enumerate(roles.items()):
+        if case == "p5":   # channel 0 of p5 is a DICOM series folder on the same grid
+            write_dicom_series(os.path.join(src, "p5_t2_dicom"), _dicom_vol(), SPACING, (0.0, 0.0, 0.0), "P5")
+            sitk.WriteImage(_img(_vol(k + 10)), os.path.join(src, f"{case}_adc.mha"))
+            rows.append("p5,unlabeled,p5_t2_dicom,p5_adc.mha,")
+            continue
+        sitk.WriteImage(_img(_vol(k)), os.path.join(src, f"{case}_t2.nrrd"))
+        sitk.WriteImage(_img(_vol(k + 10)), os.path.join(src, f"{case}_adc.mha"))
+        lab = f"{case}_seg.nii.gz" if role != "unlabeled" else ""
+        if lab:
+            sitk.WriteImage(_img(_lab()), os.path.join(src, lab))
+        rows.append(f"{case},{role},{case}_t2.nrrd,{case}_adc.mha,{lab}")
+    with open(os.path.join(src, "cases.csv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return os.path.join(src, "cases.csv")
+
+
+CSV_ARGS = ["--name", "Prostate", "--channel-names", "T2,ADC", "--labels", "background,zone,lesion"]
+
+
+def test_csv_layout_roles_channels_and_integrity(tmp_path, conv_env):
+    src = str(tmp_path / "src")
+    csv_path = _write_source(src)
+    folder = convert_own.run(["-i", src, "--csv", csv_path, "-d", "501", "--transductive"] + CSV_ARGS)
+    assert os.path.basename(folder) == "Dataset501_Prostate"
+    assert sorted(os.listdir(os.path.join(folder, "imagesTr"))) == [
+        "p1_0000.nii.gz", "p1_0001.nii.gz", "p2_0000.nii.gz", "p2_0001.nii.gz", "p3_0000.nii.gz", "p3_0001.nii.gz"]
+    assert cases_in(folder, "labelsTr") == ["p1", "p2", "p3"]
+    assert cases_in(folder, "imagesUnlabeled") == ["p4", "p5", "p6"]          # p6 = transductive test image
+    assert cases_in(folder, "imagesTs") == ["p6"] == cases_in(folder, "labelsTs")
+    with open(os.path.join(folder, "splits_semisup.json")) as f:
+        assert json.load(f) == [{"train": ["p1", "p2"], "val": ["p3"]}]
+    dj = dataset_json(folder)
+    assert dj["channel_names"] == {"0": "T2", "1": "ADC"} and dj["labels"] == {"background": 0, "zone": 1, "lesion": 2}
+    assert dj["numTraining"] == 3 and dj["file_ending"] == ".nii.gz"
+    r = dj["semisup"]
+    assert r["source"] == "own" and r["transductive"] is True and r["labeled_cases"] == ["p1", "p2"]
+    assert r["case_id_map"]["p4"] == "p4_t2.nrrd" and r["labeled_selection"] == "list:cases.csv"
+    np.testing.assert_array_equal(read_array(os.path.join(folder, "imagesTr", "p2_0001.nii.gz")), _vol(11))
+    np.testing.assert_array_equal(read_array(os.path.join(folder, "imagesUnlabeled", "p5_0000.nii.gz")), _dicom_vol())
+    assert r["case_id_map"]["p5"] == "p5_t2_dicom"
+    np.testing.assert_array_equal(read_array(os.path.join(folder, "labelsTr", "p2.nii.gz")), _lab())
+    assert sitk.ReadImage(os.path.join(folder, "imagesTr", "p2_0000.nii.gz")).GetSpacing() == pytest.approx(SPACING)
+    verify_integrity(folder)
+    # the integrity check used by every converter test does catch a broken dataset
+    sitk.WriteImage(_img(_lab(value=7)), os.path.join(folder, "labelsTr", "p1.nii.gz"))
+    with pytest.raises(RuntimeError, match="unexpected labels"):
+        verify_integrity(folder)
+
+
+def test_csv_bad_inputs(tmp_path, conv_env):
+    src = str(tmp_path / "src")
+    csv_path = _write_source(src)
+    base = ["-i", src, "--csv", csv_path, "-d", "502"] + CSV_ARGS
+
+    def err(match, rows=None, args=base):
+        if rows is not None:
+            with open(csv_path, "w") as f:
+                f.write("\n".join(rows) + "\n")
+        with pytest.raises(ConversionError, match=match):
+            convert_own.run(args)
+
+    hdr = "case,role,image_0000,image_0001,label"
+    err("case p1 \\(labeled\\): label missing", [hdr, "p1,labeled,p1_t2.nrrd,p1_adc.mha,"])
+    err("case p1: image missing: .*nothere.nrrd", [hdr, "p1,labeled,nothere.nrrd,p1_adc.mha,p1_seg.nii.gz"])
+    err("role 'train'", [hdr, "p1,train,p1_t2.nrrd,p1_adc.mha,p1_seg.nii.gz"])
+    err("case p1 listed twice", [hdr] + ["p1,labeled,p1_t2.nrrd,p1_adc.mha,p1_seg.nii.gz"] * 2)
+    sitk.WriteImage(_img(_lab((6, 8, 9))), os.path.join(src, "bad_seg.nii.gz"))
+    err("case p1: image and label sizes differ", [hdr, "p1,labeled,p1_t2.nrrd,p1_adc.mha,bad_seg.nii.gz"])
+    sitk.WriteImage(_img(_lab(value=3)), os.path.join(src, "bad_seg.nii.gz"))
+    err("case p1: unexpected label values \\[3\\]", [hdr, "p1,labeled,p1_t2.nrrd,p1_adc.mha,bad_seg.nii.gz"])
+    sitk.WriteImage(_img(_vol(0), spacing=(1.0, 1.0, 1.0)), os.path.join(src, "other.mha"))
+    err("case p1: channel 1 geometry differs", [hdr, "p1,labeled,p1_t2.nrrd,other.mha,p1_seg.nii.gz"])
+    err("--channel-names gives 1 name", [hdr, "p1,labeled,p1_t2.nrrd,p1_adc.mha,p1_seg.nii.gz"],
+        args=base[:-4] + ["--channel-names", "T2", "--labels", "background,zone,lesion"])
+    err("expected background first", args=base[:-2] + ["--labels", "zone,lesion"])
+    assert leftovers(conv_env) == []
+
+
+def _make_nnunet_dataset(raw, did=503, channels=1):
+    """A stock nnU-Net dataset (as a user would have it) with two labeled cases and one test case."""
+    folder = os.path.join(raw, f"Dataset{did:03d}_Mine")
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        os.makedirs(os.path.join(folder, sub))
+    for case, sub in (("a", "imagesTr"), ("b", "imagesTr"), ("t", "imagesTs")):
+        for c in range(channels):
+            sitk.WriteImage(_img(_vol(c)), os.path.join(folder, sub, f"{case}_{c:04d}.nii.gz"))
+        if sub == "imagesTr":
+            sitk.WriteImage(_img(_lab()), os.path.join(folder, "labelsTr", f"{case}.nii.gz"))
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump({"channel_names": {str(c): f"C{c}" for c in range(channels)},
+                   "labels": {"background": 0, "x": 1, "y": 2}, "numTraining": 2, "file_ending": ".nii.gz"}, f)
+    return folder
+
+
+def test_add_unlabeled_all_formats_then_check(tmp_path, conv_env, capsys):
+    folder = _make_nnunet_dataset(str(conv_env))
+    with pytest.raises(ConversionError, match="imagesUnlabeled is missing or empty; .*nnUNetv2_semisup_add_unlabeled"):
+        convert_own.run(["--check", "-d", "503"])
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    sitk.WriteImage(_img(_vol(1)), str(scans / "scan one.nii.gz"))
+    sitk.WriteImage(_img(_vol(2)), str(scans / "s2.nrrd"))
+    sitk.WriteImage(_img(_vol(3)), str(scans / "s3_0000.mha"))
+    hu, _ = ct_body_volume()
+    write_dicom_series(str(scans / "patient4" / "study" / "series"), hu, PANCREAS_SPACING, PANCREAS_ORIGIN, "P4")
+    add_unlabeled.run(["-d", "503", "-i", str(scans)])
+    assert cases_in(folder, "imagesUnlabeled") == ["patient4", "s2", "s3", "scan_one"]
+    np.testing.assert_array_equal(read_array(os.path.join(folder, "imagesUnlabeled", "s2_0000.nii.gz")), _vol(2))
+    dcm = sitk.ReadImage(os.path.join(folder, "imagesUnlabeled", "patient4_0000.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(dcm), hu)       # slices by position
+    assert dcm.GetOrigin() == pytest.approx(PANCREAS_ORIGIN)
+    r = dataset_json(folder)["semisup"]
+    assert r["source"] == "own" and r["num_unlabeled"] == 4 and r["unlabeled_cases"] == ["patient4", "s2", "s3",
+                                                                                        "scan_one"]
+    assert r["case_id_map"]["scan_one"] == "scan one.nii.gz" and len(r["added_unlabeled"]) == 1
+    assert not [f for f in os.listdir(folder) if f.startswith(".")]     # no staging folder left
+    # adding the same names again is refused; a prefix makes them unique
+    with pytest.raises(ConversionError, match="already used in the dataset: patient4 \\(imagesUnlabeled\\)"):
+        add_unlabeled.run(["-d", "503", "-i", str(scans)])
+    add_unlabeled.run(["-d", "503", "-i", str(scans), "--prefix", "b2_"])
+    assert len(cases_in(folder, "imagesUnlabeled")) == 8
+    # --check validates and writes the record; nnU-Net's integrity check still passes
+    convert_own.run(["--check", "-d", "503"])
+    r = dataset_json(folder)["semisup"]
+    assert (r["num_labeled"], r["num_unlabeled"], r["num_test"]) == (2, 8, 1) and r["test_cases"] == ["t"]
+    assert r["labeled_cases"] == ["a", "b"] and len(r["added_unlabeled"]) == 2
+
+
+def test_add_unlabeled_checks_and_atomicity(tmp_path, conv_env):
+    folder = _make_nnunet_dataset(str(conv_env), did=504, channels=2)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    sitk.WriteImage(_img(_vol(1)), str(scans / "u1_0000.nii.gz"))
+    sitk.WriteImage(_img(_vol(2)), str(scans / "u1_0001.nrrd"))
+    sitk.WriteImage(_img(_vol(3)), str(scans / "u2_0000.nii.gz"))
+    with pytest.raises(ConversionError, match="case u2: channels \\[0\\] found; the dataset has 2 channel"):
+        add_unlabeled.run(["-d", "504", "-i", str(scans)])
+    assert not os.path.exists(os.path.join(folder, "imagesUnlabeled"))       # nothing half-written
+    sitk.WriteImage(_img(_vol(4), spacing=(1.0, 1.0, 1.0)), str(scans / "u2_0001.nii.gz"))
+    with pytest.raises(ConversionError, match="case u2: channel 1 geometry differs"):
+        add_unlabeled.run(["-d", "504", "-i", str(scans)])
+    assert not os.path.exists(os.path.join(folder, "imagesUnlabeled"))
+    assert "semisup" not in dataset_json(folder)
+    sitk.WriteImage(_img(_vol(4)), str(scans / "u2_0001.nii.gz"))
+    add_unlabeled.run(["-d", "504", "-i", str(scans)])
+    assert sorted(os.listdir(os.path.join(folder, "imagesUnlabeled"))) == [
+        "u1_0000.nii.gz", "u1_0001.nii.gz", "u2_0000.nii.gz", "u2_0001.nii.gz"]
+    # unnamed channel, 2D input, junk file, missing dataset
+    other = tmp_path / "o"
+    other.mkdir()
+    sitk.WriteImage(_img(_vol(1)), str(other / "x.nii.gz"))
+    with pytest.raises(ConversionError, match="the dataset has 2 channels, so inputs must be named"):
+        add_unlabeled.run(["-d", "504", "-i", str(other)])
+    os.remove(other / "x.nii.gz")
+    sitk.WriteImage(sitk.Image(5, 5, sitk.sitkFloat32), str(other / "x_0000.nii.gz"))
+    sitk.WriteImage(sitk.Image(5, 5, sitk.sitkFloat32), str(other / "x_0001.nii.gz"))
+    with pytest.raises(ConversionError, match="case x: .*x_0000.nii.gz is 2D; the dataset's images are 3D"):
+        add_unlabeled.run(["-d", "504", "-i", str(other)])
+    (other / "notes.txt").write_text("hi")
+    with pytest.raises(ConversionError, match="notes.txt: unsupported file type"):
+        add_unlabeled.run(["-d", "504", "-i", str(other)])
+    with pytest.raises(ConversionError, match="no dataset with ID 599"):
+        add_unlabeled.run(["-d", "599", "-i", str(other)])
+    assert len(cases_in(folder, "imagesUnlabeled")) == 2
+
+
+def test_check_rejects_bad_datasets(tmp_path, conv_env):
+    folder = _make_nnunet_dataset(str(conv_env), did=505)
+    unl = os.path.join(folder, "imagesUnlabeled")
+    os.makedirs(unl)
+    sitk.WriteImage(_img(_vol(0)), os.path.join(unl, "u_0001.nii.gz"))
+    with pytest.raises(ConversionError, match="imagesUnlabeled: case u has channels \\[1\\]; dataset.json declares 1"):
+        convert_own.run(["--check", "-d", "505"])
+    os.remove(os.path.join(unl, "u_0001.nii.gz"))
+    sitk.WriteImage(_img(_vol(0)), os.path.join(unl, "t_0000.nii.gz"))
+    with pytest.raises(ConversionError, match="test case\\(s\\) also in imagesUnlabeled: t; .*--transductive"):
+        convert_own.run(["--check", "-d", "505"])
+    convert_own.run(["--check", "-d", "505", "--transductive"])
+    assert dataset_json(folder)["semisup"]["transductive"] is True
+    sitk.WriteImage(_img(_lab(value=3)), os.path.join(folder, "labelsTr", "a.nii.gz"))
+    with pytest.raises(ConversionError, match="case a: unexpected label values \\[3\\]"):
+        convert_own.run(["--check", "-d", "505", "--transductive"])
+    os.remove(os.path.join(folder, "labelsTr", "a.nii.gz"))
+    with pytest.raises(ConversionError, match="case a: label missing; expected labelsTr/a.nii.gz"):
+        convert_own.run(["--check", "-d", "505", "--transductive"])
+    with pytest.raises(ConversionError, match="no dataset with ID 506"):
+        convert_own.run(["--check", "-d", "506"])

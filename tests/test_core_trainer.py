@@ -1,0 +1,142 @@
+"""Trainer base and Mean Teacher: discovery through nnU-Net's finder, env errors, batch composition, the
+unlabeled-data error, EMA formula, consistency schedule, teacher gradients, logging of loss terms."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from nnunetv2_semisup.training.ema import ema_update
+from nnunetv2_semisup.training.mean_teacher import mean_teacher_ema_decay, sigmoid_rampup, softmax_mse
+
+
+def make_trainer(ds, name="nnUNetTrainerMeanTeacher_short", fold="all"):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    return get_trainer_from_args(str(ds.dataset_id), "3d_fullres", fold, name, device=torch.device("cpu"))
+
+
+def test_plugin_trainers_found_by_nnunets_own_finder(nnunet_env):
+    """Guards the pitfall where a torch/torchvision mismatch breaks every external lookup."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2_semisup.training.mean_teacher import nnUNetTrainerMeanTeacher
+    cls = recursive_find_trainer_class_by_name("nnUNetTrainerMeanTeacher")
+    assert cls is nnUNetTrainerMeanTeacher  # the real class, not a copy from the shim folder
+    assert recursive_find_trainer_class_by_name("nnUNetTrainerSemiSup").__module__.startswith("nnunetv2_semisup")
+
+
+def test_trainer_dir_command_and_check(nnunet_env):
+    from nnunetv2_semisup.trainer_dir import TRAINER_DIR
+    assert run_cli(["nnUNetv2_semisup_trainer_dir"], nnunet_env).stdout.strip() == TRAINER_DIR
+    env = {k: v for k, v in nnunet_env.items() if k != "nnUNet_extTrainer"}
+    proc = run_cli(["nnUNetv2_semisup_trainer_dir", "--check"], env, expect_ok=False)
+    assert proc.returncode == 1 and "export nnUNet_extTrainer=$(nnUNetv2_semisup_trainer_dir)" in proc.stderr
+
+
+def test_training_without_ext_trainer_env_says_what_to_export(planned_dataset, monkeypatch):
+    trainer, other = make_trainer(planned_dataset), make_trainer(planned_dataset)
+    monkeypatch.delenv("nnUNet_extTrainer")
+    with pytest.raises(RuntimeError, match=r"export nnUNet_extTrainer=\$\(nnUNetv2_semisup_trainer_dir\)"):
+        trainer.initialize()
+    monkeypatch.setenv("nnUNet_extTrainer", "/somewhere/else")
+    with pytest.raises(RuntimeError, match="does not contain the nnunetv2_semisup trainer folder"):
+        other.initialize()
+
+
+def test_training_before_unlabeled_preprocessing_names_the_command(planned_dataset, tmp_path):
+    from nnunetv2_semisup.training.semisup_base import MissingUnlabeledDataError
+    trainer = make_trainer(planned_dataset)
+    trainer.initialize()
+    trainer.unlabeled_preprocessed_folder = str(tmp_path / "missing")
+    with pytest.raises(MissingUnlabeledDataError, match="nnUNetv2_semisup_preprocess -d Dataset990"):
+        trainer.get_unlabeled_dataset()
+    trainer.allow_labeled_only = True  # documented labeled-only path
+    assert trainer.get_unlabeled_dataset() is None
+
+
+@pytest.fixture(scope="module")
+def started_trainer(planned_dataset):
+    trainer = make_trainer(planned_dataset)
+    trainer.on_train_start()
+    yield trainer
+    trainer.dataloader_train.finish()
+
+
+@pytest.mark.parametrize("b_l,b_u", [(2, 1), (1, 2), (3, 0), (0, 2)])
+def test_batches_hold_exactly_b_l_labeled_and_b_u_unlabeled(started_trainer, planned_dataset, b_l, b_u):
+    trainer = started_trainer
+    trainer.set_batch_composition(b_l, b_u)
+    labeled_ids = {f[:-12] for f in os.listdir(os.path.join(planned_dataset.raw_folder, "imagesTr"))}
+    unlabeled_ids = {f[:-12] for f in os.listdir(os.path.join(planned_dataset.raw_folder, "imagesUnlabeled"))}
+    for _ in range(2):
+        batch = next(trainer.dataloader_train)
+        assert (batch["b_l"], batch["b_u"]) == (b_l, b_u)
+        if b_l:
+            assert batch["data"].shape[0] == b_l and batch["target"][0].shape[0] == b_l
+            assert set(batch["keys"]) <= labeled_ids
+        else:
+            assert "data" not in batch
+        if b_u:
+            assert batch["unlabeled"]["data"].shape == (b_u, 1, *trainer.configuration_manager.patch_size)
+            assert set(batch["unlabeled"]["keys"]) <= unlabeled_ids
+        else:
+            assert "unlabeled" not in batch
+
+
+def test_invalid_composition_is_refused(started_trainer):
+    with pytest.raises(ValueError, match="b_l=0, b_u=0"):
+        started_trainer.set_batch_composition(0, 0)
+
+
+def test_ema_update_formula():
+    teacher, student = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        teacher.weight.fill_(1.0), teacher.bias.fill_(-2.0)
+        student.weight.fill_(3.0), student.bias.fill_(4.0)
+    ema_update(teacher, student, 0.99)
+    assert torch.allclose(teacher.weight, torch.full((1, 2), 0.99 * 1 + 0.01 * 3))
+    assert torch.allclose(teacher.bias, torch.tensor([0.99 * -2 + 0.01 * 4]))
+    assert torch.equal(student.weight, torch.full((1, 2), 3.0))  # the source is untouched
+
+
+def test_mean_teacher_decay_warmup():
+    assert mean_teacher_ema_decay(0, 0.99) == 0.0  # first step: teacher := student
+    assert mean_teacher_ema_decay(1, 0.99) == 0.5
+    assert mean_teacher_ema_decay(9, 0.99) == pytest.approx(0.9)
+    assert mean_teacher_ema_decay(99, 0.99) == pytest.approx(0.99)
+    assert mean_teacher_ema_decay(10_000, 0.99) == 0.99
+
+
+def test_consistency_weight_schedule(planned_dataset):
+    trainer = make_trainer(planned_dataset)
+    trainer.num_epochs = 100  # ramp-up over the first 40 epochs
+    assert trainer.consistency_weight(0) == pytest.approx(0.1 * math.exp(-5))
+    assert trainer.consistency_weight(20) == pytest.approx(0.1 * math.exp(-5 * 0.25))
+    assert trainer.consistency_weight(40) == pytest.approx(0.1)
+    assert trainer.consistency_weight(99) == pytest.approx(0.1)
+    assert sigmoid_rampup(5, 0) == 1.0
+
+
+def test_softmax_mse_value():
+    s = torch.tensor([[[0.0]], [[0.0]]])[None]  # (1, 2, 1, 1): softmax 0.5 / 0.5
+    t = torch.tensor([[[math.log(3.0)]], [[0.0]]])[None]  # softmax 0.75 / 0.25
+    assert softmax_mse(s, t).item() == pytest.approx(0.25 ** 2)
+
+
+def test_mean_teacher_step_teacher_gets_no_gradient_and_follows_ema(started_trainer):
+    trainer = started_trainer
+    trainer.set_batch_composition(1, 1)
+    batch = next(trainer.dataloader_train)
+    teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    step = trainer.mt_global_step
+    out = trainer.train_step(batch)
+    assert set(out) == {"loss", "sup", "cons"} and np.isfinite(out["loss"])
+    assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters())
+    alpha = mean_teacher_ema_decay(step, 0.99)
+    student = trainer.network.state_dict()
+    for k, v in trainer.teacher.state_dict().items():
+        if v.dtype.is_floating_point:
+            torch.testing.assert_close(v, alpha * teacher_before[k] + (1 - alpha) * student[k])
+    assert trainer.mt_global_step == step + 1
+    assert any(p.grad is not None for p in trainer.network.parameters())

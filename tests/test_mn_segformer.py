@@ -1,0 +1,161 @@
+"""M&N 2D wrapper and slicing (spec mn.md §5 properties 15–20), with a tiny SegFormer saved by ``save_pretrained``
+to a temporary folder and loaded through ``nnUNet_semisup_segformer`` (the real ``from_pretrained`` path)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from nnunetv2_semisup.losses.mn_loss import MNLoss
+from nnunetv2_semisup.networks.segformer2d import (SEGFORMER_ENV, SegFormerWeightsError, build_segformer_2d,
+                                                   save_tiny_segformer, segformer_checkpoint_from_env)
+from nnunetv2_semisup.networks.slicing import from_slices, slicewise_forward, to_slices
+
+C = 4
+HIDDEN = 16  # decoder_hidden_size of the tiny config
+
+
+@pytest.fixture(scope="module")
+def tiny_segformer(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tiny_segformer"))
+    save_tiny_segformer(folder, decoder_hidden_size=HIDDEN)
+    old = os.environ.get(SEGFORMER_ENV)
+    os.environ[SEGFORMER_ENV] = folder
+    yield folder
+    if old is None:
+        os.environ.pop(SEGFORMER_ENV, None)
+    else:
+        os.environ[SEGFORMER_ENV] = old
+
+
+def build(mode="lora", in_channels=1, **kw):
+    torch.manual_seed(0)
+    return build_segformer_2d(segformer_checkpoint_from_env(), in_channels, C, mode, log=lambda *_: None, **kw)
+
+
+def test_checkpoint_comes_from_env(tiny_segformer):
+    assert segformer_checkpoint_from_env() == tiny_segformer
+
+
+def test_output_shapes_and_head(tiny_segformer):  # property 15
+    m = build().eval()
+    with torch.no_grad():
+        assert m(torch.randn(3, 1, 64, 48)).shape == (3, C, 64, 48)
+        assert m(torch.randn(2, 1, 30, 22)).shape == (2, C, 30, 22)  # 4·⌈H/4⌉ × 4·⌈W/4⌉ cropped
+        m2 = build(in_channels=2).eval()
+        assert m2(torch.randn(2, 2, 32, 32)).shape == (2, C, 32, 32)
+    assert m.adapter is None and isinstance(m2.adapter, nn.Sequential)
+    assert [type(x) for x in m2.adapter] == [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.ReLU, nn.Conv2d]
+    assert (m2.adapter[0].weight == 1).all() and (m2.adapter[2].weight == 1 / 16).all()
+    assert (m2.adapter[4].weight == 1 / 16).all() and m2.adapter[4].out_channels == 3
+    h = m.head
+    assert isinstance(h, nn.ConvTranspose2d)
+    assert (h.in_channels, h.out_channels, h.kernel_size, h.stride, h.padding) == (HIDDEN + 3, C, (4, 4), (4, 4),
+                                                                                     (0, 0))
+    assert isinstance(m.hf_model().decode_head.classifier, nn.Identity)
+
+
+def _is_layernorm_name(n):
+    return ".layer_norm." in n or ".layernorm_before." in n or ".layernorm_after." in n
+
+
+def test_trainable_parameter_sets(tiny_segformer):  # property 16
+    lora = build("lora", in_channels=2)
+    names = [n for n, _ in lora.named_parameters()]
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    expected = {n for n in names if ".lora_A." in n or ".lora_B." in n or n.endswith(".bias") or _is_layernorm_name(n)
+                or n.startswith("head.") or n.startswith("adapter.")}
+    assert trainable == expected
+    assert any("decode_head.batch_norm.bias" in n for n in trainable)
+    assert not any("decode_head.batch_norm.weight" in n for n in trainable)
+    assert not any(n.endswith("base_layer.weight") for n in trainable)
+    # every encoder linear layer of the plain model got a LoRA adapter (6 per transformer block)
+    whole = build("whole")
+    n_linear = sum(isinstance(m, nn.Linear) for m in whole.hf_model().segformer.modules())
+    assert n_linear == 6 * 2  # tiny config: 2 blocks
+    assert sum(".lora_A." in n for n in trainable) == n_linear
+    assert all(p.requires_grad for p in whole.parameters())
+    dec = build("decoder")
+    dec_trainable = {n for n, p in dec.named_parameters() if p.requires_grad}
+    dec_names = {n for n, _ in dec.named_parameters()}
+    assert dec_trainable == {n for n in dec_names if not n.startswith("segformer.segformer.")}
+    assert any(n.startswith("segformer.decode_head.") for n in dec_trainable)
+    assert any(n.startswith("head.") for n in dec_trainable)
+
+
+def test_lora_initially_equals_unwrapped(tiny_segformer):  # property 17
+    plain = build("whole").eval()
+    lora = build("lora").eval()
+    lora.head.load_state_dict(plain.head.state_dict())
+    x = torch.randn(2, 1, 32, 40)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), lora(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slice_round_trip(axis):  # property 18
+    x = torch.randn(2, 3, 4, 5, 6)
+    s = to_slices(x, axis)
+    S = x.shape[2 + axis]
+    assert s.shape[0] == 2 * S
+    for n in range(2):
+        for k in range(S):
+            assert torch.equal(s[n * S + k], x.select(2 + axis, k)[n])
+    assert torch.equal(from_slices(s, 2, axis), x)
+
+
+def test_chunked_and_checkpointed_forward(tiny_segformer):  # property 19
+    m = build("lora")
+    for p in m.parameters():  # non-zero LoRA B so that LoRA gradients are non-trivial
+        if p.requires_grad and p.ndim > 1:
+            nn.init.normal_(p, std=0.05)
+    m.eval()
+    x = torch.randn(2, 1, 6, 32, 32)
+    with torch.no_grad():
+        full = slicewise_forward(m, x, axis=0, chunk_size=0)
+        chunked = slicewise_forward(m, x, axis=0, chunk_size=5)
+    assert torch.allclose(full, chunked, atol=1e-5)
+    y = torch.softmax(torch.randn(2, C, 6, 32, 32), 1)
+    loss = MNLoss()
+    grads = []
+    for ckpt in (True, False):
+        m.zero_grad(set_to_none=True)
+        value = loss(slicewise_forward(m, x, axis=0, chunk_size=4, use_checkpointing=ckpt), y)
+        value.backward()
+        grads.append((value.item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (l1, g1), (l2, g2) = grads
+    assert abs(l1 - l2) < 1e-5 and g1.keys() == g2.keys() and len(g1) > 0
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], atol=1e-5), n
+
+
+def test_checkpointing_updates_batchnorm_stats_once(tiny_segformer):
+    """Train mode: the checkpoint recomputation must not update the decode-head BatchNorm statistics again."""
+    stats = []
+    for ckpt in (True, False):
+        m = build("lora").train()
+        torch.manual_seed(1)
+        out = slicewise_forward(m, torch.randn(1, 1, 4, 32, 32), axis=0, chunk_size=2, use_checkpointing=ckpt)
+        out.sum().backward()
+        bn = m.hf_model().decode_head.batch_norm
+        stats.append((bn.running_mean.clone(), bn.running_var.clone()))
+    assert torch.allclose(stats[0][0], stats[1][0], atol=1e-6) and torch.allclose(stats[0][1], stats[1][1], atol=1e-6)
+
+
+def test_missing_checkpoint_names_the_variable(tmp_path):  # property 20
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for bad in (str(empty), str(tmp_path / "does" / "not" / "exist")):
+        with pytest.raises(SegFormerWeightsError, match=SEGFORMER_ENV):
+            build_segformer_2d(bad, 1, C, log=lambda *_: None)
+    # a hub id that is not cached, offline: same error (fresh process so the offline flag is honoured)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"),
+               **{SEGFORMER_ENV: "nnunetv2-semisup-test/no-such-segformer"})
+    code = ("from nnunetv2_semisup.networks.segformer2d import *\n"
+            "try:\n    build_segformer_2d(segformer_checkpoint_from_env(), 1, 3)\n"
+            "except SegFormerWeightsError as e:\n    print('ERR', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "ERR" in proc.stdout and SEGFORMER_ENV in proc.stdout, proc.stdout + proc.stderr
+    assert "nnunetv2-semisup-test/no-such-segformer" in proc.stdout

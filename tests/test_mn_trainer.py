@@ -1,0 +1,168 @@
+"""M&N training mechanics in-process on the planned synthetic dataset (spec mn.md §5 properties 13, 21, 22
+(uniform crops before the first refresh), 23, 26). The tiny SegFormer is loaded through
+``nnUNet_semisup_segformer``."""
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+
+from nnunetv2_semisup.networks.segformer2d import SEGFORMER_ENV, save_tiny_segformer
+from nnunetv2_semisup.training.mn_schedule import TRAIN_2D, TRAIN_3D, WARMUP
+from nnunetv2_semisup.training.semisup_base import unwrap
+
+
+@pytest.fixture(scope="module")
+def mn_env(planned_dataset, tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tiny_segformer_trainer"))
+    save_tiny_segformer(folder)
+    old = os.environ.get(SEGFORMER_ENV)
+    os.environ[SEGFORMER_ENV] = folder
+    yield planned_dataset
+    if old is None:
+        os.environ.pop(SEGFORMER_ENV, None)
+    else:
+        os.environ[SEGFORMER_ENV] = old
+
+
+def make_trainer(ds, trainer="nnUNetTrainerMN", dataset_json=None):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    if dataset_json is None:
+        return get_trainer_from_args(str(ds.dataset_id), "3d_fullres", "all", trainer, device=torch.device("cpu"))
+    from nnunetv2_semisup.training.mn import nnUNetTrainerMN
+    plans = load_json(os.path.join(ds.preprocessed_folder, "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    return nnUNetTrainerMN(plans=plans, configuration="3d_fullres", fold="all", dataset_json=dataset_json,
+                           device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def trainer(mn_env):
+    t = make_trainer(mn_env)
+    t.initialize()
+    return t
+
+
+def fake_batch(t, b_l=2, b_u=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = list(t.configuration_manager.patch_size)
+    batch = {"b_l": b_l, "b_u": b_u}
+    if b_l:
+        batch["data"] = torch.randn(b_l, 1, *shape, generator=g)
+        batch["target"] = [torch.randint(0, 4, (b_l, 1, *[s // f for s, f in zip(shape, fac)]), generator=g).float()
+                           for fac in t.mn_ds_factors]
+    if b_u:
+        batch["unlabeled"] = {"data": torch.randn(b_u, 1, *shape, generator=g)}
+    return batch
+
+
+def count_steps(optimizer):
+    counter = {"n": 0}
+
+    def hook(*_):
+        counter["n"] += 1
+    return counter, optimizer.register_step_post_hook(hook)
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in unwrap(module).state_dict().items()}
+
+
+def assert_unchanged_without_grad(module, before):
+    for n, p in unwrap(module).named_parameters():
+        assert p.grad is None, n
+    for k, v in unwrap(module).state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_setup(trainer):
+    assert trainer.mn_plan.warmup_epochs == 125 and trainer.mn_plan.T_3d == 563 and trainer.mn_plan.T_2d == 562
+    assert trainer.network_2d.model.segformer.__class__.__name__ == "PeftModel"
+    assert set(trainer.extra_checkpoint_objects) >= {"mn_segformer_state", "mn_segformer_optimizer_state"}
+    assert isinstance(trainer.optimizer, torch.optim.SGD) and isinstance(trainer.optimizer_2d, torch.optim.AdamW)
+    assert trainer.optimizer_2d.defaults["weight_decay"] == 0.01 and trainer.mn_2d_lr == 1e-3
+    assert trainer.mn_ds_factors == [(1, 1, 1), (1, 2, 2), (2, 4, 4)]
+
+
+def test_soft_targets_from_teachers_in_eval_mode(trainer):  # property 13
+    x = fake_batch(trainer)["unlabeled"]["data"]
+    for owner, inner, produce in ((unwrap(trainer.network_2d), unwrap(trainer.network_2d).model,
+                                   trainer.soft_targets_2d),
+                                  (unwrap(trainer.network), unwrap(trainer.network), trainer.soft_targets_3d)):
+        modes = []
+        handle = inner.register_forward_pre_hook(lambda m, _: modes.append(m.training))
+        owner.train()
+        y = produce(x)
+        handle.remove()
+        assert modes and not any(modes)  # produced in eval mode
+        assert owner.training and inner.training  # previous mode restored
+        assert not y.requires_grad and y.shape == (2, 4, *trainer.configuration_manager.patch_size)
+        assert torch.allclose(y.sum(1), torch.ones_like(y[:, 0]), atol=1e-6)
+        owner.eval()
+        produce(x)
+        assert not owner.training
+        owner.train()
+
+
+def test_which_optimiser_steps(trainer):  # properties 21 and 13 (teacher untouched)
+    c3, h3 = count_steps(trainer.optimizer)
+    c2, h2 = count_steps(trainer.optimizer_2d)
+    try:
+        trainer.mn_phase = TRAIN_3D
+        before_2d = snapshot(trainer.network_2d)
+        out = trainer.train_step(fake_batch(trainer, seed=1))
+        assert (c3["n"], c2["n"]) == (1, 0)
+        assert_unchanged_without_grad(trainer.network_2d, before_2d)
+        assert {"loss", "3d", "dice_3d", "kl_3d"} <= set(out) and "2d" not in out
+
+        trainer.mn_phase = TRAIN_2D
+        before_3d = snapshot(trainer.network)
+        out = trainer.train_step(fake_batch(trainer, seed=2))
+        assert (c3["n"], c2["n"]) == (1, 1)
+        assert_unchanged_without_grad(trainer.network, before_3d)
+        assert {"loss", "2d", "dice_2d", "kl_2d"} <= set(out) and "3d" not in out
+
+        trainer.mn_phase = WARMUP
+        out = trainer.train_step(fake_batch(trainer, b_u=0, seed=3))
+        assert (c3["n"], c2["n"]) == (2, 2)
+        assert np.isclose(out["loss"], (out["3d"] + out["2d"]) / 2)
+        # labeled-only and unlabeled-only batches of a co-training epoch
+        trainer.mn_phase = TRAIN_3D
+        trainer.train_step(fake_batch(trainer, b_l=0, b_u=2, seed=4))
+        trainer.mn_phase = TRAIN_2D
+        trainer.train_step(fake_batch(trainer, b_l=2, b_u=0, seed=5))
+        assert (c3["n"], c2["n"]) == (3, 3)
+    finally:
+        h3.remove()
+        h2.remove()
+        trainer.mn_phase = None
+
+
+def test_unlabeled_stream_before_refresh_and_no_test_cases(trainer, mn_env):  # properties 22 (part), 23
+    ds = trainer.get_unlabeled_dataset()
+    assert trainer.class_locations_file is None
+    for case in ds.identifiers:
+        locations = ds.load_case(case)[3]["class_locations"]
+        assert all(len(v) == 0 for v in locations.values())  # uniform crops until the first refresh
+    raw = mn_env.raw_folder
+    unlabeled = {f[:-len("_0000.nii.gz")] for f in os.listdir(os.path.join(raw, "imagesUnlabeled"))}
+    test = {f[:-len("_0000.nii.gz")] for f in os.listdir(os.path.join(raw, "imagesTs"))}
+    with open(os.path.join(raw, "dataset.json")) as f:
+        assert json.load(f)["semisup"]["transductive"] is False
+    assert set(ds.identifiers) == unlabeled and not (set(ds.identifiers) & test)
+
+
+@pytest.mark.parametrize("kind", ["ignore", "regions"])
+def test_region_or_ignore_label_rejected(mn_env, kind):  # property 26
+    dataset_json = copy.deepcopy(load_json(os.path.join(mn_env.preprocessed_folder, "dataset.json")))
+    if kind == "ignore":
+        dataset_json["labels"]["ignore"] = 4
+    else:
+        dataset_json["labels"] = {"background": 0, "organs": [1, 2], "organ2": 2, "lesion": 3}
+        dataset_json["regions_class_order"] = [1, 2, 3]
+    t = make_trainer(mn_env, dataset_json=dataset_json)
+    with pytest.raises(ValueError, match="label-based datasets only"):
+        t.initialize()
