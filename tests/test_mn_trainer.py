@@ -166,3 +166,49 @@ def test_region_or_ignore_label_rejected(mn_env, kind):  # property 26
     t = make_trainer(mn_env, dataset_json=dataset_json)
     with pytest.raises(ValueError, match="label-based datasets only"):
         t.initialize()
+
+
+@pytest.mark.parametrize("variant", ["nnUNetTrainerMN_whole", "nnUNetTrainerMN_decoder", "nnUNetTrainerMN_lrglinear",
+                                     "nnUNetTrainerMN_uniform", "nnUNetTrainerMN_fixedpseudo", "nnUNetTrainerMN_paper",
+                                     "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_short"])
+def test_variants(mn_env, variant):  # spec §4, found by name through nnU-Net's own trainer lookup
+    import math
+    from nnunetv2_semisup.training.mn_schedule import ReferenceCompositeSchedule
+    t = make_trainer(mn_env, variant)
+    t.initialize()
+    seg = t.network_2d.model
+    n_trainable = sum(p.requires_grad for p in seg.parameters())
+    if variant.endswith("_whole"):
+        assert t.mn_2d_finetune == "whole" and all(p.requires_grad for p in seg.parameters())
+    elif variant.endswith("_decoder"):
+        assert t.mn_2d_finetune == "decoder"
+        assert not any(p.requires_grad for p in seg.hf_model().segformer.parameters())
+        assert all(p.requires_grad for p in seg.hf_model().decode_head.parameters())
+    else:
+        assert t.mn_2d_finetune == "lora" and 0 < n_trainable < len(list(seg.parameters()))
+    if variant.endswith("_lrglinear"):
+        assert t.mn_lrg_mode == "linear"
+    if variant.endswith("_uniform"):
+        assert t.mn_lrg_mode == "uniform"
+        t.mn_phase = TRAIN_3D
+        t._labeled_stream = type("S", (), {"dataset": type("D", (), {"identifiers": ["a"] * 4})})()
+        t._unlabeled_stream = type("S", (), {"dataset": type("D", (), {"identifiers": ["b"] * 6})})()
+        t.train_step(fake_batch(t, b_l=2, b_u=2, seed=6))
+        assert len(t._mn_uniform_draws) == 1 and 0 <= t._mn_uniform_draws[0] <= 2
+    if variant.endswith("_fixedpseudo"):
+        assert not t.mn_cotraining and t.mn_plan.T_3d == 1000 and t.mn_plan.T_2d == 125
+        assert {t.mn_plan.phase(e) for e in range(125, 1000)} == {TRAIN_3D}
+    if "_paper" in variant:
+        assert t.batch_size == 5 and t.num_iterations_per_epoch == 8 and t.num_epochs == 7500
+        assert (t.mn_plan.warmup_epochs, t.mn_plan.T_3d, t.mn_plan.T_2d) == (500, 4000, 4000)
+        assert isinstance(t.optimizer, torch.optim.AdamW) and t.optimizer.defaults["lr"] == 1e-4
+        assert t.optimizer.defaults["weight_decay"] == 0.01 and t.optimizer_2d.defaults["lr"] == 1e-3
+        for sched in (t.lr_scheduler.schedule, t.mn_scheduler_2d.schedule):
+            assert isinstance(sched, ReferenceCompositeSchedule)
+            assert (sched.total, sched.warmup, sched.restart) == (4000, 50, 500)
+        assert t.mn_3d_grad_clip is None and t.mn_2d_grad_clip is None
+        assert t.oversample_foreground_percent == 0.5 and t.unlabeled_oversample_foreground_percent == 0.5
+        assert [math.ceil(f * t.mn_plan.T_3d) for f in t.mn_pseudo_refresh_fractions] == [1000, 1500, 2000, 3000]
+        assert t.mn_lrg_mode == ("linear" if variant.endswith("_lrglinear") else "paper")
+    if variant.endswith("_short"):
+        assert t.mn_2d_chunk_size == 16 and t.save_every == 1

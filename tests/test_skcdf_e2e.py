@@ -107,7 +107,6 @@ def test_checkpoint_loads_into_fresh_trainer(skcdf_run):
 
 def test_strict_load_into_build_network_architecture(skcdf_run):
     ds, out, first, second, _ = skcdf_run
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class  # noqa: F401
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunetv2_semisup.training.skcdf_variants import nnUNetTrainerSKCDF_short
     pm = PlansManager(os.path.join(out, "..", "plans.json"))

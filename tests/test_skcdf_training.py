@@ -283,3 +283,21 @@ def test_variant_network_switches():
     assert V.nnUNetTrainerSKCDF_paper.skcdf_dropout_p == 0.5 and nnUNetTrainerSKCDF.skcdf_dropout_p == 0.0
     assert V.nnUNetTrainerSKCDF_DF_inferL.skcdf_inference_decoder == "labeled"
     assert issubclass(V.nnUNetTrainerSKCDF_short, nnUNetTrainerSKCDF)
+
+
+@pytest.mark.parametrize("cls,net_kw,attrs", [
+    (V.nnUNetTrainerSKCDF_DF, {"use_skcm": False, "use_aux": False}, {}),
+    (V.nnUNetTrainerSKCDF_noABSH, {"use_aux": False}, {}),
+    (V.nnUNetTrainerSKCDF_noSKCM, {"use_skcm": False}, {}),
+    (V.nnUNetTrainerSKCDF_truemask, {}, {"skcdf_mask_mode": "true"}),
+])
+def test_variant_train_steps_run(cls, net_kw, attrs):
+    net = small_net(**net_kw)
+    assert (net.skcm is None) == (not net_kw.get("use_skcm", True))
+    tr = stub_trainer(net, cls=cls, **attrs)
+    before = _params(net.decoder_u)
+    out = tr.train_step(_batch())
+    assert np.isfinite(out["loss"]) and np.isfinite(out["sup_main"]) and np.isfinite(out["u_main"])
+    if not net_kw.get("use_aux", True):
+        assert float(out["sup_aux"]) == 0.0 and float(out["u_aux"]) == 0.0
+    assert not _same(before, _params(net.decoder_u))

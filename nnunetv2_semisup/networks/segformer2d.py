@@ -24,7 +24,7 @@ Weights always come from ``SegformerForSemanticSegmentation.from_pretrained`` (h
 fallback to random weights.
 """
 import os
-from typing import Callable, Iterable, Optional, Sequence, Set
+from typing import Callable, Iterable, Sequence, Set
 
 import torch
 from torch import nn

@@ -200,11 +200,10 @@ class SKCM(nn.Module):
 
 
 def init_skcm(module: nn.Module) -> None:
-    """Reference init: Conv3d Xavier-normal, Linear Xavier-uniform, LayerNorm weight 1 / bias 0."""
+    """Reference init: Conv3d Xavier-normal (biases keep PyTorch's default, as in the reference), Linear
+    Xavier-uniform, LayerNorm weight 1 / bias 0."""
     if isinstance(module, nn.Conv3d):
         nn.init.xavier_normal_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Linear):
         nn.init.xavier_uniform_(module.weight)
     elif isinstance(module, nn.LayerNorm):

@@ -26,7 +26,6 @@ network from the trainer class without instantiating it.
 import math
 from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import autocast
 

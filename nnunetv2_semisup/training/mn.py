@@ -364,9 +364,10 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         plan = self.mn_plan
         saved = (state["num_epochs"], state["W"], state["cotraining"])
         if saved != (plan.num_epochs, plan.warmup_epochs, plan.cotraining):
+            now = (plan.num_epochs, plan.warmup_epochs, plan.cotraining)
             raise ValueError(f"{self.__class__.__name__}: the checkpoint was trained with (num_epochs, W, "
-                             f"cotraining) = {saved}, this trainer has {(plan.num_epochs, plan.warmup_epochs, plan.cotraining)}; "
-                             f"the M&N schedules depend on them, so resume with the same settings")
+                             f"cotraining) = {saved}, this trainer has {now}; the M&N schedules depend on them, so "
+                             f"resume with the same settings")
         if state["segformer_checkpoint"] != self.mn_segformer_checkpoint:
             self.print_to_log_file(f"NOTE: the checkpoint's SegFormer came from '{state['segformer_checkpoint']}', "
                                    f"now '{self.mn_segformer_checkpoint}'; the saved weights are used.")

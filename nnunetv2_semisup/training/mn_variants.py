@@ -1,15 +1,16 @@
 """M&N trainer variants (spec §4): tiny subclasses that change attributes, as nnU-Net's own variants do.
 
-| class | change |
-|---|---|
-| ``nnUNetTrainerMN_whole`` | whole SegFormer trainable, no LoRA (Table 4 "Whole") |
-| ``nnUNetTrainerMN_decoder`` | SegFormer encoder frozen; decode head, output head, adapter trainable (Table 4 "Decoder") |
-| ``nnUNetTrainerMN_lrglinear`` | reference LRG b_u = ⌊(e_m − W)/(T_m − W)·B⌋ |
-| ``nnUNetTrainerMN_uniform`` | no LRG: b_u ~ Binomial(B, |U|/(|L|+|U|)) per iteration (Table 4 "no LRG") |
-| ``nnUNetTrainerMN_fixedpseudo`` | 2D trained in warm-up only, then a fixed teacher (Table 4 "no iterative co-training") |
-| ``nnUNetTrainerMN_paper`` | reference hyperparameters (B = 5, 8 it/epoch, W = 500, 4000 own epochs per model, AdamW both, composite schedule with restart, no clipping, oversampling 0.5) |
-| ``nnUNetTrainerMN_paper_lrglinear`` | ``_paper`` + linear LRG: the fully code-faithful schedule |
-| ``nnUNetTrainerMN_short`` | test/demo variant: short schedule (``ShortScheduleMixin``), 6 epochs, chunks of 16 slices |
+- ``nnUNetTrainerMN_whole``: whole SegFormer trainable, no LoRA (Table 4 "Whole").
+- ``nnUNetTrainerMN_decoder``: SegFormer encoder frozen; decode head, output head, adapter trainable
+  (Table 4 "Decoder", the paper's description).
+- ``nnUNetTrainerMN_lrglinear``: reference LRG b_u = ⌊(e_m − W)/(T_m − W)·B⌋.
+- ``nnUNetTrainerMN_uniform``: no LRG, b_u ~ Binomial(B, |U|/(|L|+|U|)) per iteration (Table 4 "no LRG").
+- ``nnUNetTrainerMN_fixedpseudo``: 2D trained in warm-up only, then a fixed teacher (Table 4 "no iterative
+  co-training").
+- ``nnUNetTrainerMN_paper``: reference hyperparameters (B = 5, 8 iterations/epoch, W = 500, 4000 own epochs per
+  model, AdamW for both, composite schedule with restart, no clipping, foreground oversampling 0.5).
+- ``nnUNetTrainerMN_paper_lrglinear``: ``_paper`` + linear LRG, the fully code-faithful schedule.
+- ``nnUNetTrainerMN_short``: test/demo variant (``ShortScheduleMixin``), 6 epochs, chunks of 16 slices.
 """
 import torch
 
