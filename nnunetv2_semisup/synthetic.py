@@ -58,10 +58,10 @@ def make_case(rng: np.random.Generator, shape: Tuple[int, int, int] = DEFAULT_SH
             + ((x - shape[2] / 2) * spacing_zyx[2] / body_r[2]) ** 2) < 1 + _smooth_field(rng, shape, 0.1)
 
     c1 = np.array(shape) * np.array([0.5, rng.uniform(0.38, 0.5), rng.uniform(0.35, 0.45)])
-    organ = _ellipsoid(rng, shape, c1, extent * np.array([0.3, 0.2, 0.17]) * rng.uniform(0.8, 1.2, 3), spacing_zyx,
+    organ = _ellipsoid(rng, shape, c1, extent * np.array([0.34, 0.27, 0.23]) * rng.uniform(0.85, 1.15, 3), spacing_zyx,
                        0.15) & body
     c2 = np.array(shape) * np.array([rng.uniform(0.4, 0.6), rng.uniform(0.55, 0.68), rng.uniform(0.6, 0.7)])
-    organ2 = _ellipsoid(rng, shape, c2, extent * np.array([0.22, 0.1, 0.08]) * rng.uniform(0.8, 1.25, 3),
+    organ2 = _ellipsoid(rng, shape, c2, extent * np.array([0.25, 0.13, 0.11]) * rng.uniform(0.85, 1.2, 3),
                         spacing_zyx, 0.2) & body & ~organ
     seg[organ] = 1
     seg[organ2] = 2

@@ -62,6 +62,8 @@ def nnunet_env(tmp_path_factory):
         "nnUNet_results": str(base / "results"), "nnUNet_extTrainer": TRAINER_DIR,
         "nnUNet_n_proc_DA": "0",  # single-threaded augmentation (training only; planning breaks with 0)
         "nnUNet_def_n_proc": "1", "nnUNet_compile": "0", "OMP_NUM_THREADS": "2",
+        # *_short trainers skip nnU-Net's final validation in subprocesses (test_core_e2e runs it once)
+        "nnUNet_semisup_short_skip_validation": "1",
     })
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.makedirs(env[k], exist_ok=True)

@@ -29,7 +29,8 @@ def _dice(a, b):
 
 def test_mean_teacher_trains_and_stock_predict_works(planned_dataset, tmp_path):
     ds = planned_dataset
-    env = _env(ds, tmp_path, epochs=8, iterations=8)
+    env = _env(ds, tmp_path, epochs=20, iterations=10)
+    env["nnUNet_semisup_short_skip_validation"] = "0"  # exercise nnU-Net's final validation with our trainer
     run_cli(["nnUNetv2_train", ds.dataset_id, "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"], env)
     fold = _fold_dir(env, ds)
     assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
@@ -38,8 +39,9 @@ def test_mean_teacher_trains_and_stock_predict_works(planned_dataset, tmp_path):
     assert "loss terms: sup=" in log and "Batch composition: 1 labeled + 1 unlabeled" in log
     ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     for key in ("loss_sup", "loss_cons", "batch_labeled", "batch_unlabeled"):
-        assert len(ckpt["logging"][key]) == 8
-    assert "mt_teacher_weights" in ckpt and ckpt["semisup_state"]["method"]["mt_global_step"] == 64
+        assert len(ckpt["logging"][key]) == 20
+    assert "mt_teacher_weights" in ckpt and ckpt["semisup_state"]["method"]["mt_global_step"] == 200
+    assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
 
     out = tmp_path / "pred"
     run_cli(["nnUNetv2_predict", "-i", os.path.join(ds.raw_folder, "imagesTs"), "-o", out, "-d", ds.dataset_id,
@@ -55,7 +57,7 @@ def test_mean_teacher_trains_and_stock_predict_works(planned_dataset, tmp_path):
         r, p = sitk.GetArrayFromImage(ref), sitk.GetArrayFromImage(pred)
         assert set(np.unique(p)) <= {0, 1, 2, 3}
         dices.append(_dice(r == 1, p == 1))
-    # trivial floor: all-foreground prediction of the organ (about 5 % of the volume) scores below 0.1
+    # trivial floors: all-background scores 0, all-organ about 0.1 (the organ is ~5 % of the volume)
     assert np.mean(dices) > 0.3, dices
 
 

@@ -3,7 +3,8 @@
 ``ShortScheduleMixin`` shortens training, checkpoints every epoch (so ``--c`` can be tested) and turns mirroring
 off in training and inference (nnU-Net's final validation otherwise runs 8 mirrored passes in 3D). Epochs and
 iterations can be overridden with ``nnUNet_semisup_short_epochs``, ``nnUNet_semisup_short_iterations`` and
-``nnUNet_semisup_short_val_iterations``.
+``nnUNet_semisup_short_val_iterations``; ``nnUNet_semisup_short_skip_validation=1`` skips nnU-Net's final
+validation , which saves most of a CPU smoke run's time.
 """
 import os
 
@@ -27,6 +28,12 @@ class ShortScheduleMixin:
         self.num_val_iterations_per_epoch = int(os.environ.get("nnUNet_semisup_short_val_iterations",
                                                                self.short_val_iterations))
         self.save_every = 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if os.environ.get("nnUNet_semisup_short_skip_validation", "0") == "1":
+            self.print_to_log_file("Final validation skipped (nnUNet_semisup_short_skip_validation=1)")
+            return
+        super().perform_actual_validation(save_probabilities)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, _ = \
