@@ -109,7 +109,7 @@ def summarize(rows: list, order: list) -> list:
             vals = np.array([r[m] for r in ok], float)
             entry[m] = (float(np.nanmean(vals)) if len(vals) else math.nan,
                         float(np.nanstd(vals)) if len(vals) else math.nan)
-        labels = sorted({k for r in ok for k in r["per_label_dice"]})
+        labels = list(dict.fromkeys(k for r in ok for k in r["per_label_dice"]))
         entry["per_label_dice"] = {k: float(np.mean([r["per_label_dice"][k] for r in ok])) for k in labels}
         table.append(entry)
     return table
@@ -121,7 +121,7 @@ def _pm(mean_std, digits):
 
 
 def markdown_table(summary: list) -> str:
-    labels = sorted({k for e in summary for k in e["per_label_dice"]})
+    labels = list(dict.fromkeys(k for e in summary for k in e["per_label_dice"]))
     head = ["method", "Dice (mean fg)", "HD95 mm (mean fg)"] + [f"Dice {k}" for k in labels] + ["train time", "runs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
@@ -138,7 +138,7 @@ def plot(summary: list, rows: list, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = [e["name"] for e in summary]
-    labels = sorted({k for e in summary for k in e["per_label_dice"]})
+    labels = list(dict.fromkeys(k for e in summary for k in e["per_label_dice"]))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     ax = axes[0]
     x = np.arange(len(summary))

@@ -160,3 +160,47 @@ def test_splits_semisup_installed_unless_split_exists(tmp_path):
     (raw / "splits_semisup.json").write_text(json.dumps([{"train": ["x"], "val": ["y"]}]))
     assert not install_semisup_splits(str(raw), str(pp), verbose=False)
     assert load_json(str(pp / "splits_final.json")) == split  # an existing nnU-Net split is never replaced
+
+
+def test_multichannel_dataset_in_2d_3d_fullres_and_3d_lowres(nnunet_env):
+    """Every configuration and both channels: unlabeled arrays equal nnU-Net's preprocessing of the same image."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    from nnunetv2_semisup.synthetic import make_synthetic_dataset
+    raw = os.path.join(nnunet_env["nnUNet_raw"], "Dataset992_MultiChannel")
+    make_synthetic_dataset(raw, 2, 2, 0, seed=3, shape=(12, 24, 24), num_channels=2)
+    plan_env = {k: v for k, v in nnunet_env.items() if k != "nnUNet_n_proc_DA"}
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", 992, "-c", "2d", "3d_fullres", "-np", 1], plan_env)
+    pp = os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset992_MultiChannel")
+    plans_file = os.path.join(pp, "nnUNetPlans.json")
+    plans = load_json(plans_file)
+    # nnU-Net only plans 3d_lowres for large images; add one the way nnU-Net writes it (coarser spacing)
+    fullres = plans["configurations"]["3d_fullres"]
+    plans["configurations"]["3d_lowres"] = {
+        "inherits_from": "3d_fullres", "data_identifier": "nnUNetPlans_3d_lowres",
+        "spacing": [s * 2 for s in fullres["spacing"]], "patch_size": [8, 16, 16],
+        "median_image_size_in_voxels": [6, 12, 12]}
+    with open(plans_file, "w") as f:
+        json.dump(plans, f, indent=2)
+    run_cli(["nnUNetv2_preprocess", "-d", 992, "-c", "3d_lowres", "-np", 1], plan_env)
+    run_cli(["nnUNetv2_semisup_preprocess", "-d", 992, "-c", "2d", "3d_fullres", "3d_lowres", "-np", 2],
+            nnunet_env)
+
+    dataset_json = load_json(os.path.join(pp, "dataset.json"))
+    images = [os.path.join(raw, "imagesTr", f"syn_000_{c:04d}.nii.gz") for c in range(2)]
+    shapes = {}
+    for conf, ident in (("2d", "nnUNetPlans_2d"), ("3d_fullres", "nnUNetPlans_3d_fullres"),
+                        ("3d_lowres", "nnUNetPlans_3d_lowres")):
+        out = os.path.join(pp, ident + "_unlabeled")
+        unlabeled = sorted(f for f in os.listdir(out) if f.endswith(".b2nd") and not f.endswith("_seg.b2nd"))
+        assert unlabeled == ["syn_002.b2nd", "syn_003.b2nd"], conf
+        arr = _blosc(os.path.join(out, "syn_002.b2nd"))
+        assert arr.shape[0] == 2 and np.isfinite(arr).all()
+        shapes[conf] = arr.shape
+        check = os.path.join(pp, f"check_{conf}")
+        os.makedirs(check)
+        preprocess_unlabeled_case("syn_000", images, check, plans, conf, dataset_json, nnUNetDatasetBlosc2)
+        np.testing.assert_array_equal(_blosc(os.path.join(check, "syn_000.b2nd")),
+                                      _blosc(os.path.join(pp, ident, "syn_000.b2nd")))
+        shutil.rmtree(check)
+    assert shapes["2d"] == shapes["3d_fullres"] == (2, 12, 24, 24)
+    assert shapes["3d_lowres"] == (2, 6, 12, 12)  # resampled to twice the spacing

@@ -15,8 +15,9 @@ from nnunetv2_semisup.trainer_dir import TRAINER_DIR
 def test_arguments_environment_table_and_offline_segformer(tmp_path, monkeypatch):
     args = demo.parse_args([])
     assert args.device == "cpu" and args.methods == demo.DEFAULT_METHODS and args.epochs == demo.DEFAULT_EPOCHS
-    assert args.features == list(demo.DEFAULT_FEATURES)
+    assert args.features == list(demo.DEFAULT_FEATURES) and args.patch == list(demo.DEFAULT_PATCH)
     assert demo.parse_args(["--features", "0"]).features is None
+    assert demo.parse_args(["--patch", "0", "0", "0"]).patch is None
     for bad in (["--epochs", "0"], ["--device", "tpu"], ["--unlabeled", "0"]):
         with pytest.raises(SystemExit):
             demo.parse_args(bad)
@@ -36,10 +37,14 @@ def test_arguments_environment_table_and_offline_segformer(tmp_path, monkeypatch
     assert "nnUNet_n_proc_DA" not in demo.build_env(cfg, base=user, for_training=False)  # planning crashes with 0
 
     plans = tmp_path / "plans.json"
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
     plans.write_text(json.dumps({"configurations": {
-        "3d_fullres": {"architecture": {"arch_kwargs": {"n_stages": 5, "features_per_stage": [32, 64, 128, 256, 320]}}},
+        "3d_fullres": {"patch_size": [40, 96, 80], "architecture": {"arch_kwargs": {
+            "n_stages": 5, "strides": strides, "features_per_stage": [32, 64, 128, 256, 320]}}},
         "3d_cascade": {"inherits_from": "3d_fullres"}}}))
-    assert demo.shrink_plans(str(plans), [16, 32, 64]) == [16, 32, 64, 64, 64]
+    shrunk = demo.shrink_plans(str(plans), [16, 32, 64], [20, 50, 200])
+    assert shrunk == {"features_per_stage": [16, 32, 64, 64, 64], "patch_size": [16, 48, 80]}  # multiples of 8/16
+    assert json.loads(plans.read_text())["configurations"]["3d_fullres"]["patch_size"] == [16, 48, 80]
 
     results = [demo.MethodResult(demo.BASELINE, 0.61234, 7.456, 75.0, 60.0),
                demo.MethodResult("nnUNetTrainerCML_short", 0.0, math.nan, 130.0, 100.0)]

@@ -226,18 +226,7 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
                     loss = loss + self.cml_lambda1 * (sup_u1 + sup_u2)
                     out.update(sup_u1=sup_u1, sup_u2=sup_u2)
 
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            if self.cml_grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.cml_grad_clip)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            if self.cml_grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.cml_grad_clip)
-            self.optimizer.step()
+        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.cml_grad_clip)
         if self.cml_stage == SELFTRAIN:
             self.cml_selftrain_iterations += 1
 

@@ -99,16 +99,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSup):
                 l_cons = torch.zeros((), device=self.device)
             loss = l_sup + weight * l_cons
 
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), 12)
         ema_update(self.teacher, unwrap(self.network), mean_teacher_ema_decay(self.mt_global_step, self.mt_ema_decay))
         self.mt_global_step += 1
         return {"loss": loss.detach().cpu().numpy(), "sup": l_sup.detach().cpu().numpy(),

@@ -264,23 +264,6 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
             model.train(was_training)
 
     # ------------------------------------------------------------------ steps
-    def _backward_step(self, loss, optimizer, scaler, params, clip):
-        """Backward + (clip) + step like nnU-Net's train_step; gradients are freed afterwards, so the model that
-        is teacher in the next epochs holds no stale gradients (and no memory for them)."""
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     def step_3d(self, x_u, soft_u, x_l, targets_l) -> dict:
         """One 3D student step on cat(x_u, x_l) with cat(soft teacher targets, one-hot labels) at every DS scale."""
         x = torch.cat([t for t in (x_u, x_l) if t is not None])
@@ -289,7 +272,8 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output = self.network(x)
             loss, dice, kl = deep_supervision_loss(self.mn_loss, output, targets, self.mn_ds_weights)
-        self._backward_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.mn_3d_grad_clip)
+        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.mn_3d_grad_clip,
+                               free_gradients=True)
         return {"3d": loss.detach().cpu().numpy(), "dice_3d": dice.detach().cpu().numpy(),
                 "kl_3d": kl.detach().cpu().numpy()}
 
@@ -304,7 +288,8 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
             dice, kl = self.mn_loss.components(logits, target)
             loss = self.mn_loss.weight_dice * dice + self.mn_loss.weight_kl * kl
         params = [p for p in self.network_2d.parameters() if p.requires_grad]
-        self._backward_step(loss, self.optimizer_2d, self.grad_scaler_2d, params, self.mn_2d_grad_clip)
+        self.backward_and_step(loss, self.optimizer_2d, self.grad_scaler_2d, params, self.mn_2d_grad_clip,
+                               free_gradients=True)
         return {"2d": loss.detach().cpu().numpy(), "dice_2d": dice.detach().cpu().numpy(),
                 "kl_2d": kl.detach().cpu().numpy()}
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
+from batchgenerators.utilities.file_and_folder_operations import join
 from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
@@ -163,6 +163,28 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                                                       wait_time=0.002)
         _ = next(mt_gen_val)
         return SemiSupBatchIterator(self._labeled_stream, self._unlabeled_stream), mt_gen_val
+
+    # ------------------------------------------------------------------ optimisation
+    @staticmethod
+    def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, grad_scaler, parameters,
+                          max_grad_norm: Optional[float] = 12.0, free_gradients: bool = False) -> None:
+        """nnU-Net's ``train_step`` recipe for any (loss, optimizer) pair: backward (scaled by the GradScaler on
+        CUDA), optional gradient-norm clipping, optimizer step; optionally free the gradients afterwards (e.g. for
+        a model that is a teacher next)."""
+        if grad_scaler is not None:
+            grad_scaler.scale(loss).backward()
+            if max_grad_norm is not None:
+                grad_scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+            grad_scaler.step(optimizer)
+            grad_scaler.update()
+        else:
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+            optimizer.step()
+        if free_gradients:
+            optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ epochs
     def set_batch_composition(self, b_l: int, b_u: int) -> None:

@@ -254,18 +254,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
             out = self.network(x_l, x_u)
         terms = self.compute_losses(out, y, b)
         loss = terms["loss"]
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            if self.skcdf_grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.skcdf_grad_clip)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            if self.skcdf_grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.skcdf_grad_clip)
-            self.optimizer.step()
+        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.skcdf_grad_clip)
         self.skcdf_iterations += 1
         self.skcdf_last_ramp_weight = terms["w_u"]
         return {k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.float64(v)) for k, v in terms.items()}
