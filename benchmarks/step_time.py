@@ -2,7 +2,8 @@
 
 Every trainer is measured in its own subprocess on one synthetic dataset (made, planned and preprocessed once,
 with the labeled and unlabeled streams of the real trainers): a few warm-up iterations, then ``--iterations``
-timed calls of ``train_step`` on batches drawn beforehand (data loading is not timed). Peak memory is the CUDA
+timed calls of ``train_step`` on batches drawn beforehand (data loading is not timed), at the middle of the
+planned schedule (``--at-fraction``), repeated ``--repeats`` times interleaved (median). Peak memory is the CUDA
 peak allocation on GPU and the process's peak resident set size on CPU. Results are printed as a Markdown
 table with ratios to ``nnUNetTrainer``.
 
@@ -60,14 +61,16 @@ def prepare_dataset(workdir: str, shape, features, patch, batch_size, dataset_id
             "features": arch["features_per_stage"]}
 
 
-def measure_one(trainer_name: str, dataset_id: int, device: str, warmup: int, iterations: int) -> dict:
-    """Runs inside the subprocess: build the trainer, draw batches, time train_step."""
+def measure_one(trainer_name: str, dataset_id: int, device: str, warmup: int, iterations: int,
+                at_fraction: float) -> dict:
+    """Runs inside the subprocess: build the trainer, move it to epoch ``at_fraction · num_epochs`` (so that
+    methods with stages are measured in their semi-supervised phase), draw batches, time train_step."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
     trainer = get_trainer_from_args(str(dataset_id), "3d_fullres", "all", trainer_name,
                                     device=torch.device(device))
-    trainer.num_epochs = 1000
     trainer.on_train_start()
+    trainer.current_epoch = int(at_fraction * trainer.num_epochs)
     trainer.on_train_epoch_start()
     batches = [next(trainer.dataloader_train) for _ in range(warmup + iterations)]
     rss_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -103,6 +106,10 @@ def main(argv=None) -> int:
                         help="features per stage of the planned U-Net (default tiny: 8 16 32 ...)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds over all trainers (interleaved); the median per trainer is reported")
+    parser.add_argument("--at-fraction", type=float, default=0.5,
+                        help="measure at this fraction of the planned epochs (default 0.5: co-/self-training)")
     parser.add_argument("--segformer", default=None,
                         help="'tiny' (default on CPU), 'b2' (random-init B2 architecture) or a folder / hub id")
     parser.add_argument("--out", default=None, help="also write the Markdown table to this file")
@@ -110,7 +117,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args._child:  # measurement subprocess
-        result = measure_one(args._child[0], int(args._child[1]), args.device, args.warmup, args.iterations)
+        result = measure_one(args._child[0], int(args._child[1]), args.device, args.warmup, args.iterations,
+                             args.at_fraction)
         print("RESULT " + json.dumps(result))
         return 0
 
@@ -130,23 +138,31 @@ def main(argv=None) -> int:
                     decoder_hidden_size=768)).save_pretrained(folder)
             segformer = folder
         env["nnUNet_semisup_segformer"] = segformer
+        runs = {name: [] for name in args.trainers}
+        for _ in range(args.repeats):
+            for name in args.trainers:  # interleaved, so load changes on a shared machine hit every trainer
+                cmd = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--warmup",
+                       str(args.warmup), "--iterations", str(args.iterations), "--at-fraction",
+                       str(args.at_fraction), "--_child", name, str(info["dataset_id"])]
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+                if proc.returncode != 0 or not lines:
+                    print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                    continue
+                runs[name].append(json.loads(lines[-1][7:]))
+                print(f"{name}: {runs[name][-1]['s_per_iter']:.3f} s/iter, peak {runs[name][-1]['peak_mb']:.0f} MB",
+                      flush=True)
         results = []
-        for name in args.trainers:
-            cmd = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--warmup", str(args.warmup),
-                   "--iterations", str(args.iterations), "--_child", name, str(info["dataset_id"])]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-                continue
-            results.append(json.loads(lines[-1][7:]))
-            print(f"{name}: {results[-1]['s_per_iter']:.3f} s/iter, peak {results[-1]['peak_mb']:.0f} MB",
-                  flush=True)
+        for name, rs in runs.items():
+            if rs:
+                median = sorted(rs, key=lambda r: r["s_per_iter"])[len(rs) // 2]
+                results.append({**median, "peak_mb": max(r["peak_mb"] for r in rs)})
 
     base = next((r for r in results if r["trainer"] == "nnUNetTrainer"), None)
     mem = "peak CUDA MB" if args.device == "cuda" else "peak RSS MB"
     lines = [f"device {args.device}, patch {info['patch']}, batch size {info['batch_size']}, features "
-             f"{info['features']}, {args.iterations} timed iterations after {args.warmup} warm-up", "",
+             f"{info['features']}, epoch {args.at_fraction:g} x num_epochs, median of {args.repeats} runs of "
+             f"{args.iterations} timed iterations after {args.warmup} warm-up", "",
              f"| trainer | b_l + b_u | s / iteration | x nnUNetTrainer | {mem} | x nnUNetTrainer |",
              "|---|---|---|---|---|---|"]
     for r in results:
@@ -159,7 +175,7 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(table + "\n")
-    return 0 if len(results) == len(args.trainers) else 1
+    return 0 if all(len(rs) == args.repeats for rs in runs.values()) else 1
 
 
 if __name__ == "__main__":
