@@ -47,11 +47,15 @@ def parse_args(argv=None):
     p.add_argument("--shape", type=int, nargs=3, default=list(demo.DEFAULT_SHAPE))
     p.add_argument("--features", type=int, nargs="+", default=list(demo.DEFAULT_FEATURES),
                    help="feature cap per stage (0: nnU-Net's plans)")
+    p.add_argument("--patch", type=int, nargs=3, default=list(demo.DEFAULT_PATCH),
+                   help="patch size cap (0 0 0: nnU-Net's plans)")
     p.add_argument("--work", default="quality_work", help="work folder (default ./quality_work)")
     p.add_argument("--docs", default="docs", help="where the table, JSON and PNG go (default docs/)")
     args = p.parse_args(argv)
     if args.features == [0]:
         args.features = None
+    if args.patch == [0, 0, 0]:
+        args.patch = None
     return args
 
 
@@ -60,38 +64,47 @@ def make_config(args, seed: int, full: bool) -> demo.DemoConfig:
         out=os.path.abspath(os.path.join(args.work, f"seed{seed}" + ("_full" if full else ""))), device=args.device,
         methods=[demo.BASELINE] if full else list(args.methods), epochs=args.epochs, iterations=args.iterations,
         seed=seed, labeled=args.labeled, unlabeled=args.unlabeled, test=args.test, shape=tuple(args.shape),
-        features=args.features)
+        features=args.features, patch_size=args.patch)
 
 
-def run_seed(args, seed: int, progress_stream=sys.stdout) -> list:
-    """All methods on one seed; returns result dicts (a failing method is recorded with its error)."""
+def run_seed(args, seed: int, on_result=None, progress_stream=sys.stdout) -> list:
+    """All methods on one seed; returns result dicts (a failing method is recorded with its error).
+
+    Order: both datasets (semi-supervised split and all-labeled), then the labeled-only baseline, the fully
+    supervised upper bound and the semi-supervised methods, so an interrupted run still has the two references.
+    ``on_result(rows_so_far)`` is called after every method (the outputs are rewritten each time)."""
     out = []
-    runs = [(make_config(args, seed, False), False)]
-    if not args.no_full:
-        runs.append((make_config(args, seed, True), True))
+    semi = make_config(args, seed, False)
+    runs = [(semi, False)] + ([] if args.no_full else [(make_config(args, seed, True), True)])
+    progress = demo.Progress(sum(len(demo.dataset_steps(c, f)) + 3 * len(c.methods) for c, f in runs),
+                             progress_stream)
     for cfg, full in runs:
         demo.prepare_out_folder(cfg.out)
         note = demo.segformer_setup(cfg)
         if note:
             print(note, file=progress_stream, flush=True)
-        progress = demo.Progress(len(demo.dataset_steps(cfg, full)) + 3 * len(cfg.methods), progress_stream)
         progress.say(f"--- seed {seed}{' (all training cases labeled)' if full else ''}: {cfg.out}")
         for what, fn in demo.dataset_steps(cfg, all_labeled=full):
             progress.step(what, fn)
-        for method in cfg.methods:
-            results = []
-            try:
-                for what, fn in demo.method_steps(cfg, method, results, display_name=DISPLAY_FULL if full else None):
-                    progress.step(what, fn)
-            except demo.DemoStepError as e:
-                progress.say(f"FAILED ({method}, seed {seed}): {e}")
-                out.append({"method": FULL if full else method, "trainer": method, "seed": seed, "error": str(e)})
-                continue
+    jobs = [(semi, m, False) for m in semi.methods]
+    if not args.no_full:
+        jobs.insert(1 if demo.BASELINE in semi.methods[:1] else 0, (runs[1][0], demo.BASELINE, True))
+    for cfg, method, full in jobs:
+        results = []
+        try:
+            for what, fn in demo.method_steps(cfg, method, results, display_name=DISPLAY_FULL if full else None):
+                progress.step(what, fn)
+        except demo.DemoStepError as e:
+            progress.say(f"FAILED ({method}, seed {seed}): {e}")
+            out.append({"method": FULL if full else method, "trainer": method, "seed": seed, "error": str(e)})
+        else:
             r = results[0]
             out.append({"method": FULL if full else method, "trainer": method, "name": r.name, "seed": seed,
                         "dice": r.dice, "hd95": r.hd95, "per_label_dice": r.per_label_dice,
                         "train_seconds": r.train_seconds, "seconds": r.seconds,
                         "segformer": os.environ.get("nnUNet_semisup_segformer") if "MN" in method else None})
+        if on_result is not None:
+            on_result(out)
     return out
 
 
@@ -164,13 +177,9 @@ def plot(summary: list, rows: list, path: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    t0 = time.time()
-    rows = []
-    for seed in args.seeds:
-        rows += run_seed(args, seed)
+def write_outputs(args, rows: list, t0: float, argv=None, complete: bool = True) -> str:
     order = list(args.methods) + ([] if args.no_full else [FULL])
+    order = [demo.BASELINE, FULL] + [m for m in order if m not in (demo.BASELINE, FULL)]
     summary = summarize(rows, order)
     os.makedirs(args.docs, exist_ok=True)
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -178,21 +187,35 @@ def main(argv=None) -> int:
     settings = (f"{len(args.seeds)} seed(s) {args.seeds}; {args.labeled} labeled + {args.unlabeled} unlabeled "
                 f"training cases (fully supervised: all {args.labeled + args.unlabeled} labeled), {args.test} test "
                 f"cases per seed, shape {'x'.join(map(str, args.shape))}; plans' features capped at "
-                f"{args.features}; `*_short` trainers, {args.epochs} epochs x {args.iterations} iterations, fold "
-                f"`all`, device {args.device}; mm-mode evaluation (HD95 in mm, empty predictions penalised).")
-    table = markdown_table(summary)
+                f"{args.features}, patch at {args.patch}; `*_short` trainers, {args.epochs} epochs x "
+                f"{args.iterations} iterations, fold `all`, device {args.device}; mm-mode evaluation (HD95 in mm, "
+                f"empty predictions penalised).")
     text = (f"# Quality (synthetic)\n\nCommand: `{command}`\n\n{settings}\n\n"
+            + ("" if complete else "**Incomplete run: written after each method; methods missing below did not "
+               "finish.**\n\n")
             + ("M&N used a tiny randomly initialised SegFormer (nnUNet_semisup_segformer unset, offline): its "
                "numbers do not represent the method.\n\n" if tiny_segformer else "")
-            + f"Machine: {platform.platform()}, {os.cpu_count()} CPU(s); total time "
-              f"{demo.format_seconds(time.time() - t0)}.\n\n{table}\n\n"
+            + f"Machine: {platform.platform()}, {os.cpu_count()} CPU(s); time so far "
+              f"{demo.format_seconds(time.time() - t0)}.\n\n{markdown_table(summary)}\n\n"
               f"![Dice per method](quality_synthetic_dice.png)\n")
     with open(os.path.join(args.docs, "quality_synthetic.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.docs, "quality_synthetic.json"), "w") as f:
-        json.dump({"command": command, "settings": settings, "summary": summary, "runs": rows}, f, indent=2)
-    plot(summary, rows, os.path.join(args.docs, "quality_synthetic_dice.png"))
-    print("\n" + text)
+        json.dump({"command": command, "settings": settings, "complete": complete, "summary": summary,
+                   "runs": rows}, f, indent=2)
+    if summary:
+        plot(summary, rows, os.path.join(args.docs, "quality_synthetic_dice.png"))
+    return text
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.time()
+    rows = []
+    for seed in args.seeds:
+        done = list(rows)
+        rows = done + run_seed(args, seed, on_result=lambda r: write_outputs(args, done + r, t0, argv, False))
+    print("\n" + write_outputs(args, rows, t0, argv, True))
     return 0
 
 

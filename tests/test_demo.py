@@ -12,7 +12,7 @@ from nnunetv2_semisup import demo
 from nnunetv2_semisup.trainer_dir import TRAINER_DIR
 
 
-def test_arguments_environment_table_and_offline_segformer(tmp_path, monkeypatch):
+def test_arguments_environment_table_and_offline_segformer(tmp_path):
     args = demo.parse_args([])
     assert args.device == "cpu" and args.methods == demo.DEFAULT_METHODS and args.epochs == demo.DEFAULT_EPOCHS
     assert args.features == list(demo.DEFAULT_FEATURES) and args.patch == list(demo.DEFAULT_PATCH)
@@ -33,7 +33,7 @@ def test_arguments_environment_table_and_offline_segformer(tmp_path, monkeypatch
     assert env["nnUNet_extTrainer"] == TRAINER_DIR and env["PATH"] == "/bin"
     assert env["nnUNet_semisup_segformer"] == "/my/segformer"
     assert env["nnUNet_semisup_short_epochs"] == "3" and env["nnUNet_semisup_short_iterations"] == "7"
-    assert env["nnUNet_n_proc_DA"] == "0"
+    assert env["nnUNet_n_proc_DA"] == "0" and env["nnUNet_semisup_short_skip_validation"] == "1"
     assert "nnUNet_n_proc_DA" not in demo.build_env(cfg, base=user, for_training=False)  # planning crashes with 0
 
     plans = tmp_path / "plans.json"

@@ -7,7 +7,9 @@ iterations can be overridden with ``nnUNet_semisup_short_epochs``, ``nnUNet_semi
 validation , which saves most of a CPU smoke run's time.
 """
 import os
+import random
 
+import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -21,6 +23,9 @@ class ShortScheduleMixin:
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        seed = os.environ.get("nnUNet_semisup_seed")
+        if seed is not None:
+            random.seed(int(seed)), np.random.seed(int(seed)), torch.manual_seed(int(seed))
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = int(os.environ.get("nnUNet_semisup_short_epochs", self.short_epochs))
         self.num_iterations_per_epoch = int(os.environ.get("nnUNet_semisup_short_iterations",
