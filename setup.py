@@ -34,6 +34,7 @@ setup(
         "numpy",
         "scipy",
         "h5py",
+        "connected-components-3d",  # cc3d: per-class largest connected components (CML pseudo-labels)
         "pynrrd",
         "pydicom",
     ],

@@ -159,6 +159,9 @@ def place_label(case: str, image: sitk.Image, label: sitk.Image) -> Tuple[sitk.I
     return out, notes
 
 
+DUPLICATE_CASES = ("0025", "0070")  # duplicate scans of other patients, removed from later TCIA releases
+
+
 def _raw_case(source_id: str, image_path: str, label_path: Optional[str], fmt: str, state: dict) -> SourceCase:
     case = f"pancreas_{source_id}"
 
@@ -212,6 +215,13 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
             raise ConversionError(f"{input_dir}: no label files labelXXXX.nii.gz found (TCIA_pancreas_labels-"
                                   f"02-05-2017/ or Labels/)")
         orphans = sorted(set(scan.labels) - set(images))
+        # the label archive TCIA_pancreas_labels-02-05-2017 still has label0025/label0070, while later image
+        # releases removed those duplicate scans: an 80-image download with 82 labels is the normal case
+        ignored = [o for o in orphans if o in DUPLICATE_CASES]
+        if ignored:
+            print(f"NOTE: ignoring {', '.join('label' + o + '.nii.gz' for o in ignored)}: the image release has no "
+                  f"such case (duplicate scans removed by TCIA).")
+        orphans = [o for o in orphans if o not in DUPLICATE_CASES]
         if orphans:
             raise ConversionError(f"labels without an image: {', '.join('label' + o for o in orphans)}; expected "
                                   f"images for cases {', '.join('pancreas_' + o for o in orphans)}")
@@ -242,8 +252,8 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
                                       "unreliable",
                       "crop": "3D crop to the label box +- 25 voxels (minimum 96^3), test cases too"}
     record["num_source_cases"] = len(cases)
-    record["release"] = ("82 cases (duplicates 0025 and 0070 present)" if {"0025", "0070"} <= set(cases)
-                         else "80 cases (duplicates 0025/0070 removed)" if not ({"0025", "0070"} & set(cases))
+    record["release"] = ("82 cases (duplicates 0025 and 0070 present)" if set(DUPLICATE_CASES) <= set(cases)
+                         else "80 cases (duplicates 0025/0070 removed)" if not (set(DUPLICATE_CASES) & set(cases))
                          else "partial")
     split = common_split(args, pancreas_split, list(cases), normalise_numeric_id)
     plan = make_plan(args, split, cases, normalise_numeric_id)

@@ -120,6 +120,32 @@ def test_train_step_terms_and_pseudo_label_pass(planned_dataset, monkeypatch):
     assert t.cml_selftrain_iterations == 1 and t.cml_mask_draws == 3
 
 
+def test_no_unsup_variant_self_training_step(planned_dataset, monkeypatch):
+    """_noUnsup (λ1 = 0): self-training mixes unlabeled pairs for the discrepancy only; no pseudo-label pass."""
+    t = make_trainer("nnUNetTrainerCML_noUnsup")
+    assert (t.cml_lambda1, t.cml_lambda2) == (0.0, 0.2)
+    t.initialize()
+    t.set_deep_supervision_enabled(True)
+    monkeypatch.setattr(cml_module, "cml_pseudo_labels", lambda *a, **k: pytest.fail("pseudo-labels computed"))
+    calls = []
+    t.network.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    t.cml_stage = "selftrain"
+    out = t.train_step(fake_batch(t, seed=2))
+    assert calls == [2]  # one forward: the labeled and the unlabeled mixed pair
+    assert set(out) == {"loss", "sup_l1", "sup_l2", "dis_l", "dis_u", "stage"}
+    assert out["loss"] == pytest.approx(float(out["sup_l1"] + out["sup_l2"] + 0.2 * (out["dis_l"] + out["dis_u"])),
+                                        rel=1e-5)
+
+
+def test_architecture_switch_set_in_init_is_refused(planned_dataset):
+    """cml_hetero is read by the static build_network_architecture at prediction time: an instance value in
+    __init__ would train one architecture and predict with another."""
+    t = make_trainer()
+    t.cml_hetero = True
+    with pytest.raises(ValueError, match="cml_hetero must be set as class attributes"):
+        t.initialize()
+
+
 def test_paper_variant_lr(planned_dataset):
     t = make_trainer("nnUNetTrainerCML_paper")
     assert (t.cml_batch_size, t.num_epochs, t.num_iterations_per_epoch, t.cml_grad_clip) == (4, 85, 200, None)

@@ -153,6 +153,19 @@ def test_tcia_nifti_flip_repair_and_unrepairable(tmp_path, conv_env):
     assert leftovers(conv_env) == ["Dataset308_PancreasCT"]
 
 
+def test_tcia_label_archive_with_the_removed_duplicates(tmp_path, conv_env, capsys):
+    """The 2017 label archive has 82 labels; the current image release has 80 scans (0025, 0070 removed)."""
+    src = make_pancreas_raw(str(tmp_path / "src"), ["0001", "0002", "0025", "0070"], "nifti")
+    for sid in ("0025", "0070"):
+        os.remove(os.path.join(src, "Pancreas-CT", f"PANCREAS_{sid}.nii.gz"))
+    lst = tmp_path / "lab.txt"
+    lst.write_text("0001\n")
+    folder = convert_pancreas.run(["-i", src, "-d", "311", "--split", "custom", "--labeled-list", str(lst)])
+    assert "ignoring label0025.nii.gz, label0070.nii.gz" in capsys.readouterr().out
+    assert cases_in(folder, "imagesTr") == ["pancreas_0001"] and cases_in(folder, "imagesUnlabeled") == ["pancreas_0002"]
+    assert dataset_json(folder)["semisup"]["release"] == "80 cases (duplicates 0025/0070 removed)"
+
+
 def test_bad_inputs(tmp_path, conv_env, mcnet80):
     (tmp_path / "empty").mkdir()
     _err(["-i", str(tmp_path / "empty"), "-d", "310"], "does not look like any known Pancreas-CT")

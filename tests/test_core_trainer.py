@@ -84,6 +84,21 @@ def test_batches_hold_exactly_b_l_labeled_and_b_u_unlabeled(started_trainer, pla
             assert "unlabeled" not in batch
 
 
+def test_worker_pools_are_reused_when_the_composition_alternates(started_trainer):
+    """M&N's 3D and 2D epochs alternate between two compositions: the last two pools per stream stay alive."""
+    trainer = started_trainer
+    labeled = trainer.dataloader_train.labeled
+    trainer.set_batch_composition(1, 1)
+    first = labeled.augmenter
+    trainer.set_batch_composition(2, 1)
+    second = labeled.augmenter
+    assert second is not first
+    trainer.set_batch_composition(1, 1)
+    assert labeled.augmenter is first and next(trainer.dataloader_train)["data"].shape[0] == 1
+    trainer.set_batch_composition(3, 1)  # a third size evicts the least recently used pool (size 2)
+    assert set(labeled._augmenters) == {1, 3}
+
+
 def test_invalid_composition_is_refused(started_trainer):
     with pytest.raises(ValueError, match="b_l=0, b_u=0"):
         started_trainer.set_batch_composition(0, 0)

@@ -111,8 +111,10 @@ def test_train_resume_predict(planned_dataset, tiny_segformer_dir, tmp_path, mon
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # LoRA was trained (B starts at 0)
     assert ckpt["semisup_state"]["pseudo_label_round"] == 1  # end of warm-up (+ 25 % of T_3D, same epoch)
 
-    # ---- 2. property 24: a fresh trainer restores everything from that checkpoint
-    for key, value in {**SHORT_ENV, SEGFORMER_ENV: tiny_segformer_dir}.items():
+    # ---- 2. property 24: a fresh trainer restores everything from that checkpoint; resuming rebuilds the 2D model
+    # from the saved config and weights, so an unloadable nnUNet_semisup_segformer (offline, hub gone) is no problem
+    gone = str(tmp_path / "segformer_no_longer_here")
+    for key, value in {**SHORT_ENV, SEGFORMER_ENV: gone}.items():
         monkeypatch.setenv(key, value)
     from nnunetv2.run.run_training import get_trainer_from_args
     t = get_trainer_from_args(str(ds.dataset_id), "3d_fullres", "all", TRAINER, device=torch.device("cpu"))
@@ -139,7 +141,8 @@ def test_train_resume_predict(planned_dataset, tiny_segformer_dir, tmp_path, mon
     del t
 
     # ---- 3. resume to the end
-    run_cli(["nnUNetv2_train", ds.dataset_id, "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu", "--c"], env)
+    run_cli(["nnUNetv2_train", ds.dataset_id, "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu", "--c"],
+            dict(env, **{SEGFORMER_ENV: gone}))
     final = load(os.path.join(out, "checkpoint_final.pth"))
     fstate = final["semisup_state"]["method"]
     assert final["current_epoch"] == EPOCHS

@@ -152,6 +152,21 @@ def test_shape_preserved(shape):
             assert m(h[:b], "self").shape == h[:b].shape
 
 
+def test_attention_runs_in_float32_under_autocast():
+    """No 1/sqrt(d) scaling and ψ's variance would overflow float16: the channel attention ignores autocast."""
+    m = _skcm(8, (4, 6, 6), dtype=torch.float32).eval()
+    h = torch.randn(4, 8, 4, 6, 6) * 50
+    with torch.no_grad():
+        plain = m(h, "cross")
+        attn_in = m.local_block.ln_attn(torch.randn(2, 1, 8, 8))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = m(h, "cross")
+            attn_out = m.local_block.attn(attn_in.bfloat16(), "self")
+    assert attn_out.dtype == torch.float32
+    torch.testing.assert_close(attn_out, m.local_block.attn(attn_in.bfloat16().float(), "self"))
+    assert torch.isfinite(mixed).all() and mixed.shape == plain.shape
+
+
 # ----------------------------------------------------------------------------------------- property 2
 @pytest.mark.parametrize("shape,b", [((4, 8, 8), 2), ((3, 5, 7), 3)])
 @pytest.mark.parametrize("mode", ["self", "cross"])

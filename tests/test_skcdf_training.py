@@ -301,3 +301,12 @@ def test_variant_train_steps_run(cls, net_kw, attrs):
     if not net_kw.get("use_aux", True):
         assert float(out["sup_aux"]) == 0.0 and float(out["u_aux"]) == 0.0
     assert not _same(before, _params(net.decoder_u))
+
+
+def test_architecture_switch_set_in_init_is_refused():
+    """Architecture switches are read by the static build_network_architecture when nnUNetv2_predict rebuilds the
+    network: an instance value set in __init__ would train one architecture and predict with another."""
+    tr = nnUNetTrainerSKCDF.__new__(nnUNetTrainerSKCDF)
+    tr.skcdf_use_aux = False
+    with pytest.raises(ValueError, match="skcdf_use_aux must be set as class attributes"):
+        tr.initialize()

@@ -1,6 +1,7 @@
 """Training data streams: one augmented nnU-Net loader per stream, resizable per epoch, and the iterator that
 joins the labeled and unlabeled streams into one batch dict for ``train_step``.
 """
+from collections import OrderedDict
 from typing import Optional
 
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
@@ -11,9 +12,12 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 class AugmentedStream:
     """nnU-Net's ``nnUNetDataLoader`` + augmentations in background workers, with a batch size that can change.
 
-    Changing the batch size restarts the workers (cheap relative to an epoch, and rare: LRG changes the
-    composition a handful of times per run). A batch size of 0 means the stream is idle.
+    One augmenter (worker pool) per batch size; the ``max_alive`` most recently used ones stay alive, because M&N's
+    LRG alternates between two compositions (the 3D and the 2D epochs read different learning rates) and
+    restarting workers every epoch would cost seconds each time. Idle pools only hold their prefetched batches.
+    A batch size of 0 means the stream is idle.
     """
+    max_alive = 2
 
     def __init__(self, dataset, initial_patch_size, final_patch_size, label_manager, transforms,
                  oversample_foreground_percent: float, probabilistic_oversampling: bool, num_processes: int,
@@ -28,7 +32,12 @@ class AugmentedStream:
         self.num_processes = num_processes
         self.pin_memory = pin_memory
         self.batch_size = 0
-        self.augmenter = None
+        self._augmenters: "OrderedDict[int, object]" = OrderedDict()
+
+    @property
+    def augmenter(self):
+        """The running augmenter for the current batch size (None if idle or not started)."""
+        return self._augmenters.get(self.batch_size)
 
     def _build(self):
         loader = nnUNetDataLoader(self.dataset, self.batch_size, self.initial_patch_size, self.final_patch_size,
@@ -42,14 +51,21 @@ class AugmentedStream:
                                             pin_memory=self.pin_memory, wait_time=0.002)
 
     def set_batch_size(self, batch_size: int) -> bool:
-        """Returns True if the workers were (re)started."""
-        if batch_size == self.batch_size and (self.augmenter is not None or batch_size == 0):
-            return False
-        self.finish()
+        """Returns True if a worker pool was started for this batch size (False: idle, or one was running)."""
         self.batch_size = batch_size
-        if batch_size > 0:
-            self.augmenter = self._build()
-        return batch_size > 0
+        if batch_size == 0:
+            return False
+        if batch_size in self._augmenters:
+            self._augmenters.move_to_end(batch_size)
+            return False
+        self._start()
+        return True
+
+    def _start(self):
+        self._augmenters[self.batch_size] = self._build()
+        while len(self._augmenters) > self.max_alive:
+            _, oldest = self._augmenters.popitem(last=False)
+            _finish(oldest)
 
     def set_dataset(self, dataset) -> None:
         """Swap the dataset (e.g. new pseudo-label class locations); workers restart on the next batch."""
@@ -60,13 +76,19 @@ class AugmentedStream:
         if self.augmenter is None:
             if self.batch_size == 0:
                 raise RuntimeError("stream has batch size 0")
-            self.augmenter = self._build()
+            self._start()
         return next(self.augmenter)
 
     def finish(self):
-        if self.augmenter is not None and isinstance(self.augmenter, NonDetMultiThreadedAugmenter):
-            self.augmenter._finish()
-        self.augmenter = None
+        """Stop every worker pool of this stream."""
+        for augmenter in self._augmenters.values():
+            _finish(augmenter)
+        self._augmenters.clear()
+
+
+def _finish(augmenter) -> None:
+    if isinstance(augmenter, NonDetMultiThreadedAugmenter):
+        augmenter._finish()
 
 
 class SemiSupBatchIterator:

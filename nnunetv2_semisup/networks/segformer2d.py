@@ -21,10 +21,11 @@ are made trainable in place — the same trainable function with one copy of eac
 
 Weights always come from ``SegformerForSemanticSegmentation.from_pretrained`` (hub id or local folder, selected by
 ``nnUNet_semisup_segformer``); if that fails, ``SegFormerWeightsError`` explains how to fix it. There is no
-fallback to random weights.
+fallback to random weights. (Resuming with ``--c`` builds the architecture from the config saved in the
+checkpoint and loads the saved weights, so it needs no hub access.)
 """
 import os
-from typing import Callable, Iterable, Sequence, Set
+from typing import Callable, Iterable, Optional, Sequence, Set
 
 import torch
 from torch import nn
@@ -190,11 +191,18 @@ def verify_trainable(wrapper: SegFormer2D, mode: str) -> None:
 def build_segformer_2d(checkpoint: str, in_channels: int, num_classes: int, finetune: str = "lora",
                        lora_r: int = 64, lora_alpha: int = 64, lora_dropout: float = 0.1,
                        lora_targets: Sequence[str] = REFERENCE_LORA_TARGETS,
-                       log: Callable[[str], None] = print) -> SegFormer2D:
-    """Load the SegFormer from ``checkpoint``, wrap it (§1.2) and set up ``finetune`` ('lora'/'whole'/'decoder')."""
+                       log: Callable[[str], None] = print, config: Optional[dict] = None) -> SegFormer2D:
+    """Load the SegFormer from ``checkpoint``, wrap it (§1.2) and set up ``finetune`` ('lora'/'whole'/'decoder').
+
+    ``config`` (a ``SegformerConfig`` dict): build the architecture only, with random weights, for a caller that
+    loads complete saved weights next (resuming a training run must not depend on the hub)."""
     if finetune not in FINETUNE_MODES:
         raise ValueError(f"mn_2d_finetune must be one of {FINETUNE_MODES}, got '{finetune}'")
-    hf = load_segformer(checkpoint, log)
+    if config is None:
+        hf = load_segformer(checkpoint, log)
+    else:
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+        hf = SegformerForSemanticSegmentation(SegformerConfig.from_dict(config))
     if hf.config.strides[0] != 4:
         raise ValueError(f"SegFormer checkpoint '{checkpoint}' has a first patch-embedding stride of "
                          f"{hf.config.strides[0]}; the M&N head needs 4")

@@ -87,6 +87,12 @@ class ChannelAttention(nn.Module):
         return x.permute(0, 1, 3, 2, 4).reshape(b, n, t, h * c)
 
     def forward(self, e: torch.Tensor, mode: str = "self") -> torch.Tensor:
+        # fp32 even under autocast: the affinity has no 1/sqrt(d) scaling and ψ squares it (variance), which
+        # overflows float16 once the affinities' spread passes ~256; the reference trained in fp32
+        with torch.autocast(device_type=e.device.type, enabled=False):
+            return self._attention(e.float() if e.dtype in (torch.float16, torch.bfloat16) else e, mode)
+
+    def _attention(self, e: torch.Tensor, mode: str) -> torch.Tensor:
         if mode == "self":
             q, k, v = self._split(self.q(e)), self._split(self.k(e)), self._split(self.v(e))
             attn = torch.softmax(psi(torch.einsum("bnhtc,bnhtd->bnhcd", q, k)), dim=-1)

@@ -115,6 +115,7 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
         unwrap(self.network).set_deep_supervision(enabled)
 
     def initialize(self):
+        self.refuse_instance_overrides(("cml_hetero",))
         lm = self.label_manager
         if lm.has_regions or lm.has_ignore_label:
             raise ValueError(f"{self.__class__.__name__} supports label-based datasets only (no regions, no ignore "

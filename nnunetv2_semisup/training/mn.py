@@ -78,6 +78,7 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         self.mn_refreshes = []  # [(point, global epoch, round)]
         self.mn_rng: Optional[np.random.Generator] = None  # uniform-mode draws; seeded in initialize
         self._mn_uniform_draws = []
+        self._mn_resume_segformer_config: Optional[dict] = None
 
     # ------------------------------------------------------------------ setup
     def _check_supported(self):
@@ -108,12 +109,16 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
             self.unlabeled_oversample_foreground_percent = self.mn_unlabeled_oversample
         super().initialize()  # 3D network, its optimiser (configure_optimizers) and loss (_build_loss)
 
-        self.print_to_log_file(f"M&N: 2D model from '{self.mn_segformer_checkpoint}' (nnUNet_semisup_segformer), "
-                               f"fine-tuning '{self.mn_2d_finetune}'")
+        if self._mn_resume_segformer_config is None:
+            self.print_to_log_file(f"M&N: 2D model from '{self.mn_segformer_checkpoint}' (nnUNet_semisup_segformer), "
+                                   f"fine-tuning '{self.mn_2d_finetune}'")
+        else:
+            self.print_to_log_file(f"M&N: 2D model architecture from the checkpoint being resumed (its weights are "
+                                   f"loaded next), fine-tuning '{self.mn_2d_finetune}'")
         segformer = build_segformer_2d(
             self.mn_segformer_checkpoint, self.num_input_channels, self.label_manager.num_segmentation_heads,
             self.mn_2d_finetune, self.mn_lora_r, self.mn_lora_alpha, self.mn_lora_dropout, self.mn_lora_targets,
-            log=self.print_to_log_file).to(self.device)
+            log=self.print_to_log_file, config=self._mn_resume_segformer_config).to(self.device)
         self.print_to_log_file(f"M&N: SegFormer config {segformer.hf_model().config.to_dict()}")
         slice_shape = [s for i, s in enumerate(self.configuration_manager.patch_size) if i != self.mn_slice_axis]
         check_slice_size(segformer, self.num_input_channels, slice_shape, self.device)
@@ -133,8 +138,8 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
                                   device_ids=[self.local_rank])
         self.extra_checkpoint_objects["mn_segformer_state"] = self.network_2d
         self.extra_checkpoint_objects["mn_segformer_optimizer_state"] = self.optimizer_2d
-        if self.grad_scaler_2d is not None:
-            self.extra_checkpoint_objects["mn_segformer_grad_scaler_state"] = self.grad_scaler_2d
+        # None on CPU: a checkpoint written on one device type resumes on the other
+        self.extra_checkpoint_objects["mn_segformer_grad_scaler_state"] = self.grad_scaler_2d
         self.mn_rng = np.random.default_rng(self.mn_uniform_seed)
         self._register_mn_series()
         p = self.mn_plan
@@ -347,12 +352,12 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
     def set_method_state(self, state: dict) -> None:
         super().set_method_state(state)
         plan = self.mn_plan
-        saved = (state["num_epochs"], state["W"], state["cotraining"])
-        if saved != (plan.num_epochs, plan.warmup_epochs, plan.cotraining):
-            now = (plan.num_epochs, plan.warmup_epochs, plan.cotraining)
+        saved = (state["num_epochs"], state["W"], state["cotraining"], state["lrg_mode"], state["schedule"])
+        now = (plan.num_epochs, plan.warmup_epochs, plan.cotraining, self.mn_lrg_mode, self.mn_schedule)
+        if saved != now:
             raise ValueError(f"{self.__class__.__name__}: the checkpoint was trained with (num_epochs, W, "
-                             f"cotraining) = {saved}, this trainer has {now}; the M&N schedules depend on them, so "
-                             f"resume with the same settings")
+                             f"cotraining, lrg_mode, schedule) = {saved}, this trainer has {now}; the M&N schedules "
+                             f"depend on them, so resume with the same trainer variant and settings")
         if state["segformer_checkpoint"] != self.mn_segformer_checkpoint:
             self.print_to_log_file(f"NOTE: the checkpoint's SegFormer came from '{state['segformer_checkpoint']}', "
                                    f"now '{self.mn_segformer_checkpoint}'; the saved weights are used.")
@@ -363,5 +368,12 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         self.mn_refreshes = [tuple(r) for r in state["refreshes"]]
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if not self.was_initialized and isinstance(filename_or_checkpoint, str):
+            # --c: nnU-Net initialises the trainer inside load_checkpoint; build the 2D model from the saved config
+            # (its complete weights are in the checkpoint) instead of from nnUNet_semisup_segformer
+            checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
+            method = checkpoint.get("semisup_state", {}).get("method", {})
+            self._mn_resume_segformer_config = method.get("segformer_config")
+            del checkpoint
         super().load_checkpoint(filename_or_checkpoint)
         self._register_mn_series()

@@ -8,7 +8,8 @@
 - Optional foreground-aware unlabeled sampling from pseudo-label class locations
   (``refresh_unlabeled_pseudo_labels``), stored next to the training output.
 - Extra state in checkpoints: objects registered in ``self.extra_checkpoint_objects`` (modules, optimizers,
-  schedulers, grad scalers: anything with ``state_dict``/``load_state_dict``) under their own top-level keys, and
+  schedulers, grad scalers: anything with ``state_dict``/``load_state_dict``; ``None`` for an object that exists
+  only on some devices, such as a CUDA GradScaler) under their own top-level keys, and
   ``get_method_state()``/``set_method_state()`` for plain values. Checkpoint writes are atomic. ``--c`` restores
   everything.
 - Each loss term named in ``self.loss_terms`` and returned by ``train_step`` is logged per epoch (log file and a
@@ -87,6 +88,17 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         self.logger.local_logger.register(["batch_labeled", "batch_unlabeled"] +
                                           [f"loss_{t}" for t in self.loss_terms])
 
+    def refuse_instance_overrides(self, class_attributes: Tuple[str, ...]) -> None:
+        """Architecture switches must be class attributes: ``nnUNetv2_predict`` builds the network from the class
+        (static ``build_network_architecture``), so a value set on the instance in ``__init__`` would train one
+        architecture and predict with another."""
+        overridden = [name for name in class_attributes if name in vars(self)]
+        if overridden:
+            raise ValueError(f"{self.__class__.__name__}: {', '.join(overridden)} must be set as class attributes of "
+                             f"a trainer subclass (e.g. `class MyTrainer({type(self).__name__}): "
+                             f"{overridden[0]} = ...`), not in __init__: the network is built from the class at "
+                             f"prediction time.")
+
     def get_batch_composition(self) -> Tuple[int, int]:
         """``(b_l, b_u)`` for the current epoch: labeled and unlabeled patches per (per-GPU) batch.
 
@@ -142,11 +154,13 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         n_proc = get_allowed_n_proc_DA()
         pin = self.device.type == "cuda"
         n_train = n_proc if not self._has_unlabeled else (max(1, n_proc // 2) if n_proc > 0 else 0)
+        # Both streams oversample foreground probabilistically: nnU-Net's deterministic "last x % of the batch"
+        # rule depends on the batch size, which is b_l/b_u < B here and changes per epoch under LRG; it never
+        # fires for a batch of 1 (and always fires for oversample_foreground_percent = 0.5).
         self._labeled_stream = AugmentedStream(
             dataset_tr, initial_patch_size, patch_size, self.label_manager, self._train_transforms,
-            self.oversample_foreground_percent, self.probabilistic_oversampling, n_train, pin)
+            self.oversample_foreground_percent, True, n_train, pin)
         if self._has_unlabeled:
-            # probabilistic: nnU-Net's deterministic "last x% of the batch" never triggers for b_u = 1
             self._unlabeled_stream = AugmentedStream(
                 unlabeled_dataset, initial_patch_size, patch_size, self.label_manager,
                 self.get_unlabeled_transforms(), self.unlabeled_oversample_foreground_percent, True, n_train, pin)
@@ -294,7 +308,8 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         for key, obj in self.extra_checkpoint_objects.items():
             if key in NNUNET_CHECKPOINT_KEYS or key == "semisup_state":
                 raise KeyError(f"extra checkpoint key '{key}' collides with nnU-Net's own keys")
-            checkpoint[key] = (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).state_dict()
+            checkpoint[key] = None if obj is None else \
+                (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).state_dict()
         checkpoint["semisup_state"] = {
             "format_version": 1,
             "class_locations_file": self.class_locations_file,
@@ -318,6 +333,12 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
             if key not in checkpoint:
                 raise RuntimeError(f"{filename_or_checkpoint} has no '{key}' entry needed by "
                                    f"{self.__class__.__name__}; was it written by a different trainer?")
+            if obj is None or checkpoint[key] is None:
+                # optional objects such as a CUDA-only GradScaler; a CPU checkpoint resumes on CUDA and vice versa
+                if obj is not checkpoint[key]:
+                    self.print_to_log_file(f"NOTE: '{key}' is {'not used' if obj is None else 'not saved'} on this "
+                                           f"device type; it starts fresh.")
+                continue
             (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).load_state_dict(checkpoint[key])
         state = checkpoint["semisup_state"]
         self.pseudo_label_round = state["pseudo_label_round"]

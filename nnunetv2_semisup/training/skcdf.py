@@ -85,6 +85,10 @@ class _SKCDFStateHolder:
         t.skcdf_iterations = int(state["iterations"])
 
 
+ARCHITECTURE_ATTRIBUTES = ("skcdf_use_skcm", "skcdf_use_aux", "skcdf_num_heads", "skcdf_local_patch",
+                           "skcdf_attn_dropout", "skcdf_dropout_p", "skcdf_inference_decoder")
+
+
 class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
     # --- architecture (class attributes: read by build_network_architecture at prediction time too) ---
     skcdf_use_skcm = True
@@ -136,6 +140,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         unconditionally, so it must not fail)."""
 
     def initialize(self):
+        self.refuse_instance_overrides(ARCHITECTURE_ATTRIBUTES)
         lm = self.label_manager
         if lm.has_regions:
             raise ValueError(f"{self.__class__.__name__} supports label-based datasets only; dataset "

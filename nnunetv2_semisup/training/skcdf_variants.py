@@ -47,7 +47,7 @@ class nnUNetTrainerSKCDF_paper(nnUNetTrainerSKCDF):
         # the reference repeats the labeled set to the unlabeled set size, drop_last, 2 per batch
         if self._unlabeled_available():
             n_u = len(self.dataset_class.get_identifiers(self.unlabeled_preprocessed_folder))
-            self.num_iterations_per_epoch = max(1, n_u // 2)
+            self.num_iterations_per_epoch = max(1, n_u // self.skcdf_batch_size)
 
 
 class nnUNetTrainerSKCDF_noSKCM(nnUNetTrainerSKCDF):
