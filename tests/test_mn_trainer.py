@@ -200,6 +200,7 @@ def test_variants(mn_env, variant):  # spec §4, found by name through nnU-Net's
         assert {t.mn_plan.phase(e) for e in range(125, 1000)} == {TRAIN_3D}
     if "_paper" in variant:
         assert t.batch_size == 5 and t.num_iterations_per_epoch == 8 and t.num_epochs == 7500
+        assert t.num_val_iterations_per_epoch == 8
         assert (t.mn_plan.warmup_epochs, t.mn_plan.T_3d, t.mn_plan.T_2d) == (500, 4000, 4000)
         assert isinstance(t.optimizer, torch.optim.AdamW) and t.optimizer.defaults["lr"] == 1e-4
         assert t.optimizer.defaults["weight_decay"] == 0.01 and t.optimizer_2d.defaults["lr"] == 1e-3
@@ -212,3 +213,19 @@ def test_variants(mn_env, variant):  # spec §4, found by name through nnU-Net's
         assert t.mn_lrg_mode == ("linear" if variant.endswith("_lrglinear") else "paper")
     if variant.endswith("_short"):
         assert t.mn_2d_chunk_size == 16 and t.save_every == 1
+
+
+def test_no_unlabeled_patches_while_a_models_lr_is_still_rising(mn_env):
+    """Co-training from epoch 0 (mn_warmup_epochs = 0): the 2D model's first epochs are its LR warm-up, where
+    η < η₀ would make eq. 10 give b_u = B − 1 at once; LRG counts only the decay, so b_u = 0 there."""
+    from nnunetv2_semisup.training.mn_schedule import lrg_paper
+    t = make_trainer(mn_env)
+    t.mn_warmup_epochs = 0
+    t.initialize()
+    B = t.batch_size
+    assert t.mn_plan.warmup_epochs == 0 and t.mn_plan.phase(1) == TRAIN_2D
+    t.current_epoch, t.mn_phase = 1, TRAIN_2D
+    t.mn_scheduler_2d.step(1)
+    lr = t.optimizer_2d.param_groups[0]["lr"]
+    assert lr == pytest.approx(1e-5) and lrg_paper(B, lr, 1e-3) == B - 1  # what eq. 10 alone would give
+    assert t.get_batch_composition() == (B, 0)

@@ -153,7 +153,13 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         T = self.mn_plan.schedule_length(model)
         w = lr_warmup_epochs(T, self.mn_2d_warmup_ratio)
         if self.mn_schedule == "reference":
-            return ReferenceCompositeSchedule(initial_lr, T, w, self.mn_plan.warmup_epochs)
+            try:
+                return ReferenceCompositeSchedule(initial_lr, T, w, self.mn_plan.warmup_epochs)
+            except ValueError as e:
+                raise ValueError(f"{self.__class__.__name__}: mn_schedule = 'reference' for the {model} model: {e}. "
+                                 f"It needs a supervised stage W longer than the LR warm-up and shorter than the "
+                                 f"model's schedule (not with mn_cotraining = False or W = 0); use "
+                                 f"mn_schedule = 'nnunet' or change num_epochs/mn_warmup_epochs.") from e
         if model == TRAIN_3D:
             return PolySchedule(initial_lr, T)
         return WarmupCosineSchedule(initial_lr, T, w)
@@ -223,6 +229,11 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
             comp = (B, B)  # both streams full; each iteration draws b_u and uses the first b_l / b_u samples
         elif phase == WARMUP:
             comp = (B, 0)
+        elif (self.mn_lrg_mode == "paper" and
+              self.mn_plan.own_epoch(self.current_epoch, phase) < getattr(self._model_schedule(phase), "warmup", 0)):
+            # the model's LR is still rising (co-training began inside its LR warm-up, e.g. mn_warmup_epochs = 0):
+            # eq. 10 measures LR decay, and η < η₀ here would otherwise give b_u close to B at once
+            comp = (B, 0)
         else:
             optimizer, scheduler = (self.optimizer, self.lr_scheduler) if phase == TRAIN_3D else \
                 (self.optimizer_2d, self.mn_scheduler_2d)
@@ -233,6 +244,9 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
                 warmup_epochs=self.mn_plan.warmup_epochs, total=self.mn_plan.schedule_length(phase))
         self.mn_composition = comp
         return comp
+
+    def _model_schedule(self, phase: str):
+        return (self.lr_scheduler if phase == TRAIN_3D else self.mn_scheduler_2d).schedule
 
     def on_train_epoch_end(self, train_outputs):
         super().on_train_epoch_end(train_outputs)
