@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -243,8 +244,185 @@ def test_every_published_table_is_well_formed_and_renders():
             assert t.preset in PRESETS
             assert all(len(values) == len(t.columns) for _, values, _ in t.rows), t.source
             assert sum(note == "own" for _, _, note in t.rows) >= 1
+            assert not t.variants or len(t.variants) == len(t.rows), t.source
         text = format_comparison(summary, key)
         assert all(t.source in text for t in tables)
         assert sum(line.startswith("your run ") for line in text.splitlines()) == len(tables)
     synapse = format_comparison(summary, "Synapse/20")
     assert " 1.0 " in synapse and "13.0" in synapse  # the 13 per-class Dice of the user's row
+
+
+# ----------------------------------------------------------------------------------------------- spec §6 keys
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Hard-coded from spec/metrics.md §6 (not taken from the implementation).
+SPEC_SUMMARY_KEYS = ("generator", "version", "mode", "preset", "units", "empty_policy", "lcc", "hd95_definition",
+                     "asd_definition", "reference_folder", "prediction_folder", "n_cases", "labels", "mean", "std",
+                     "median", "foreground_mean", "per_case_csv")
+SPEC_LABEL_KEYS = ("dice", "jaccard", "hd95", "DIST", "n", "n_nan")
+SPEC_CSV_COLUMNS = ("case", "label", "label_name", "mode", "preset", "empty_policy", "dice", "jaccard", "hd95", "DIST",
+                    "n_ref", "n_pred", "n_ref_surface", "n_pred_surface", "empty_case", "lcc_applied", "spacing")
+
+
+def _documented_extensions():
+    """Backticked names in the two 'extensions beyond the spec' paragraphs of docs/evaluation.md."""
+    with open(os.path.join(REPO, "docs", "evaluation.md"), encoding="utf-8") as f:
+        text = f.read()
+    summary_part = text.split("**Extensions beyond spec §6**", 1)[1].split("\n\n", 1)[0]
+    csv_part = text.split("**extensions beyond the spec** are", 1)[1].split("\n\n", 1)[0]
+    names = lambda part: set(re.findall(r"`([a-z_0-9]+)`", part))  # noqa: E731
+    return names(summary_part), names(csv_part)
+
+
+@pytest.mark.parametrize("argv, dist", [([], "assd"), (["--preset", "uamt_lcc", "--hd"], "asd")])
+def test_outputs_have_every_spec_key_and_column(folders, tmp_path, argv, dist):
+    ref_dir, pred_dir = folders
+    out = tmp_path / "out"
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(out), "-np", "1"] + argv) == 0
+    doc_summary, doc_csv = _documented_extensions()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(SPEC_SUMMARY_KEYS) <= set(summary)
+    assert set(summary) - set(SPEC_SUMMARY_KEYS) <= doc_summary, "undocumented summary.json keys"
+    paper = dist == "asd"
+    assert summary["generator"] == "nnunetv2_semisup" and isinstance(summary["version"], str) and summary["version"]
+    assert (summary["mode"], summary["preset"], summary["units"], summary["empty_policy"], summary["lcc"]) == \
+        (("paper", "uamt_lcc", "voxel", "zeros", True) if paper else ("mm", None, "mm", "penalty", False))
+    assert summary["hd95_definition"] == ("pooled_p95" if paper else "max_directed_p95")
+    assert summary["asd_definition"] == ("directed_pred_to_ref" if paper else "assd_pooled")
+    assert summary["reference_folder"] == os.path.abspath(ref_dir)
+    assert summary["prediction_folder"] == os.path.abspath(pred_dir)
+    assert summary["n_cases"] == 3 and summary["labels"] == {"1": "atrium", "2": "dot"}
+    assert summary["per_case_csv"] == "metrics_per_case.csv" and (out / summary["per_case_csv"]).is_file()
+    label_keys = {k.replace("DIST", dist) for k in SPEC_LABEL_KEYS}
+    for stat in ("mean", "std", "median"):
+        assert set(summary[stat]) == {"1", "2"}
+        for entry in summary[stat].values():
+            assert label_keys <= set(entry) and set(entry) - label_keys <= doc_summary
+            assert type(entry["n"]) is int and type(entry["n_nan"]) is int  # integers, as in the spec's example
+            assert (entry["n"], entry["n_nan"]) == (3, 0)
+    fg_keys = {"dice", "jaccard", "hd95", dist}
+    assert fg_keys <= set(summary["foreground_mean"]) and set(summary["foreground_mean"]) - fg_keys <= doc_summary
+    with open(out / "metrics_per_case.csv", newline="") as f:
+        header = next(csv.reader(f))
+    spec_cols = [c.replace("DIST", dist) for c in SPEC_CSV_COLUMNS]
+    assert [c for c in header if c in spec_cols] == spec_cols  # every spec column, in the spec's order
+    assert set(header) - set(spec_cols) <= doc_csv, "undocumented CSV columns"
+    assert ("hd" in header) == ("--hd" in argv)
+
+
+# ----------------------------------------------------------------------------------------------- CLI options
+def test_cli_label_selection_hd_and_nan_policy(folders, tmp_path):
+    ref_dir, pred_dir = folders
+    out = tmp_path / "l2"
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-l", "2", "--hd", "--empty-policy", "nan",
+                 "-o", str(out), "-np", "1"]) == 0
+    rows = _read_csv(out / "metrics_per_case.csv")
+    header = list(rows[0])
+    assert header.index("hd") == header.index("assd") + 1
+    assert [(r["case"], r["label"], r["label_name"]) for r in rows] == [(f"case_{i}", "2", "dot") for i in range(3)]
+    by = {r["case"]: r for r in rows}
+    assert all(r["empty_policy"] == "nan" for r in rows)
+    assert float(by["case_0"]["hd"]) == 0.0 and float(by["case_0"]["dice"]) == 1.0
+    for key in ("hd95", "assd", "hd"):  # single voxels 3 apart along x, spacing 0.8
+        assert float(by["case_1"][key]) == pytest.approx(3 * 0.8, rel=1e-6)
+    assert by["case_2"]["empty_case"] == "pred_empty"
+    assert (float(by["case_2"]["dice"]), float(by["case_2"]["jaccard"])) == (0.0, 0.0)
+    assert all(math.isnan(float(by["case_2"][k])) for k in ("hd95", "assd", "hd"))  # nan policy
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["labels"] == {"2": "dot"} and summary["empty_policy"] == "nan"
+    assert summary["metrics"] == ["dice", "jaccard", "hd95", "assd", "hd"]
+    mean = summary["mean"]["2"]
+    assert (mean["n"], mean["n_nan"]) == (3, 1)
+    assert mean["n_nan_per_metric"] == {"dice": 0, "jaccard": 0, "hd95": 1, "assd": 1, "hd": 1}
+    assert mean["hd"] == pytest.approx(1.2) and mean["dice"] == pytest.approx(1 / 3)  # NaN excluded
+    assert summary["foreground_mean"] == {k: mean[k] for k in summary["metrics"]}
+
+
+def test_cli_paper_mode_with_explicit_empty_policy(folders, tmp_path, capsys):
+    ref_dir, pred_dir = folders
+    out = tmp_path / "dhc"
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "--mode", "paper", "--empty-policy", "dhc",
+                 "-l", "2", "-o", str(out), "-np", "1"]) == 0
+    assert "empty-mask policy dhc" in capsys.readouterr().out
+    by = {r["case"]: r for r in _read_csv(out / "metrics_per_case.csv")}
+    assert (float(by["case_2"]["hd95"]), float(by["case_2"]["asd"]), float(by["case_2"]["dice"])) == (128, 128, 0)
+    assert float(by["case_1"]["hd95"]) == 3.0 and by["case_1"]["empty_policy"] == "dhc"
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["mode"], summary["preset"], summary["empty_policy"]) == ("paper", None, "dhc")
+
+
+def test_console_script_label_and_hd(folders, tmp_path):
+    ref_dir, pred_dir = folders
+    exe = shutil.which("nnUNetv2_semisup_evaluate") or os.path.join(os.path.dirname(sys.executable),
+                                                                   "nnUNetv2_semisup_evaluate")
+    out = tmp_path / "out"
+    res = subprocess.run([exe, "-ref", str(ref_dir), "-pred", str(pred_dir), "-l", "1", "--hd",
+                          "--empty-policy", "penalty", "-o", str(out), "-np", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "1 atrium" in res.stdout and "2 dot" not in res.stdout and "HD (mm)" in res.stdout
+    rows = _read_csv(out / "metrics_per_case.csv")
+    assert {r["label"] for r in rows} == {"1"} and len(rows) == 3
+    by = {r["case"]: r for r in rows}
+    # 3×3×3 cube shifted by one voxel along x (0.8 mm): every surface voxel has a partner surface voxel 0.8 mm away
+    assert float(by["case_1"]["hd"]) == pytest.approx(0.8, rel=1e-6) and float(by["case_0"]["hd"]) == 0.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["labels"]) == ["1"] and "hd" in summary["foreground_mean"]
+
+
+# ----------------------------------------------------------------------------------------------- ablation tables
+def _row(table, method):
+    return next((values, note) for m, values, note in table.rows if m == method)
+
+
+def _variant(table, method):
+    return table.variants[[m for m, _, _ in table.rows].index(method)]
+
+
+def test_ablation_tables_match_the_spec_numbers():
+    from nnunetv2_semisup.evaluation.published import published_tables
+
+    mn, cml = published_tables("LA/8/ablation")
+    assert mn.source.startswith("M&N Table 4") and cml.source.startswith("CML Table 4")
+    assert (mn.preset, cml.preset) == ("medpy", "uamt_lcc")
+    # spec/mn.md §6 Table 4
+    assert _row(mn, "SegFormer LoRA + 3D UNet, no LRG") == (("87.14", "77.35", "8.43", "2.36"), "own")
+    assert _variant(mn, "SegFormer LoRA + 3D UNet, no LRG") == "nnUNetTrainerMN_uniform"
+    assert _row(mn, "SegFormer whole fine-tuning + 3D UNet")[0] == ("91.39", "84.20", "5.02", "1.38")
+    assert _row(mn, "ResUNet (ResNet-50, ImageNet) whole + 3D UNet")[0] == ("91.11", "83.74", "5.38", "1.41")
+    assert _variant(mn, "ResUNet (ResNet-50, ImageNet) whole + 3D UNet") == "—"
+    assert _row(mn, "SegFormer LoRA + 3D UNet, no iterative co-training")[0] == ("89.40", "81.32", "6.06", "1.74")
+    # spec/cml.md §6 Table 4 (LA columns, then ACDC)
+    assert _row(cml, "L_sup^l + L_sup^u")[0] == ("88.16", "—", "9.83", "2.32", "87.75", "6.35", "1.71")
+    assert _variant(cml, "L_sup^l + L_sup^u") == "nnUNetTrainerCML_noDis"
+    assert _row(cml, "L_sup^l + L_dis")[0][:4] == ("83.73", "—", "18.92", "4.80")
+    t3, t4, t5 = published_tables("synapse/20/ablation")
+    # spec/skcdf.md §6 Tables 3-5
+    values = _row(t3, "+ DF + SKCM")[0]
+    assert (values[0], values[3]) == ("59.17 ± 1.95", "7.78 ± 4.61")
+    assert dict(zip(t3.columns, values))["Es"] == "17.9" and dict(zip(t3.columns, values))["LAG"] == "38.8"
+    assert _variant(t3, "+ DF + SKCM") == "nnUNetTrainerSKCDF_noABSH"
+    assert _variant(t3, "+ DF + ABSH") == "nnUNetTrainerSKCDF_noSKCM"
+    assert (_row(t3, "+ DF")[0][0], _variant(t3, "+ DF")) == ("57.4 ± 0.9", "nnUNetTrainerSKCDF_DF")
+    assert _row(t4, "inference decoder labeled, decoder EMA yes")[0] == ("57.21 ± 0.85", "—", "—", "11.56 ± 0.75")
+    assert _row(t5, "H → H → D")[0] == ("62.40 ± 0.67", "—", "—", "1.34 ± 0.12")
+    # every named variant is a trainer class of this package
+    sources = ""
+    for name in ("mn_variants.py", "cml_variants.py", "skcdf_variants.py", "mn.py", "cml.py", "skcdf.py"):
+        with open(os.path.join(REPO, "nnunetv2_semisup", "training", name), encoding="utf-8") as f:
+            sources += f.read()
+    for table in (mn, cml, t3, t4, t5):
+        for v in table.variants:
+            assert v == "—" or f"class {v}(" in sources, v
+
+
+def test_compare_paper_ablation_through_cli(folders, tmp_path, capsys):
+    ref_dir, pred_dir = folders
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-l", "1", "--preset", "medpy", "-np", "1",
+                 "-o", str(tmp_path / "out"), "--compare-paper", "LA/8/Ablation"]) == 0
+    printed = capsys.readouterr().out
+    assert "M&N Table 4" in printed and "CML Table 4" in printed and "port variant" in printed
+    line = next(l for l in printed.splitlines() if l.startswith("SegFormer LoRA + 3D UNet, no LRG"))
+    assert line.split()[-5:] == ["87.14", "77.35", "8.43", "2.36", "nnUNetTrainerMN_uniform"]
+    line = next(l for l in printed.splitlines() if l.startswith("L_sup^l + L_sup^u "))
+    assert "88.16" in line and "87.75" in line and line.endswith("nnUNetTrainerCML_noDis")
+    assert "different convention" in printed  # medpy run vs CML's uamt_lcc table

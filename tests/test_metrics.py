@@ -123,6 +123,80 @@ def test_concentric_cubes_hand_computed_distances():
     np.testing.assert_allclose(np.sort(got_gp), np.sort(d_gp))
 
 
+# ----------------------------------------------------------------------------------------------- spheres
+# Concentric digital balls B_r = {voxel v : |v − c|² ≤ r²} (distances in mm, v in voxel index × spacing).
+#
+# Overlap, exactly: G = B_6 ⊂ P = B_8, so |P ∩ G| = |G| and |P ∪ G| = |P|: Dice = 2|G|/(|G|+|P|), Jaccard = |G|/|P|.
+# The counts are lattice-point counts, computed below slice by slice from the 2D disk counts (independently of the
+# 3D masks); for unit spacing they are the known values N(6) = 925 and N(8) = 2109 (OEIS A000605). Both are within
+# 5 % of the continuous volumes 4/3·π·r³ (904.8 and 2144.7).
+#
+# Distances, with tolerance: the continuous spheres of radii 6 and 8 are exactly 2 (mm) apart everywhere, so HD95,
+# ASD and ASSD are all 2 in the continuum. A surface voxel v of B_r (v ∈ B_r with a 6-neighbour at distance h (the
+# spacing along that axis) outside B_r) has r − h < |v − c| ≤ r: the voxelised surfaces are shells one voxel thick,
+# so each single surface-to-surface distance may deviate from 2 by up to about one voxel. Hence:
+# - HD95 (a high percentile, dominated by the worst-placed voxels): |HD95 − 2| ≤ 1 (one in-plane voxel, 1 mm;
+#   observed √5 ≈ 2.24 in both tests);
+# - ASD / ASSD (means over hundreds of surface voxels, where the radial offsets of the two shells largely
+#   cancel): |mean − 2| ≤ 0.25 (observed 1.81–1.92);
+# - isotropic spacing, rigorously: every distance from ∂P to ∂G exceeds (8 − 1) − 6 = 1.
+SPHERE_TOL_MEAN, SPHERE_TOL_HD95 = 0.25, 1.0
+
+
+def _ball(shape, radius, spacing=(1.0, 1.0, 1.0)):
+    zz, yy, xx = np.ogrid[tuple(slice(0, s) for s in shape)]
+    c = [s // 2 for s in shape]
+    return (((zz - c[0]) * spacing[0]) ** 2 + ((yy - c[1]) * spacing[1]) ** 2
+            + ((xx - c[2]) * spacing[2]) ** 2) <= radius ** 2
+
+
+def _lattice_count(radius, z_step=1):
+    """Number of integer (z, y, x) with (z_step·z)² + y² + x² ≤ radius², summed over z from 2D disk counts."""
+    def disk(r2):  # integer (y, x) with y² + x² ≤ r2
+        return sum(2 * math.isqrt(r2 - y * y) + 1 for y in range(-math.isqrt(r2), math.isqrt(r2) + 1))
+    zmax = radius // z_step
+    return sum(disk(radius ** 2 - (z_step * z) ** 2) for z in range(-zmax, zmax + 1))
+
+
+def test_concentric_spheres_isotropic_hand_computed():
+    g, p = _ball((21, 21, 21), 6), _ball((21, 21, 21), 8)
+    assert (_lattice_count(6), _lattice_count(8)) == (925, 2109)
+    assert (g.sum(), p.sum()) == (925, 2109) and not (g & ~p).any()  # G ⊂ P
+    for n, r in ((925, 6), (2109, 8)):
+        assert n == pytest.approx(4 / 3 * math.pi * r ** 3, rel=0.05)
+    d_pg, d_gp = directed_surface_distances(p, g)
+    assert d_pg.min() > 1 and d_gp.min() > 1  # shells (7, 8] and (5, 6]
+    for s in (MM, PAPER):
+        r = binary_metrics(p, g, settings=s)
+        assert r["dice"] == pytest.approx(2 * 925 / (925 + 2109), abs=1e-12)
+        assert r["jaccard"] == pytest.approx(925 / 2109, abs=1e-12)
+        assert abs(r["hd95"] - 2) <= SPHERE_TOL_HD95
+        assert abs(r[s.dist_key] - 2) <= SPHERE_TOL_MEAN
+    # paper mode's directed ASD in both directions (P→G and G→P) is ≈ 2 as well
+    assert abs(binary_metrics(g, p, settings=PAPER)["asd"] - 2) <= SPHERE_TOL_MEAN
+
+
+def test_concentric_spheres_anisotropic_spacing_hand_computed():
+    # spacing 2 mm along z (array axis 0), 1 mm in-plane: the balls of radius 6 and 8 mm are ellipsoids with
+    # semi-axes (3, 6, 6) and (4, 8, 8) voxels; in mm they are the same spheres as above, 2 mm apart.
+    spacing = (2.0, 1.0, 1.0)
+    g, p = _ball((11, 21, 21), 6, spacing), _ball((11, 21, 21), 8, spacing)
+    n_g, n_p = _lattice_count(6, z_step=2), _lattice_count(8, z_step=2)
+    assert (g.sum(), p.sum()) == (n_g, n_p) and not (g & ~p).any()
+    for n, r in ((n_g, 6), (n_p, 8)):  # voxel volume 2 mm³
+        assert 2 * n == pytest.approx(4 / 3 * math.pi * r ** 3, rel=0.05)
+    assert (g[:, 10, 10].sum(), g[5, 10, :].sum()) == (7, 13)  # 2·3 + 1 voxels along z, 2·6 + 1 in-plane
+    r = binary_metrics(p, g, spacing, settings=MM)
+    assert r["dice"] == pytest.approx(2 * n_g / (n_g + n_p), abs=1e-12)
+    assert r["jaccard"] == pytest.approx(n_g / n_p, abs=1e-12)
+    assert abs(r["hd95"] - 2) <= SPHERE_TOL_HD95  # mm
+    assert abs(r["assd"] - 2) <= SPHERE_TOL_MEAN  # mm
+    # the same masks in voxel units (paper mode) are not 2 apart: the z-direction gap is only 1 voxel
+    paper = binary_metrics(p, g, spacing, settings=PAPER)
+    assert paper["asd"] < 2 - SPHERE_TOL_MEAN
+    assert paper["dice"] == r["dice"]
+
+
 # ----------------------------------------------------------------------------------------------- property 3, 4
 def test_pooled_and_max_directed_hd95_differ_and_match_definitions():
     p, g, d_pg, d_gp = _concentric_cubes()
@@ -341,7 +415,10 @@ def test_aggregation_excludes_and_counts_nan_and_foreground_mean_is_mean_of_labe
     assert agg["median"]["2"]["hd95"] == pytest.approx(8.0)
     assert agg["mean"]["1"]["hd95"] == pytest.approx(2.0)
     assert agg["mean"]["1"]["n"] == 3
-    assert agg["mean"]["1"]["n_nan"] == {"dice": 1, "jaccard": 1, "hd95": 2, "assd": 2}
+    # n_nan (spec §6, an integer) = cases with any NaN metric: b (hd95, assd) and c (all); per metric separately
+    assert agg["mean"]["1"]["n_nan"] == 2 and type(agg["mean"]["1"]["n_nan"]) is int
+    assert agg["std"]["1"]["n_nan"] == agg["median"]["1"]["n_nan"] == 2 and agg["mean"]["2"]["n_nan"] == 0
+    assert agg["mean"]["1"]["n_nan_per_metric"] == {"dice": 1, "jaccard": 1, "hd95": 2, "assd": 2}
     assert agg["foreground_mean"]["dice"] == pytest.approx((0.75 + 0.5) / 2)
     assert agg["foreground_mean"]["hd95"] == pytest.approx((2.0 + 7.0) / 2)
     # the mean over labels of per-label means differs from the pooled mean over all rows here

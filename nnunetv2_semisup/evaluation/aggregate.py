@@ -1,6 +1,7 @@
 """Aggregation over cases, labels and runs (spec/metrics.md §5).
 
-- per label: mean, std (ddof 0), median over cases, NaN excluded, NaN count reported per metric;
+- per label: mean, std (ddof 0), median over cases, NaN excluded; ``n_nan`` = number of cases with at least one
+  NaN metric (an integer, as in spec §6), ``n_nan_per_metric`` = the NaN count of each metric;
 - ``foreground_mean``: mean over foreground labels of the per-label means (cases first, then classes, as
   DHC/SKCDF); labels whose mean is NaN (every case NaN) are left out of it;
 - runs (seeds): mean and std (ddof 0, as the SKCDF/DHC scripts) over runs of the run-level ``foreground_mean``.
@@ -25,16 +26,19 @@ def _stats(values: Sequence[float]) -> Dict[str, float]:
 def aggregate_rows(rows: List[dict], labels: Sequence[int], metric_keys: Sequence[str]) -> dict:
     """Per-label mean/std/median and ``foreground_mean`` from per-case rows (metrics.md §5).
 
-    Each of ``mean``/``std``/``median`` maps ``str(label)`` to ``{metric: value, "n": cases, "n_nan":
-    {metric: count}}``.
+    Each of ``mean``/``std``/``median`` maps ``str(label)`` to ``{metric: value, "n": cases, "n_nan": int,
+    "n_nan_per_metric": {metric: count}}``. ``n_nan`` counts the cases (rows of this label) in which **any** of
+    ``metric_keys`` is NaN, i.e. the cases left out of at least one mean; ``n_nan_per_metric`` gives the count for
+    each metric separately (an extension beyond metrics.md §6).
     """
     out = {"mean": {}, "std": {}, "median": {}}
     for k in labels:
         label_rows = [r for r in rows if r["label"] == k]
-        n_nan = {m: int(sum(1 for r in label_rows if math.isnan(r[m]))) for m in metric_keys}
+        per_metric = {m: int(sum(1 for r in label_rows if math.isnan(r[m]))) for m in metric_keys}
+        n_nan = int(sum(1 for r in label_rows if any(math.isnan(r[m]) for m in metric_keys)))
         for stat in out:
             out[stat][str(k)] = {m: _stats([r[m] for r in label_rows])[stat] for m in metric_keys}
-            out[stat][str(k)].update(n=len(label_rows), n_nan=dict(n_nan))
+            out[stat][str(k)].update(n=len(label_rows), n_nan=n_nan, n_nan_per_metric=dict(per_metric))
     fg = {}
     for m in metric_keys:
         means = [out["mean"][str(k)][m] for k in labels]

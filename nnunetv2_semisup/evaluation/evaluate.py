@@ -36,6 +36,14 @@ GEOMETRY_RTOL = 1e-4
 PER_CASE_CSV = "metrics_per_case.csv"
 SUMMARY_JSON = "summary.json"
 
+#: summary.json keys written in addition to those of metrics.md §6 (listed in docs/evaluation.md, "Output files").
+SUMMARY_EXTENSION_KEYS = ("metrics", "dataset_json", "std_ddof", "missing_predictions", "unmatched_predictions",
+                          "empty_cases", "notes")
+#: Keys of each ``mean``/``std``/``median`` label entry beyond §6 (``hd`` only with ``--hd``).
+LABEL_ENTRY_EXTENSION_KEYS = ("n_nan_per_metric", "hd")
+#: metrics_per_case.csv columns beyond §6 (``hd`` only with ``--hd``); the §6 columns keep the spec's order.
+CSV_EXTENSION_COLUMNS = ("hd", "prediction_missing")
+
 
 class EvaluationError(ValueError):
     """Bad input for the evaluation (which case, what was expected)."""
@@ -310,7 +318,13 @@ def policy_notes(settings: EvalSettings) -> List[str]:
 def build_summary(rows: List[dict], settings: EvalSettings, names: Dict[int, str], ref_folder: str,
                   pred_folder: str, missing: Sequence[str] = (), unmatched: Sequence[str] = (),
                   dataset_json: Optional[str] = None) -> dict:
-    """The summary.json dict of metrics.md §6 (NaN written as null)."""
+    """The summary.json dict of metrics.md §6 (NaN written as null).
+
+    Every §6 key is present; the extra keys are :data:`SUMMARY_EXTENSION_KEYS`. Per label, ``n_nan`` is the number
+    of cases with at least one NaN metric and ``n_nan_per_metric`` the count per metric. The distance key of the
+    label entries and of ``foreground_mean`` is ``asd`` in paper mode and ``assd`` in mm mode (as the CSV column;
+    ``asd_definition`` states which).
+    """
     agg = aggregate_rows(rows, list(names), settings.metric_keys)
     empty_counts = {k: sum(1 for r in rows if r["empty_case"] == k) for k in ("pred_empty", "ref_empty",
                                                                              "both_empty")}

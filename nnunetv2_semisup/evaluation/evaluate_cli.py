@@ -4,6 +4,7 @@ Examples::
 
     nnUNetv2_semisup_evaluate -ref labelsTs -pred pred                       # mm mode (default)
     nnUNetv2_semisup_evaluate -ref labelsTs -pred pred --preset uamt_lcc --compare-paper LA/8
+    nnUNetv2_semisup_evaluate -ref labelsTs -pred pred_whole --preset medpy --compare-paper LA/8/ablation
     nnUNetv2_semisup_evaluate --aggregate-runs s0/summary.json s1/summary.json s666/summary.json
 
 See docs/evaluation.md for every option.
@@ -60,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", metavar="OUT", default=None,
                    help="output folder for metrics_per_case.csv and summary.json (default: "
                         "PRED/semisup_eval_<mode>[_<preset>]); with --aggregate-runs: where summary_runs.json goes")
-    p.add_argument("--compare-paper", metavar="DATASET/SETTING", default=None,
-                   help="print your numbers beside the published rows; one of " + ", ".join(COMPARISONS))
+    p.add_argument("--compare-paper", metavar="DATASET/SETTING[/ablation]", default=None,
+                   help="print your numbers beside the published rows (case-insensitive); one of "
+                        + ", ".join(COMPARISONS) + ". The '/ablation' keys list the papers' ablation tables "
+                        "(M&N and CML Table 4; SKCDF Tables 3-5) with the trainer variant that re-runs each row")
     return p
 
 

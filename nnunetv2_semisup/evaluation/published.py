@@ -3,6 +3,11 @@
 Values are copied verbatim from the spec documents (which copy the papers). Dice/Jaccard in %, distances in
 voxels of each paper's evaluation grid; which convention each table uses is spec/metrics.md §7 and is printed with
 every table. Rows marked ``quoted`` were not measured under the citing paper's own protocol.
+
+Main tables are keyed ``DATASET/SETTING`` (``LA/8``); the papers' ablation tables are keyed
+``DATASET/SETTING/ablation`` (``LA/8/ablation``: M&N Table 4, CML Table 4; ``Synapse/20/ablation``: SKCDF Tables
+3-5). Ablation rows carry the port's trainer variant that re-runs them (spec §4 of each method and the
+``training/*_variants.py`` modules), so a variant run can be put beside its row.
 """
 from __future__ import annotations
 
@@ -18,7 +23,10 @@ class PublishedTable:
     """One published table (or the part of it for one setting).
 
     ``columns`` are ``dice``, ``jaccard``, ``hd95``, ``asd`` (foreground means) followed, for multi-organ
-    tables, by per-class Dice columns. ``rows`` are (method, values as printed in the paper, note).
+    tables, by per-class Dice columns (``n_class_columns`` of them) and then by any further published columns
+    that a run of this package does not fill (e.g. CML Table 4's ACDC columns). ``rows`` are (method, values as
+    printed in the paper, note). ``variants``, if given, holds one entry per row: the trainer class of this
+    package that re-runs the row (``—`` if none).
     """
 
     source: str
@@ -27,6 +35,7 @@ class PublishedTable:
     columns: Tuple[str, ...]
     rows: Tuple[Tuple[str, Tuple[str, ...], str], ...]
     n_class_columns: int = 0
+    variants: Tuple[str, ...] = ()
 
 
 _MN_CONV = ("medpy Dice/Jaccard %, HD95 pooled P95 and ASD directed pred->gt in voxels; M&N's own rows: 3D U-Net, "
@@ -207,6 +216,78 @@ _SKCDF_T2 = PublishedTable(
               OWN),
     ), n_class_columns=len(AMOS_CLASSES))
 
+# ----------------------------------------------------------------------------------------------- ablation tables
+_MN_ABL = ("medpy Dice/Jaccard %, HD95 pooled P95 and ASD directed pred->gt in voxels; all rows are M&N's own runs: "
+           "LA 8 labeled, last checkpoint, no post-processing, raw LA challenge Testing Set at native 0.625 mm "
+           "(voxels x 0.625 = mm); port variants from spec mn.md §4")
+
+_MN_T4 = PublishedTable("M&N Table 4 (ablations, LA, 8 labeled)", _MN_ABL, "medpy",
+                        ("dice", "jaccard", "hd95", "asd"), (
+    ("ResUNet (ResNet-50, ImageNet) whole + 3D UNet", ("91.11", "83.74", "5.38", "1.41"), OWN),
+    ("SegFormer LoRA + SwinUNETR", ("90.67", "83.03", "5.24", "2.16"), OWN),
+    ("SegFormer LoRA + 3D UNet, no iterative co-training", ("89.40", "81.32", "6.06", "1.74"), OWN),
+    ("SegFormer LoRA + 3D UNet, no LRG", ("87.14", "77.35", "8.43", "2.36"), OWN),
+    ("SegFormer decoder fine-tuning + 3D UNet", ("89.49", "81.28", "6.44", "1.75"), OWN),
+    ("SegFormer whole fine-tuning + 3D UNet", ("91.39", "84.20", "5.02", "1.38"), OWN),
+    ("SegFormer LoRA + 3D UNet (M&N)", ("91.56", "84.47", "4.59", "1.40"), OWN),
+), variants=(_NA, _NA, "nnUNetTrainerMN_fixedpseudo", "nnUNetTrainerMN_uniform", "nnUNetTrainerMN_decoder",
+             "nnUNetTrainerMN_whole", "nnUNetTrainerMN"))
+
+_CML_ABL = ("LA columns: " + _CML_CONV + "; 10 % labeled = 8 LA volumes. ACDC columns: 2D slices stacked per volume, "
+            "medpy mean over RV/Myo/LV, 7 labeled, for reference only (not reproducible by the 3D port). Port "
+            "variants: spec cml.md §4 (_noDis) and training/cml_variants.py (_noUnsup, _supOnly)")
+
+_CML_T4 = PublishedTable("CML Table 4 (loss ablation, 10 % labeled)", _CML_ABL, "uamt_lcc",
+                         ("dice", "jaccard", "hd95", "asd", "ACDC Dice", "ACDC 95HD", "ACDC ASD"), (
+    ("L_sup^l", ("82.74", _NA, "13.35", "3.26", "79.41", "9.35", "2.70"), OWN),
+    ("L_sup^l + L_dis", ("83.73", _NA, "18.92", "4.80", "80.27", "7.69", "2.36"), OWN),
+    ("L_sup^l + L_sup^u", ("88.16", _NA, "9.83", "2.32", "87.75", "6.35", "1.71"), OWN),
+    ("L_sup^l + L_dis + L_sup^u (CML)", ("90.36", _NA, "6.06", "1.68", "89.42", "1.42", "0.52"), OWN),
+), variants=("nnUNetTrainerCML_supOnly", "nnUNetTrainerCML_noUnsup", "nnUNetTrainerCML_noDis", "nnUNetTrainerCML"))
+
+_SKCDF_ABL = _SKCDF_CONV.format(runs="mean ± std over 3 seeds (0, 1, 666)")
+
+_SKCDF_T3 = PublishedTable(
+    "SKCDF Table 3 (component ablation, Synapse 20 %; DF = decoupled decoders, ABSH = auxiliary balanced heads)",
+    _SKCDF_ABL + "; port variants from spec skcdf.md §4 / Table 3", "dhc", _SYN, (
+        _syn("pseudo-label baseline", "44.66 ± 2.5", "33.46 ± 1.99",
+             "66.5 62.2 47.7 41.8 0.0 91.6 52.5 81.7 74.0 31.9 30.8 0.0 0.0", OWN),
+        _syn("+ DF", "57.4 ± 0.9", "13.0 ± 2.08",
+             "74.1 69.3 61.8 61.8 0.0 90.0 60.3 82.7 79.1 41.3 48.4 48.3 29.1", OWN),
+        _syn("+ DF + SKCM", "59.17 ± 1.95", "7.78 ± 4.61",
+             "76.9 67.2 66.9 49.9 17.9 92.8 63.2 84.4 78.0 40.2 50.1 42.9 38.8", OWN),
+        _syn("+ DF + ABSH", "63.57 ± 1.21", "1.26 ± 0.14",
+             "79.0 70.7 64.1 59.9 62.0 93.7 64.2 84.5 78.1 39.5 47.1 46.9 36.7", OWN),
+        _syn("all (SKCDF)", "64.27 ± 1.36", "1.45 ± 0.09",
+             "79.5 72.1 67.6 59.8 60.7 93.3 61.7 85.4 78.5 41.8 50.9 46.4 37.8", OWN),
+    ), n_class_columns=len(SYNAPSE_CLASSES),
+    variants=(_NA, "nnUNetTrainerSKCDF_DF", "nnUNetTrainerSKCDF_noABSH", "nnUNetTrainerSKCDF_noSKCM",
+              "nnUNetTrainerSKCDF"))
+
+_SKCDF_T4 = PublishedTable(
+    "SKCDF Table 4 (inference decoder and decoder EMA, Synapse 20 %, DF-only setting)",
+    _SKCDF_ABL + "; port variants: the DF-only classes of training/skcdf_variants.py (spec skcdf.md §4 names "
+    "nnUNetTrainerSKCDF_noEMA, the full model without any transfer, for 'w/o EMA')", "dhc",
+    ("dice", "jaccard", "hd95", "asd"), (
+        ("inference decoder labeled, decoder EMA no", ("53.71 ± 1.64", _NA, _NA, "11.39 ± 0.04"), OWN),
+        ("inference decoder unlabeled, decoder EMA no", ("50.53 ± 1.00", _NA, _NA, "31.23 ± 0.78"), OWN),
+        ("inference decoder labeled, decoder EMA yes", ("57.21 ± 0.85", _NA, _NA, "11.56 ± 0.75"), OWN),
+        ("inference decoder unlabeled, decoder EMA yes", ("57.40 ± 0.90", _NA, _NA, "13.00 ± 2.08"), OWN),
+    ), variants=("nnUNetTrainerSKCDF_DF_noEMA_inferL", "nnUNetTrainerSKCDF_DF_noEMA", "nnUNetTrainerSKCDF_DF_inferL",
+                 "nnUNetTrainerSKCDF_DF"))
+
+_SKCDF_T5 = PublishedTable(
+    "SKCDF Table 5 (transfer order, Synapse 20 %, DF + ABSH setting; D = decoder, H = head)",
+    _SKCDF_ABL + "; only the paper's order H -> D -> H is implemented (in the DF + ABSH setting: "
+    "nnUNetTrainerSKCDF_noSKCM, same numbers as Table 3 '+ DF + ABSH')", "dhc",
+    ("dice", "jaccard", "hd95", "asd"), (
+        ("D", ("54.79 ± 1.88", _NA, _NA, "14.58 ± 4.91"), OWN),
+        ("H → D", ("62.51 ± 1.01", _NA, _NA, "1.89 ± 0.76"), OWN),
+        ("D → H → H", ("60.90 ± 1.46", _NA, _NA, "2.67 ± 0.64"), OWN),
+        ("H → H → D", ("62.40 ± 0.67", _NA, _NA, "1.34 ± 0.12"), OWN),
+        ("H → D → H", ("63.57 ± 1.21", _NA, _NA, "1.26 ± 0.14"), OWN),
+    ), variants=(_NA, _NA, _NA, _NA, "nnUNetTrainerSKCDF_noSKCM"))
+
 #: ``--compare-paper`` keys (case-insensitive) -> published tables, in print order.
 COMPARISONS: Dict[str, List[PublishedTable]] = {
     "LA/8": [_MN_T1, _CML_T1_8],
@@ -216,6 +297,8 @@ COMPARISONS: Dict[str, List[PublishedTable]] = {
     "AMOS/5": [_SKCDF_T2],
     "BraTS2019/25": [_CML_T3_25],
     "BraTS2019/50": [_CML_T3_50],
+    "LA/8/ablation": [_MN_T4, _CML_T4],
+    "Synapse/20/ablation": [_SKCDF_T3, _SKCDF_T4, _SKCDF_T5],
 }
 
 

@@ -31,10 +31,12 @@ def _header(metric: str, units: str) -> str:
     return {"dice": "Dice", "jaccard": "Jaccard"}.get(metric, f"{metric.upper()} ({units})")
 
 
-def _render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def _render(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> str:
+    """Plain-text table; columns in ``left`` (indices, negative allowed) are left-aligned, the others right."""
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    left = {i % len(widths) for i in left}
+    line = lambda cells: "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
@@ -59,12 +61,12 @@ def format_summary(summary: dict) -> str:
             if not math.isnan(_num(std[m])):
                 s += " ± " + format_value(m, std[m], percent_sign=False)
             cells.append(s)
-        n_nan = mean["n_nan"]
+        n_nan = mean["n_nan"]  # cases with any NaN metric (older summaries: a per-metric dict)
         cells += [str(mean["n"]), str(max(n_nan.values()) if isinstance(n_nan, dict) else n_nan)]
         rows.append(cells)
     rows.append(["foreground mean"] + [format_value(m, summary["foreground_mean"][m]) for m in metrics] + ["", ""])
     out = [f"{summary['n_cases']} cases, {settings_line(summary)}", _render(header, rows),
-           "(mean ± std over cases, std ddof 0; NaN excluded from means and counted in the NaN column)"]
+           "(mean ± std over cases, std ddof 0; NaN excluded from means; NaN column = cases with any NaN metric)"]
     out += [f"note: {n}" for n in summary.get("notes", [])]
     empty = summary.get("empty_cases", {})
     if any(empty.values()):
@@ -131,8 +133,12 @@ def format_comparison(summary: dict, key: str, runs: Optional[dict] = None) -> s
                 user += [f"{100 * _num(per_label[k]['dice']):.1f}" for k in labels]
             else:
                 user += ["—"] * table.n_class_columns
+        user += ["—"] * (len(table.columns) - len(user))  # published-only columns (e.g. CML Table 4's ACDC)
         preset = summary.get("preset") or summary["mode"]
         rows = [["your run", preset] + user] + [[m, note] + list(v) for m, v, note in table.rows]
+        if table.variants:
+            header.append("port variant")
+            rows = [rows[0] + [""]] + [r + [v] for r, v in zip(rows[1:], table.variants)]
         out.append(f"== {table.source} ==")
         out.append(f"convention: {table.convention}")
         out.append(f"compare with: --preset {table.preset}; your run: {settings_line(summary)}")
@@ -142,8 +148,12 @@ def format_comparison(summary: dict, key: str, runs: Optional[dict] = None) -> s
                        f"{table.n_class_columns} classes)")
         if summary["mode"] != "paper":
             out.append(f"(your HD95/ASD columns are in mm: HD95 max-of-directed, ASD column = symmetric ASSD)")
-        out.append(_render(header, rows))
+        out.append(_render(header, rows, left=(0, -1) if table.variants else (0,)))
         out.append("('own' = measured by the paper under the convention above; 'quoted' = copied by the paper from "
                    "the cited work, protocol not re-measured)")
+        if table.variants:
+            out.append("('port variant' = the trainer of this package that re-runs the row: train it with "
+                       "nnUNetv2_train … -tr <variant>, evaluate with the preset above and compare; '—' = not "
+                       "available in the port)")
         out.append("")
     return "\n".join(out).rstrip()
