@@ -221,12 +221,14 @@ def label_to_uint8(case: str, label: sitk.Image, allowed: Sequence[int], remap: 
 
 def h5_source_case(prefix: str, source_id: str, source_name: str, path: str, spacing: Sequence[float],
                    allowed: Sequence[int], remap: Optional[Dict[int, int]] = None,
-                   dtype=np.float32) -> "SourceCase":
+                   dtype=np.float32, state: Optional[dict] = None) -> "SourceCase":
     """A community h5 file with keys ``image`` and ``label`` stored (x, y, z) → SimpleITK (z, y, x) images with the
-    given (assumed) spacing, origin 0 and identity direction."""
+    given (assumed) spacing, origin 0 and identity direction. Like the nrrd/npy/NIfTI loaders, the label of an
+    unlabeled case is neither read nor checked unless ``state["write_unlabeled_labels"]`` is set."""
     case = f"{prefix}_{source_id}"
 
     def load(with_label: bool) -> CaseData:
+        want_label = with_label or bool(state and state.get("write_unlabeled_labels"))
         import h5py
         try:
             f = h5py.File(path, "r")
@@ -238,7 +240,7 @@ def h5_source_case(prefix: str, source_id: str, source_name: str, path: str, spa
                 raise ConversionError(f"case {case}: {path} has no 'image' key (keys: {keys}); expected keys image, "
                                       f"label")
             image = np.asarray(f["image"][()])
-            label = np.asarray(f["label"][()]) if "label" in f else None
+            label = np.asarray(f["label"][()]) if want_label and "label" in f else None
         if image.ndim != 3:
             raise ConversionError(f"case {case}: {path} image has shape {image.shape}; expected 3D (x, y, z)")
         img = image_from_array_xyz(image.astype(dtype), spacing)

@@ -89,10 +89,10 @@ def _raw_case(case_dir: str, source_id: str, state: dict, assumed: Sequence[floa
     return SourceCase(source_id, source_id, load, os.path.isfile(lab_path), lab_path)
 
 
-def _h5_case(path: str, source_id: str, spacing: Sequence[float]) -> SourceCase:
+def _h5_case(path: str, source_id: str, spacing: Sequence[float], state: dict) -> SourceCase:
     name = os.path.relpath(path, os.path.dirname(os.path.dirname(path))) if path.endswith("mri_norm2.h5") \
         else os.path.basename(path)
-    return h5_source_case("la", source_id, name, path, spacing, allowed=(0, 1), remap={255: 1})
+    return h5_source_case("la", source_id, name, path, spacing, allowed=(0, 1), remap={255: 1}, state=state)
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -149,7 +149,7 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
         if not files:
             raise ConversionError(f"{input_dir}: no UA-MT h5 files found (variant la_uamt_h5). Expected:\n{HINTS}")
         for sid, path in files.items():
-            cases[normalise_la_id(sid)] = _h5_case(path, normalise_la_id(sid), assumed)
+            cases[normalise_la_id(sid)] = _h5_case(path, normalise_la_id(sid), assumed, state)
         training_ids = list(cases)
         channel = "noNorm"
         record = {"gt_cropped": True, "resized": False, "spacing_source": "assumed", "assumed_spacing": list(assumed),

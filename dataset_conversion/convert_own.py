@@ -5,7 +5,8 @@ Two entry points:
 1. ``nnUNetv2_semisup_convert_own --check -d XXX``: an existing nnU-Net raw dataset with an ``imagesUnlabeled/``
    folder is validated (naming ``{case}_{channel:04d}{file_ending}``, channel count, labels present for imagesTr,
    image/label geometry, label values, no case in two roles) and its dataset.json gets the ``"semisup"`` record
-   (``source: own``).
+   (``source: own``; a record written by a converter keeps its provenance, and the validation cases of
+   ``splits_semisup.json`` are not counted as labeled).
 2. ``nnUNetv2_semisup_convert_own -i FOLDER --csv cases.csv -d XXX --name NAME --channel-names CT --labels
    background,organ``: the CSV has the columns ``case, role, image_0000[, image_0001 ...], label`` (role: labeled,
    unlabeled, validation or test; ``label`` empty for unlabeled cases); paths are relative to FOLDER or absolute, an
@@ -26,7 +27,7 @@ from .common import (CaseData, DatasetInfo, Plan, SEMISUP_FORMAT_VERSION, Source
                      find_existing_dataset, label_to_uint8, load_json, print_summary,
                      put_label_on_image_grid, raw_root, require_dir, run_conversion, warn, write_json_atomic)
 from .errors import ConversionError
-from .nnunet_folders import CASE_NAME, check_channels, group_channel_files, label_files, read_scan
+from .nnunet_folders import CASE_NAME, check_channels, group_channel_files, label_files, read_scan, role_lists
 
 ROLES = ("labeled", "unlabeled", "validation", "test")
 
@@ -149,26 +150,35 @@ def check_existing(dataset_id: int, transductive: bool, argv) -> str:
                 if not values <= label_values:
                     raise ConversionError(f"case {case}: unexpected label values {sorted(values - label_values)} in "
                                           f"{lab}; dataset.json labels allow {sorted(label_values)}")
-    tr, un, ts = sorted(groups["imagesTr"]), sorted(groups["imagesUnlabeled"]), sorted(groups["imagesTs"])
-    old = dj.get("semisup", {}) if isinstance(dj.get("semisup"), dict) else {}
-    rec = dict(old)
-    rec.update({
-        "format_version": SEMISUP_FORMAT_VERSION, "source": "own", "source_variant": "own",
-        "gt_cropped": old.get("gt_cropped", False), "resized": old.get("resized", False),
-        "spacing_source": old.get("spacing_source", "header"), "split": old.get("split", "custom"),
-        "labeled_selection": old.get("labeled_selection", "list:imagesTr"),
-        "num_labeled": len(tr), "num_unlabeled": len(un), "num_validation": len(old.get("validation_cases", [])),
-        "num_test": len(ts), "labeled_cases": tr, "unlabeled_cases": un,
-        "validation_cases": list(old.get("validation_cases", [])), "test_cases": ts,
-        "transductive": bool(both_ts), "missing_cases": [],
-        "case_id_map": old.get("case_id_map", {c: c for c in tr + un + ts}),
-        "converter": converter_record(argv, "nnUNetv2_semisup_convert_own"),
-    })
+    rec = check_record(folder, dj, groups, bool(both_ts), argv)
     dj["semisup"] = rec
     write_json_atomic(dj, dj_path)
     print_summary(rec, folder)
     print(f"{folder}: OK")
     return folder
+
+
+OWN_DEFAULTS = {"source": "own", "source_variant": "own", "gt_cropped": False, "resized": False,
+                "spacing_source": "header", "split": "custom", "labeled_selection": "list:imagesTr",
+                "missing_cases": []}
+
+
+def check_record(folder: str, dj: dict, groups: dict, transductive: bool, argv) -> dict:
+    """The "semisup" record after --check: the provenance of an existing record (source, source_variant, split,
+    spacing, crops, missing cases, the converter's command line, ...) is kept; the role lists follow the folders, with
+    labeled = imagesTr minus the validation cases of splits_semisup.json."""
+    old = dj.get("semisup", {}) if isinstance(dj.get("semisup"), dict) else {}
+    tr, un, ts = sorted(groups["imagesTr"]), sorted(groups["imagesUnlabeled"]), sorted(groups["imagesTs"])
+    check = converter_record(argv, "nnUNetv2_semisup_convert_own")
+    rec = dict(OWN_DEFAULTS)
+    rec.update(old)
+    rec["format_version"] = SEMISUP_FORMAT_VERSION
+    rec.update(role_lists(folder, tr, un, ts, old))
+    rec["transductive"] = transductive
+    rec["case_id_map"] = old.get("case_id_map", {c: c for c in tr + un + ts})
+    rec.setdefault("converter", check)   # a converter-made dataset keeps the command that built it
+    rec["checked_with"] = check
+    return rec
 
 
 # =================================================================================================== CSV

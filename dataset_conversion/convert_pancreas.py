@@ -237,7 +237,8 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
             raise ConversionError(f"{input_dir}: no {variant} files found. Expected:\n{HINTS}")
         spacing = assumed or (1.0, 1.0, 1.0)
         for sid, path in sorted(files.items()):
-            cases[sid] = h5_source_case("pancreas", sid, os.path.basename(path), path, spacing, allowed=(0, 1))
+            cases[sid] = h5_source_case("pancreas", sid, os.path.basename(path), path, spacing, allowed=(0, 1),
+                                        state=state)
         channel = "noNorm"
         if variant == "pancreas_mcnet_h5":
             record = {"gt_cropped": True, "resized": False, "spacing_source": "assumed",

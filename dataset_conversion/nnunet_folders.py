@@ -2,13 +2,14 @@
 reading users' scans (any SimpleITK file, or a DICOM series folder)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Dict, List, Optional, Tuple
 
 import SimpleITK as sitk
 
-from .common import image_ending, read_dicom_series, read_image
+from .common import image_ending, read_dicom_series, read_image, warn
 from .errors import ConversionError
 
 CASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
@@ -113,3 +114,60 @@ def list_inputs(folder: str) -> List[Tuple[str, str, str]]:
                                   f"MHA/MHD (.mha/.mhd) files or one DICOM series per sub-folder")
         out.append((stem, full, "file"))
     return out
+
+
+# --------------------------------------------------------------------------------------------------- roles
+SPLITS_FILE = "splits_semisup.json"
+
+
+def validation_cases(dataset_folder: str, training_cases) -> Optional[List[str]]:
+    """The validation cases of ``splits_semisup.json`` (None if the dataset has none): the cases of its ``val`` lists
+    that are in no ``train`` list - for the one-fold file the converters write, its ``val`` list. Every case the file
+    names must be an imagesTr case."""
+    path = os.path.join(dataset_folder, SPLITS_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            folds = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"{path}: cannot read it ({e}); expected nnU-Net's splits format "
+                              f'[{{"train": [...], "val": [...]}}]')
+    if not isinstance(folds, list) or not folds or not all(
+            isinstance(f, dict) and isinstance(f.get("train"), list) and isinstance(f.get("val"), list) for f in folds):
+        raise ConversionError(f'{path}: expected nnU-Net\'s splits format [{{"train": [...], "val": [...]}}, ...]')
+    named = {c for f in folds for c in f["train"] + f["val"]}
+    unknown = sorted(named - set(training_cases))
+    if unknown:
+        raise ConversionError(f"{path} names case(s) that are not in imagesTr: {', '.join(unknown)}; every train/val "
+                              f"case must be an imagesTr case (fix or remove the file)")
+    in_train = {c for f in folds for c in f["train"]}
+    out: List[str] = []
+    for f in folds:
+        out += [c for c in f["val"] if c not in in_train and c not in out]
+    return out
+
+
+def ordered_like(previous, wanted) -> List[str]:
+    """The cases of ``wanted`` in the order of ``previous`` (e.g. the split order a converter recorded), the rest
+    sorted."""
+    wanted = set(wanted)
+    kept = [c for c in previous if c in wanted]
+    return kept + sorted(wanted - set(kept))
+
+
+def role_lists(dataset_folder: str, training, unlabeled, test, old: dict) -> dict:
+    """Role lists and counts of the "semisup" record for what the folders hold: labeled = imagesTr minus the
+    validation cases of ``splits_semisup.json``; the order of the existing record ``old`` is kept."""
+    val = validation_cases(dataset_folder, training)
+    if val is None:
+        val = []
+        if old.get("validation_cases"):
+            warn(f"dataset.json lists validation cases but {os.path.join(dataset_folder, SPLITS_FILE)} is missing: "
+                 f"they count as labeled cases now (nnU-Net's own split uses every imagesTr case)")
+    labeled = ordered_like(old.get("labeled_cases", []), set(training) - set(val))
+    unlabeled = ordered_like(old.get("unlabeled_cases", []), unlabeled)
+    test = ordered_like(old.get("test_cases", []), test)
+    return {"num_labeled": len(labeled), "num_unlabeled": len(unlabeled), "num_validation": len(val),
+            "num_test": len(test), "labeled_cases": labeled, "unlabeled_cases": unlabeled, "validation_cases": val,
+            "test_cases": test}

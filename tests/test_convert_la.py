@@ -129,6 +129,7 @@ def test_raw_nrrd_label_remap_spacing_and_mn_split(la_raw, conv_env):
     lab = sitk.ReadImage(os.path.join(folder, "labelsTr", f"la_{cid}.nii.gz"))
     assert set(np.unique(sitk.GetArrayFromImage(lab))) == {0, 1}
     assert lab.GetPixel(10 // 4, 8 // 4, 0) == 1 and lab.GetPixel(9, 7, 5) == 0
+    verify_integrity(folder)
 
 
 def test_raw_header_spacing_testing_set_unlabeled(tmp_path, conv_env):
@@ -213,6 +214,22 @@ def test_h5_mismatched_shapes_and_missing_key(tmp_path, conv_env):
         f["image"] = np.zeros((6, 6, 4), np.float32)
     _err(["-i", src, "-d", "206"], f"case la_{TRAIN[1]}: label missing: .* no 'label' key")
     assert leftovers(conv_env) == []
+
+
+def test_h5_unlabeled_labels_are_only_read_when_written(tmp_path, conv_env):
+    """As for the nrrd/npy/NIfTI sources, a broken label of an unlabeled h5 case does not stop the conversion unless
+    --write-unlabeled-labels asks for it."""
+    src = make_la_h5(str(tmp_path / "h5"), TRAIN + TEST, shape_xyz=(6, 6, 4))
+    p = os.path.join(src, "2018LA_Seg_Training Set", TRAIN[20], "mri_norm2.h5")
+    with h5py.File(p, "w") as f:
+        f["image"] = np.zeros((6, 6, 4), np.float32)
+        f["label"] = np.full((6, 6, 4), 7, np.uint8)
+    folder = convert_la.run(["-i", src, "-d", "209", "--num-labeled", "4"])
+    assert f"la_{TRAIN[20]}" in cases_in(folder, "imagesUnlabeled")
+    assert not os.path.exists(os.path.join(folder, "labelsUnlabeled"))
+    _err(["-i", src, "-d", "210", "--num-labeled", "4", "--write-unlabeled-labels"],
+         f"case la_{TRAIN[20]}: unexpected label values \\[7\\]")
+    assert leftovers(conv_env) == ["Dataset209_LA"]
 
 
 def test_existing_dataset_needs_overwrite_and_failure_leaves_old_intact(tmp_path, conv_env):

@@ -157,6 +157,8 @@ def test_add_unlabeled_all_formats_then_check(tmp_path, conv_env, capsys):
     r = dataset_json(folder)["semisup"]
     assert r["source"] == "own" and r["num_unlabeled"] == 4 and r["unlabeled_cases"] == ["patient4", "s2", "s3",
                                                                                         "scan_one"]
+    assert r["labeled_cases"] == ["a", "b"] and r["num_labeled"] == 2 and r["test_cases"] == ["t"]
+    assert r["validation_cases"] == [] and r["num_validation"] == 0
     assert r["case_id_map"]["scan_one"] == "scan one.nii.gz" and len(r["added_unlabeled"]) == 1
     assert not [f for f in os.listdir(folder) if f.startswith(".")]     # no staging folder left
     # adding the same names again is refused; a prefix makes them unique
@@ -169,6 +171,8 @@ def test_add_unlabeled_all_formats_then_check(tmp_path, conv_env, capsys):
     r = dataset_json(folder)["semisup"]
     assert (r["num_labeled"], r["num_unlabeled"], r["num_test"]) == (2, 8, 1) and r["test_cases"] == ["t"]
     assert r["labeled_cases"] == ["a", "b"] and len(r["added_unlabeled"]) == 2
+    assert "nnUNetv2_semisup_convert_own" in r["checked_with"]["command"]
+    verify_integrity(folder)
 
 
 def test_add_unlabeled_checks_and_atomicity(tmp_path, conv_env):
@@ -230,3 +234,134 @@ def test_check_rejects_bad_datasets(tmp_path, conv_env):
         convert_own.run(["--check", "-d", "505", "--transductive"])
     with pytest.raises(ConversionError, match="no dataset with ID 506"):
         convert_own.run(["--check", "-d", "506"])
+
+
+def test_add_unlabeled_refuses_a_dataset_file_ending_it_cannot_write(tmp_path, conv_env):
+    folder = _make_nnunet_dataset(str(conv_env), did=507)
+    dj = dataset_json(folder)
+    dj["file_ending"] = ".png"
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump(dj, f)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    sitk.WriteImage(_img(_vol(1)), str(scans / "u1.nii.gz"))
+    with pytest.raises(ConversionError, match="dataset file ending .png is not a 3D volume format this command "
+                                              "writes \\(.nii.gz, .nii, .nrrd, .mha\\)"):
+        add_unlabeled.run(["-d", "507", "-i", str(scans)])
+    assert not os.path.exists(os.path.join(folder, "imagesUnlabeled")) and dataset_json(folder) == dj
+
+
+def _scans(tmp_path, names):
+    scans = tmp_path / "scans"
+    scans.mkdir(parents=True, exist_ok=True)
+    for k, n in enumerate(names):
+        sitk.WriteImage(_img(_vol(k)), str(scans / f"{n}.nii.gz"))
+    return str(scans)
+
+
+def _fail_on_move(monkeypatch, after):
+    """os.replace raises once ``after`` files have been moved into imagesUnlabeled (the journal and dataset.json are
+    written with os.replace too, so only moves into imagesUnlabeled count)."""
+    real, moved = os.replace, []
+
+    def replace(a, b):
+        if os.sep + "imagesUnlabeled" + os.sep in str(b):
+            if len(moved) == after:
+                raise OSError("disk full (simulated)")
+            moved.append(b)
+        return real(a, b)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_add_unlabeled_failure_while_moving_is_rolled_back(tmp_path, conv_env):
+    folder = _make_nnunet_dataset(str(conv_env), did=508)
+    add_unlabeled.run(["-d", "508", "-i", _scans(tmp_path / "first", ["old1"])])
+    before = dataset_json(folder)
+    src = _scans(tmp_path, ["u1", "u2", "u3"])
+    with pytest.MonkeyPatch.context() as mp:
+        _fail_on_move(mp, after=2)
+        with pytest.raises(OSError, match="disk full"):
+            add_unlabeled.run(["-d", "508", "-i", src])
+    assert cases_in(folder, "imagesUnlabeled") == ["old1"] and dataset_json(folder) == before
+    assert not [f for f in os.listdir(folder) if f.startswith(".")]          # no staging folder, no journal
+    # a staging folder left by a run killed before it moved anything is cleared
+    os.makedirs(os.path.join(folder, add_unlabeled.STAGE))
+    sitk.WriteImage(_img(_vol(9)), os.path.join(folder, add_unlabeled.STAGE, "zz_0000.nii.gz"))
+    add_unlabeled.run(["-d", "508", "-i", src])
+    assert not [f for f in os.listdir(folder) if f.startswith(".")]
+    assert cases_in(folder, "imagesUnlabeled") == ["old1", "u1", "u2", "u3"]
+    assert dataset_json(folder)["semisup"]["num_unlabeled"] == 4
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt()
+
+
+def test_add_unlabeled_rerun_after_a_hard_interruption(tmp_path, conv_env, capsys):
+    folder = _make_nnunet_dataset(str(conv_env), did=509)
+    src = _scans(tmp_path, ["u1", "u2", "u3"])
+    # a kill after two moves: no roll-back runs, the journal and two files stay behind
+    with pytest.MonkeyPatch.context() as mp:
+        _fail_on_move(mp, after=2)
+        mp.setattr(add_unlabeled, "_remove_files", lambda *a: 0)
+        mp.setattr(add_unlabeled, "_clear_journal", lambda *a: None)
+        with pytest.raises(OSError):
+            add_unlabeled.run(["-d", "509", "-i", src])
+    assert cases_in(folder, "imagesUnlabeled") == ["u1", "u2"] and "semisup" not in dataset_json(folder)
+    assert os.path.isfile(os.path.join(folder, add_unlabeled.JOURNAL))
+    # the next run undoes the partial add, says so, and adds everything
+    add_unlabeled.run(["-d", "509", "-i", src])
+    assert "the previous add from" in capsys.readouterr().out
+    assert cases_in(folder, "imagesUnlabeled") == ["u1", "u2", "u3"]
+    r = dataset_json(folder)["semisup"]
+    assert r["unlabeled_cases"] == ["u1", "u2", "u3"] and len(r["added_unlabeled"]) == 1
+    assert not [f for f in os.listdir(folder) if f.startswith(".")]
+    # interrupted after dataset.json was written: the add is complete and is kept
+    more = _scans(tmp_path / "more", ["v1"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(add_unlabeled, "_clear_journal", _interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            add_unlabeled.run(["-d", "509", "-i", more])
+    assert os.path.isfile(os.path.join(folder, add_unlabeled.JOURNAL))
+    with pytest.raises(ConversionError, match="already used in the dataset: v1 \\(imagesUnlabeled\\)"):
+        add_unlabeled.run(["-d", "509", "-i", more])
+    assert "had completed" in capsys.readouterr().out
+    assert cases_in(folder, "imagesUnlabeled") == ["u1", "u2", "u3", "v1"]
+    assert dataset_json(folder)["semisup"]["num_unlabeled"] == 4
+    assert not [f for f in os.listdir(folder) if f.startswith(".")]
+
+
+def test_check_keeps_converter_provenance_and_validation_cases(tmp_path, conv_env):
+    """--check on a converter-made dataset with a validation fold: provenance stays, validation cases are not
+    labeled."""
+    from conversion_fakes import make_synapse_npy, synapse_ids
+    from nnunetv2_semisup_conversion import convert_synapse
+    from nnunetv2_semisup_conversion.splits import load_list
+    src = make_synapse_npy(str(tmp_path / "dhc"), synapse_ids())
+    folder = convert_synapse.run(["-i", src, "-d", "510"])
+    before = dataset_json(folder)["semisup"]
+    labeled = [f"synapse_{i}" for i in load_list("Synapse", "skcdf_labeled_20p.txt")]
+    val = [f"synapse_{i}" for i in load_list("Synapse", "skcdf_eval.txt")]
+    convert_own.run(["--check", "-d", "510"])
+    r = dataset_json(folder)["semisup"]
+    assert r["source"] == "BTCV-Synapse" and r["source_variant"] == "synapse_dhc_npy"
+    assert r["split"] == "skcdf_synapse" and r["labeled_selection"] == before["labeled_selection"]
+    assert r["resized"] is True and r["resize_shape"] == before["resize_shape"]
+    assert r["converter"] == before["converter"] and "convert_own" in r["checked_with"]["command"]
+    assert r["labeled_cases"] == labeled and r["num_labeled"] == 4
+    assert r["validation_cases"] == val and r["num_validation"] == 4 and not set(labeled) & set(val)
+    for k in ("unlabeled_cases", "test_cases", "num_unlabeled", "num_test", "case_id_map", "missing_cases",
+              "transductive"):
+        assert r[k] == before[k], k
+    verify_integrity(folder)
+    # a split file naming a case that is not in imagesTr is refused; without the file every imagesTr case is labeled
+    sp = os.path.join(folder, "splits_semisup.json")
+    with open(sp, "w") as f:
+        json.dump([{"train": labeled, "val": val + ["synapse_0008"]}], f)
+    with pytest.raises(ConversionError, match="splits_semisup.json names case\\(s\\) that are not in imagesTr: "
+                                              "synapse_0008"):
+        convert_own.run(["--check", "-d", "510"])
+    os.remove(sp)
+    convert_own.run(["--check", "-d", "510"])
+    r = dataset_json(folder)["semisup"]
+    assert r["labeled_cases"] == labeled + sorted(val) and r["validation_cases"] == [] and r["num_labeled"] == 8

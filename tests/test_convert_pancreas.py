@@ -77,9 +77,28 @@ def test_coranet_lists_and_10_percent(coranet82, conv_env):
     unl = [f"{i:04d}" for i in range(13, 64) if i != 25]
     assert cases_in(folder, "imagesUnlabeled") == P(unl) and len(unl) == 50
     assert cases_in(folder, "imagesTs") == P(f"{i:04d}" for i in range(64, 83) if i != 70)
-    r = dataset_json(folder)["semisup"]
+    dj = dataset_json(folder)
+    assert dj["channel_names"] == {"0": "noNorm"} and dj["labels"] == {"background": 0, "pancreas": 1}
+    assert dj["numTraining"] == 12 and dj["file_ending"] == ".nii.gz"
+    r = dj["semisup"]
     assert r["source_variant"] == "pancreas_coranet_h5" and r["unused_source_cases"] == ["0025", "0070"]
     assert "z spacing unreliable" in r["spacing_note"]
+    assert r["source"] == "Pancreas-CT" and r["split"] == "coranet_pancreas80" and r["gt_cropped"] is True
+    assert r["spacing_source"] == "assumed" and r["assumed_spacing"] == [1.0, 1.0, 1.0] and r["missing_cases"] == []
+    assert (r["num_labeled"], r["num_unlabeled"], r["num_validation"], r["num_test"]) == (12, 50, 0, 18)
+    assert r["case_id_map"]["pancreas_0001"] == "0001.h5"
+    # CoraNet stores (x, y, z) with depth last -> SimpleITK (z, y, x); the marker voxel lands at index (x, y, z)
+    with h5py.File(os.path.join(coranet82, "0005.h5")) as f:
+        h5_img, h5_lab = f["image"][()], f["label"][()]
+    img = sitk.ReadImage(os.path.join(folder, "imagesTr", "pancreas_0005_0000.nii.gz"))
+    assert img.GetSize() == (6, 6, 4) and img.GetSpacing() == (1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(img), np.transpose(h5_img, (2, 1, 0)))
+    assert img.GetPixel(*MARK_XYZ) == MARK_VALUE and sitk.GetArrayFromImage(img)[MARK_XYZ[::-1]] == MARK_VALUE
+    lab = read_array(os.path.join(folder, "labelsTr", "pancreas_0005.nii.gz"))
+    np.testing.assert_array_equal(lab, np.transpose(h5_lab, (2, 1, 0)))
+    assert set(np.unique(lab)) == {0, 1} and lab.dtype == np.uint8
+    assert set(np.unique(read_array(os.path.join(folder, "labelsTs", "pancreas_0064.nii.gz")))) == {0, 1}
+    verify_integrity(folder)
     folder = convert_pancreas.run(["-i", coranet82, "-d", "304", "--split", "coranet_pancreas80",
                                    "--num-labeled", "6"])
     assert cases_in(folder, "imagesTr") == P(f"{i:04d}" for i in range(1, 7))
@@ -129,6 +148,7 @@ def test_tcia_dicom_slice_order_geometry_and_repair(tmp_path, conv_env):
     assert r["case_notes"] == {"pancreas_0002": {"label_repair": "swap_xy", "inside_body_before": 0.0,
                                                  "label_placement": "repaired (swap_xy)"}}
     assert r["case_id_map"]["pancreas_0001"] == "PANCREAS_0001"
+    verify_integrity(folder)
 
 
 def test_tcia_nifti_flip_repair_and_unrepairable(tmp_path, conv_env):
@@ -137,7 +157,20 @@ def test_tcia_nifti_flip_repair_and_unrepairable(tmp_path, conv_env):
     lst = tmp_path / "lab.txt"
     lst.write_text("0001\n0002\n0004\n")
     folder = convert_pancreas.run(["-i", src, "-d", "308", "--split", "custom", "--labeled-list", str(lst)])
-    assert dataset_json(folder)["semisup"]["source_variant"] == "pancreas_tcia_nifti"
+    dj = dataset_json(folder)
+    assert dj["semisup"]["source_variant"] == "pancreas_tcia_nifti" and dj["channel_names"] == {"0": "CT"}
+    assert dj["semisup"]["spacing_source"] == "header" and "assumed_spacing" not in dj["semisup"]
+    # geometry comes from the NIfTI header: size, spacing, origin and the HU values unchanged
+    exp_img, _ = ct_body_volume()
+    for sub, c in (("imagesTr", "0001"), ("imagesUnlabeled", "0003")):
+        img = sitk.ReadImage(os.path.join(folder, sub, f"pancreas_{c}_0000.nii.gz"))
+        assert img.GetSize() == exp_img.shape[::-1] and img.GetSpacing() == pytest.approx(PANCREAS_SPACING)
+        assert img.GetOrigin() == pytest.approx(PANCREAS_ORIGIN)
+        assert img.GetDirection() == pytest.approx((1, 0, 0, 0, 1, 0, 0, 0, 1))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(img), exp_img)
+    lab = sitk.ReadImage(os.path.join(folder, "labelsTr", "pancreas_0002.nii.gz"))
+    assert lab.GetSpacing() == pytest.approx(PANCREAS_SPACING) and lab.GetOrigin() == pytest.approx(PANCREAS_ORIGIN)
+    verify_integrity(folder)
     np.testing.assert_array_equal(read_array(os.path.join(folder, "labelsTr", "pancreas_0002.nii.gz")),
                                   ct_body_volume()[1])
     notes = dataset_json(folder)["semisup"]["case_notes"]

@@ -99,9 +99,22 @@ def test_raw_btcv_layouts_and_testing_as_unlabeled(raw_src, tmp_path, conv_env):
     src_img = sitk.ReadImage(os.path.join(raw_src, "RawData", "Training", "img", "img0021.nii.gz"))
     assert img.GetSpacing() == pytest.approx(SYN_RAW_SPACING) and img.GetSize() == SYN_RAW_SHAPE_XYZ
     np.testing.assert_array_equal(sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(src_img))
-    r = dataset_json(folder)["semisup"]
+    lab = sitk.ReadImage(os.path.join(folder, "labelsTr", "synapse_0021.nii.gz"))
+    src_lab = sitk.ReadImage(os.path.join(raw_src, "RawData", "Training", "label", "label0021.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(lab), sitk.GetArrayFromImage(src_lab))
+    assert set(np.unique(sitk.GetArrayFromImage(lab))) == {0, 1, 6, 13} and lab.GetPixelID() == sitk.sitkUInt8
+    assert lab.GetSpacing() == pytest.approx(SYN_RAW_SPACING) and lab.GetOrigin() == pytest.approx((1.0, 2.0, 3.0))
+    assert set(np.unique(read_array(os.path.join(folder, "labelsTs", "synapse_0008.nii.gz")))) == {0, 1, 6, 13}
+    dj = dataset_json(folder)
+    assert dj["labels"] == convert_synapse.LABELS and list(dj["labels"].values()) == list(range(14))
+    assert dj["labels"]["spleen"] == 1 and dj["labels"]["liver"] == 6 and dj["labels"]["left_adrenal_gland"] == 13
+    assert dj["channel_names"] == {"0": "CT"} and dj["numTraining"] == 8 and dj["file_ending"] == ".nii.gz"
+    r = dj["semisup"]
     assert r["source_variant"] == "synapse_btcv_raw" and r["spacing_source"] == "header" and r["resized"] is False
     assert r["synapse_testing"] == "unlabeled" and r["num_unlabeled"] == 18
+    assert r["source"] == "BTCV-Synapse" and r["gt_cropped"] is False and "assumed_spacing" not in r
+    assert r["case_id_map"]["synapse_0021"] == "img0021.nii.gz" and r["validation_cases"] == S(EVAL)
+    verify_integrity(folder)
     dhc = make_synapse_raw(str(tmp_path / "dhc"), IDS, "dhc", testing_ids=["0080"])
     folder = convert_synapse.run(["-i", dhc, "-d", "407", "--transductive", "--synapse-testing", "unlabeled"])
     assert cases_in(folder, "imagesTr") == S(load_list("Synapse", "skcdf_labeled_20p.txt") + EVAL)
@@ -137,3 +150,45 @@ def test_bad_inputs(npy_src, tmp_path, conv_env):
     os.remove(os.path.join(raw, "RawData", "Training", "img", "img0040.nii.gz"))
     _err(["-i", raw, "-d", "408"], "labels without an image: label0040")
     assert leftovers(conv_env) == []
+
+
+def test_raw_btcv_bad_inputs_and_existing_dataset(tmp_path, conv_env):
+    raw = make_synapse_raw(str(tmp_path / "raw"), IDS, "rawdata")
+    lab_dir = os.path.join(raw, "RawData", "Training", "label")
+    lab21 = os.path.join(lab_dir, "label0021.nii.gz")           # 0021: labeled in the default 20 % list
+    good = sitk.ReadImage(lab21)
+    # image / label size mismatch
+    small = sitk.Image(SYN_RAW_SHAPE_XYZ[0], SYN_RAW_SHAPE_XYZ[1], SYN_RAW_SHAPE_XYZ[2] - 1, sitk.sitkUInt8)
+    small.SetSpacing(SYN_RAW_SPACING)
+    sitk.WriteImage(small, lab21)
+    _err(["-i", raw, "-d", "409"], "case synapse_0021: image and label sizes differ: image \\(16, 12, 10\\), "
+                                   "label \\(16, 12, 9\\)")
+    # label values outside the 13 organs
+    bad = sitk.Image(good)
+    bad[2, 3, 4] = 14
+    sitk.WriteImage(bad, lab21)
+    _err(["-i", raw, "-d", "409"], "case synapse_0021: unexpected label values \\[14\\]; expected a subset of "
+                                   "\\[0, 1, .*, 13\\]")
+    # missing label of a labeled and of a validation case
+    os.remove(lab21)
+    _err(["-i", raw, "-d", "409"], "case 0021 \\(labeled\\): label missing; expected label0021.nii.gz")
+    sitk.WriteImage(good, lab21)
+    os.rename(os.path.join(lab_dir, "label0035.nii.gz"), os.path.join(tmp_path, "label0035.nii.gz"))
+    _err(["-i", raw, "-d", "409"], "case 0035 \\(validation\\): label missing")
+    assert leftovers(conv_env) == []
+    # an unlabeled case may lack its label
+    folder = convert_synapse.run(["-i", raw, "-d", "409", "--labeled-list", _write(tmp_path, ["0021"]),
+                                  "--split", "custom"])
+    assert "synapse_0035" in cases_in(folder, "imagesUnlabeled")
+    # an existing dataset is not replaced without --overwrite
+    os.rename(os.path.join(tmp_path, "label0035.nii.gz"), os.path.join(lab_dir, "label0035.nii.gz"))
+    _err(["-i", raw, "-d", "409"], "dataset folder .*Dataset409_Synapse already exists; use --overwrite")
+    assert dataset_json(folder)["semisup"]["split"] == "custom" and leftovers(conv_env) == ["Dataset409_Synapse"]
+    folder = convert_synapse.run(["-i", raw, "-d", "409", "--overwrite"])
+    assert dataset_json(folder)["semisup"]["split"] == "skcdf_synapse" and leftovers(conv_env) == ["Dataset409_Synapse"]
+
+
+def _write(tmp_path, ids):
+    p = tmp_path / "ids.txt"
+    p.write_text("\n".join(ids) + "\n")
+    return str(p)
