@@ -4,8 +4,8 @@
 nnU-Net dataset: imagesTr/labelsTr (labeled), imagesUnlabeled, imagesTs/labelsTs and dataset.json.
 
 Each volume is a noisy "body" with three structures: a large irregular organ (label 1), a second organ (label 2)
-and a small lesion inside the first organ (label 3, a few hundred voxels). Shape, size, orientation, position,
-intensities, noise level and a smooth multiplicative bias field vary per case, and unlabeled distractor blobs
+and a small lesion inside the first organ (label 3, about 10–100 voxels at 24×48×48). Shape, size, orientation,
+position, intensities, noise level and a smooth multiplicative bias field vary per case, and unlabeled distractor blobs
 with organ-like intensities sit in the body, so thresholding does not solve it and a few labeled cases do not
 saturate Dice. Spacing is anisotropic (1 x 1 x 2.5 mm by default, SimpleITK x/y/z order).
 """

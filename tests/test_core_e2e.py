@@ -1,5 +1,6 @@
 """End-to-end through the real nnU-Net CLI: Mean Teacher training, stock prediction, and exact resume."""
 import os
+import shutil
 import subprocess
 import time
 
@@ -61,6 +62,17 @@ def test_mean_teacher_trains_and_stock_predict_works(planned_dataset, tmp_path):
         dices.append(_dice(r == 1, p == 1))
     # trivial floors: all-background scores 0, all-organ about 0.1 (the organ is ~5 % of the volume)
     assert np.mean(dices) > 0.3, dices
+
+    # stock --val (re-run of the final validation) and predict_from_modelfolder find the plugin trainer too
+    shutil.rmtree(os.path.join(fold, "validation"))
+    run_cli(["nnUNetv2_train", ds.dataset_id, "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu", "--val"], env)
+    assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
+    out2 = tmp_path / "pred_modelfolder"
+    run_cli(["nnUNetv2_predict_from_modelfolder", "-i", os.path.join(ds.raw_folder, "imagesTs"), "-o", out2,
+             "-m", os.path.dirname(fold), "-f", "all", "-device", "cpu", "--disable_tta", "-npp", 1, "-nps", 1], env)
+    for f in sorted(os.listdir(os.path.join(ds.raw_folder, "labelsTs"))):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out2 / f))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(out / f))))
 
 
 def test_resume_with_c_restores_epoch_teacher_and_optimizer(planned_dataset, tmp_path):

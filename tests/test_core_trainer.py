@@ -55,6 +55,28 @@ def test_training_before_unlabeled_preprocessing_names_the_command(planned_datas
     assert trainer.get_unlabeled_dataset() is None
 
 
+def test_training_on_unlabeled_cases_of_older_plans_names_the_overwrite_command(planned_dataset, tmp_path):
+    """Re-planning keeps the data_identifier (same folder name): the trainer compares the preprocessing
+    fingerprint, so unlabeled cases preprocessed with other spacing/normalisation are refused."""
+    import shutil
+    from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+    from nnunetv2_semisup.training.semisup_base import MissingUnlabeledDataError
+    trainer = make_trainer(planned_dataset)
+    trainer.initialize()
+    stale = str(tmp_path / "stale_unlabeled")
+    shutil.copytree(trainer.unlabeled_preprocessed_folder, stale)
+    trainer.unlabeled_preprocessed_folder = stale
+    assert trainer.get_unlabeled_dataset() is not None  # identical copy: accepted
+    trainer.configuration_manager.configuration["batch_size"] = 7  # network/batch changes do not matter
+    trainer.configuration_manager.configuration["patch_size"] = [8, 8, 8]
+    assert trainer.get_unlabeled_dataset() is not None
+    state = load_json(os.path.join(stale, "semisup_preprocess.json"))
+    save_json(dict(state, sha256="0" * 64), os.path.join(stale, "semisup_preprocess.json"))
+    with pytest.raises(MissingUnlabeledDataError, match=r"different plans .* Run `nnUNetv2_semisup_preprocess -d "
+                                                        r"Dataset990_SemiSupSynthetic -c 3d_fullres --overwrite`"):
+        trainer.get_unlabeled_dataset()
+
+
 @pytest.fixture(scope="module")
 def started_trainer(planned_dataset):
     trainer = make_trainer(planned_dataset)
@@ -155,3 +177,22 @@ def test_mean_teacher_step_teacher_gets_no_gradient_and_follows_ema(started_trai
             torch.testing.assert_close(v, alpha * teacher_before[k] + (1 - alpha) * student[k])
     assert trainer.mt_global_step == step + 1
     assert any(p.grad is not None for p in trainer.network.parameters())
+
+
+def test_on_train_end_stops_the_unlabeled_workers(planned_dataset, monkeypatch):
+    """nnU-Net's on_train_end only finishes its own two augmenters; the unlabeled stream's workers must stop too."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "2")  # real worker processes: one per stream
+    trainer = make_trainer(planned_dataset)
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()  # sets the composition (1 + 1) and starts the worker pools
+    streams = trainer.dataloader_train
+    batch = next(streams)
+    assert "unlabeled" in batch
+    workers = [p for s in (streams.labeled, streams.unlabeled) for p in s.augmenter._processes]
+    assert workers and all(p.is_alive() for p in workers)
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda filename: None)
+    trainer.on_train_end()
+    for p in workers:
+        p.join(timeout=10)
+    assert not any(p.is_alive() for p in workers)
+    assert streams.labeled.augmenter is None and streams.unlabeled.augmenter is None

@@ -34,6 +34,7 @@ def test_arguments_environment_table_and_offline_segformer(tmp_path):
     assert env["nnUNet_semisup_segformer"] == "/my/segformer"
     assert env["nnUNet_semisup_short_epochs"] == "3" and env["nnUNet_semisup_short_iterations"] == "7"
     assert env["nnUNet_n_proc_DA"] == "0" and env["nnUNet_semisup_short_skip_validation"] == "1"
+    assert env["nnUNet_semisup_seed"] == "0"  # --seed seeds the training runs too
     assert "nnUNet_n_proc_DA" not in demo.build_env(cfg, base=user, for_training=False)  # planning crashes with 0
 
     plans = tmp_path / "plans.json"

@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import shutil
 import sys
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
@@ -38,12 +38,33 @@ def _dataset_class_files(dataset_class, case: str) -> List[str]:
     return [case + ".pkl", case + ".npz"]
 
 
+# the configuration entries that change what the preprocessor writes (not the network, patch or batch size)
+PREPROCESSING_KEYS = ("data_identifier", "preprocessor_name", "spacing", "normalization_schemes", "use_mask_for_norm",
+                      "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_seg",
+                      "resampling_fn_seg_kwargs")
+
+
 def _configuration_fingerprint(plans: dict, configuration_manager, plans_identifier: str, configuration: str) -> dict:
-    blob = json.dumps({"conf": configuration_manager.configuration,
+    conf = configuration_manager.configuration
+    blob = json.dumps({"conf": {k: conf.get(k) for k in PREPROCESSING_KEYS},
                        "norm": plans.get("foreground_intensity_properties_per_channel"),
                        "transpose": plans.get("transpose_forward")}, sort_keys=True, default=str)
     return {"plans_identifier": plans_identifier, "configuration": configuration,
             "sha256": hashlib.sha256(blob.encode()).hexdigest()}
+
+
+def stale_preprocessing_problem(folder: str, plans: dict, configuration_manager, plans_identifier: str,
+                                configuration: str) -> Optional[str]:
+    """Why the unlabeled cases in ``folder`` do not match the current plans (None if they do): a re-planned dataset
+    keeps its data_identifier, so the folder name alone cannot tell."""
+    state_file = os.path.join(folder, STATE_FILE)
+    if not os.path.isfile(state_file):
+        return f"{folder} has no {STATE_FILE} (not written by nnUNetv2_semisup_preprocess)"
+    if load_json(state_file) != _configuration_fingerprint(plans, configuration_manager, plans_identifier,
+                                                           configuration):
+        return (f"{folder} was preprocessed with different plans than the current ones (spacing, normalisation, "
+                f"resampling or intensity statistics of configuration '{configuration}' changed)")
+    return None
 
 
 def preprocess_unlabeled_case(case: str, image_files: List[str], output_folder: str, plans: dict,
@@ -160,8 +181,9 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
         os.makedirs(out, exist_ok=True)
         if os.path.isfile(state_file) and load_json(state_file) != fingerprint:
             raise UnlabeledDataError(
-                f"{out} was preprocessed with different plans than the current {plans_file} (configuration "
-                f"'{configuration}'). Re-run with --overwrite to redo all unlabeled cases.")
+                f"{out} was preprocessed with different plans than the current {plans_file} (spacing, "
+                f"normalisation, resampling or intensity statistics of configuration '{configuration}' changed). "
+                f"Re-run with --overwrite to redo all unlabeled cases.")
         if not os.path.isfile(state_file):
             save_json(fingerprint, state_file)
         for stale in [d for d in os.listdir(out) if d.startswith(".tmp_")]:

@@ -33,7 +33,7 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
-from nnunetv2_semisup.data.preprocess_unlabeled import unlabeled_folder_name
+from nnunetv2_semisup.data.preprocess_unlabeled import stale_preprocessing_problem, unlabeled_folder_name
 from nnunetv2_semisup.data.streams import AugmentedStream, SemiSupBatchIterator
 from nnunetv2_semisup.data.unlabeled_dataset import UnlabeledDataset, write_class_locations
 from nnunetv2_semisup.training.logging import SemiSupLocalLogger
@@ -118,9 +118,16 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
             self.dataset_class.get_identifiers(folder)) > 0
 
     def get_unlabeled_dataset(self) -> Optional[UnlabeledDataset]:
-        if not self._unlabeled_available():
-            cmd = (f"nnUNetv2_semisup_preprocess -d {self.plans_manager.dataset_name} -c {self.configuration_name}"
-                   + (f" -p {self.plans_manager.plans_name}" if self.plans_manager.plans_name != "nnUNetPlans" else ""))
+        cmd = (f"nnUNetv2_semisup_preprocess -d {self.plans_manager.dataset_name} -c {self.configuration_name}"
+               + (f" -p {self.plans_manager.plans_name}" if self.plans_manager.plans_name != "nnUNetPlans" else ""))
+        if self._unlabeled_available():
+            stale = stale_preprocessing_problem(self.unlabeled_preprocessed_folder, self.plans_manager.plans,
+                                                self.configuration_manager, self.plans_manager.plans_name,
+                                                self.configuration_name)
+            if stale:
+                raise MissingUnlabeledDataError(f"{stale}. Run `{cmd} --overwrite` before training "
+                                                f"{self.__class__.__name__}.")
+        else:
             msg = (f"No preprocessed unlabeled cases in {self.unlabeled_preprocessed_folder}. Put unlabeled scans in "
                    f"nnUNet_raw/{self.plans_manager.dataset_name}/imagesUnlabeled/ and run `{cmd}` before training "
                    f"{self.__class__.__name__}.")
