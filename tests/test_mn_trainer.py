@@ -229,3 +229,22 @@ def test_no_unlabeled_patches_while_a_models_lr_is_still_rising(mn_env):
     lr = t.optimizer_2d.param_groups[0]["lr"]
     assert lr == pytest.approx(1e-5) and lrg_paper(B, lr, 1e-3) == B - 1  # what eq. 10 alone would give
     assert t.get_batch_composition() == (B, 0)
+
+
+def test_lrg_reads_the_learning_rate_of_the_model_being_trained(trainer):
+    """Eq. 10 uses the trained model's own LR: a 2D epoch must not see the 3D model's decayed LR and vice versa."""
+    t = trainer
+    B = t.batch_size
+    e2 = next(e for e in range(t.mn_plan.warmup_epochs, t.num_epochs) if t.mn_plan.phase(e) == TRAIN_2D
+              and t.mn_plan.own_epoch(e, TRAIN_2D) >= t.mn_scheduler_2d.schedule.warmup)
+    saved = (t.current_epoch, t.mn_phase, t.optimizer.param_groups[0]["lr"], t.optimizer_2d.param_groups[0]["lr"])
+    try:
+        t.optimizer.param_groups[0]["lr"] = 1e-6 * t.initial_lr      # 3D: almost fully decayed -> r ≈ 1
+        t.optimizer_2d.param_groups[0]["lr"] = t.mn_2d_lr             # 2D: at its peak -> r = 0
+        t.current_epoch, t.mn_phase = e2, TRAIN_2D
+        assert t.get_batch_composition() == (B, 0)
+        t.current_epoch, t.mn_phase = e2 + 1, TRAIN_3D
+        assert t.mn_plan.phase(e2 + 1) == TRAIN_3D and t.get_batch_composition() == (1, B - 1)
+    finally:
+        t.current_epoch, t.mn_phase = saved[0], saved[1]
+        t.optimizer.param_groups[0]["lr"], t.optimizer_2d.param_groups[0]["lr"] = saved[2], saved[3]
