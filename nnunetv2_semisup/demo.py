@@ -367,7 +367,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Synthetic dataset -> stock nnU-Net planning/preprocessing -> unlabeled preprocessing -> "
                     "short training of stock nnU-Net (labeled only) and the semi-supervised trainers -> stock "
                     "nnUNetv2_predict -> Dice/HD95 table. Everything is written under --out; your own nnU-Net "
-                    "folders are not used. Defaults take about 8 minutes on an idle 2-core CPU.")
+                    "folders are not used. Defaults take about 5 minutes on an idle 2-core CPU.")
     p.add_argument("--out", default="nnunetv2_semisup_demo",
                    help="working folder (nnUNet_raw/preprocessed/results, predictions, logs); "
                         "default ./nnunetv2_semisup_demo")
