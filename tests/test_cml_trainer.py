@@ -14,6 +14,7 @@ from conftest import DATASET_ID, run_cli
 from nnunetv2_semisup.training import cml as cml_module
 from nnunetv2_semisup.training.cml_variants import (nnUNetTrainerCML, nnUNetTrainerCML_hetero,
                                                     nnUNetTrainerCML_paper)
+from nnunetv2_semisup.training.cml import pretrain_epochs_for
 from nnunetv2_semisup.training.cutmix import ds_targets
 
 SHORT = "nnUNetTrainerCML_short"
@@ -207,6 +208,26 @@ def test_checkpoint_restores_both_subnets_stage_and_optimizer(cml_run):
     assert (t.cml_stage, t.cml_pretrain_epochs, t.cml_selftrain_iterations, t.cml_mask_draws) == (
         "selftrain", 1, 2, ckpt["cml_state"]["mask_draws"])
     assert t.current_epoch == 2 and t.cml_stage_for_epoch(t.current_epoch) == "selftrain"
+
+
+def test_resume_from_pretraining_keeps_the_saved_switch_point(cml_run, tmp_path):
+    """A checkpoint written during pretraining resumes in pretraining, and the stage switch comes from the
+    checkpoint (fixed at the first start), not from recomputing it with the current settings."""
+    ds, folder, first = cml_run
+    ckpt = torch.load(first, map_location="cpu", weights_only=False)
+    ckpt["current_epoch"] = 1
+    ckpt["cml_state"].update(stage="pretrain", pretrain_epochs=3, selftrain_iterations=0)
+    edited = str(tmp_path / "pretraining.pth")
+    torch.save(ckpt, edited)
+    t = make_trainer()
+    t.load_checkpoint(edited)
+    assert pretrain_epochs_for(t.num_epochs, t.cml_pretrain_fraction) != 3  # recomputing would differ
+    assert (t.current_epoch, t.cml_pretrain_epochs, t.cml_stage) == (1, 3, "pretrain")
+    stages = []
+    for e in (1, 2, 3):
+        t.current_epoch = e
+        stages.append((t.cml_stage_for_epoch(e), t.get_batch_composition()[1]))
+    assert stages == [("pretrain", 0), ("pretrain", 0), ("selftrain", 2)]
 
 
 def test_resume_with_c_and_stock_predict(cml_run, tmp_path):

@@ -204,3 +204,20 @@ def test_multichannel_dataset_in_2d_3d_fullres_and_3d_lowres(nnunet_env):
         shutil.rmtree(check)
     assert shapes["2d"] == shapes["3d_fullres"] == (2, 12, 24, 24)
     assert shapes["3d_lowres"] == (2, 6, 12, 12)  # resampled to twice the spacing
+
+    # Mean Teacher trains on this 2-channel dataset with the same machinery (any number of channels)
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+    trainer = get_trainer_from_args("992", "3d_fullres", "all", "nnUNetTrainerMeanTeacher_short",
+                                    device=torch.device("cpu"))
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    try:
+        batch = next(trainer.dataloader_train)
+        assert batch["data"].shape[1] == 2 and batch["unlabeled"]["data"].shape[1] == 2
+        teacher_before = [p.clone() for p in trainer.teacher.parameters()]
+        out = trainer.train_step(batch)
+        assert np.isfinite(out["loss"]) and np.isfinite(out["cons"])
+        assert any(not torch.equal(a, b) for a, b in zip(teacher_before, trainer.teacher.parameters()))
+    finally:
+        trainer.dataloader_train.finish()
