@@ -52,8 +52,9 @@ _SKCDF_CONV = ("medpy Dice x100 per class and mean over classes, ASD directed pr
                "{runs}; HD95 and Jaccard not reported")
 
 OWN, QUOTED = "own", "quoted"
+METRICS = ("dice", "jaccard", "hd95", "asd")
 
-_MN_T1 = PublishedTable("M&N Table 1 (LA, 8 labeled)", _MN_LA, "medpy", ("dice", "jaccard", "hd95", "asd"), (
+_MN_T1 = PublishedTable("M&N Table 1 (LA, 8 labeled)", _MN_LA, "medpy", METRICS, (
     ("3D UNet (labeled only)", ("88.26", "79.89", "11.19", "3.29"), OWN),
     ("SegFormer from scratch", ("83.05", "73.25", "15.79", "5.40"), OWN),
     ("SegFormer pretrained (ADE20K)", ("88.61", "79.87", "10.49", "3.35"), OWN),
@@ -73,7 +74,7 @@ _MN_T1 = PublishedTable("M&N Table 1 (LA, 8 labeled)", _MN_LA, "medpy", ("dice",
     ("M&N", ("91.56", "84.47", "4.59", "1.40"), OWN),
 ))
 
-_MN_T2 = PublishedTable("M&N Table 2 (LA, 4 labeled)", _MN_LA, "medpy", ("dice", "jaccard", "hd95", "asd"), (
+_MN_T2 = PublishedTable("M&N Table 2 (LA, 4 labeled)", _MN_LA, "medpy", METRICS, (
     ("3D UNet (labeled only)", ("82.01", "72.42", "29.95", "9.91"), OWN),
     ("SegFormer from scratch", ("71.01", "58.40", "14.34", "7.07"), OWN),
     ("SegFormer pretrained (ADE20K)", ("84.23", "74.49", "8.24", "3.57"), OWN),
@@ -87,7 +88,7 @@ _MN_T2 = PublishedTable("M&N Table 2 (LA, 4 labeled)", _MN_LA, "medpy", ("dice",
 ))
 
 _MN_T3 = PublishedTable("M&N Table 3 (Pancreas-CT, 6 labeled)", _MN_PANC, "medpy",
-                        ("dice", "jaccard", "hd95", "asd"), (
+                        METRICS, (
     ("3D UNet (labeled only)", ("59.53", "44.17", "18.52", "1.79"), OWN),
     ("SegFormer from scratch", ("43.76", "28.32", "19.67", "6.86"), OWN),
     ("SegFormer pretrained (ADE20K)", ("68.57", "53.34", "16.39", "4.77"), OWN),
@@ -102,7 +103,7 @@ _NA = "—"
 _CML_LA_FULL = ("V-Net (80 labeled, all)", ("91.47", _NA, "5.48", "1.51"), QUOTED)
 
 _CML_T1_4 = PublishedTable("CML Table 1 (LA, 4 labeled / 76 unlabeled)", _CML_CONV, "uamt_lcc",
-                           ("dice", "jaccard", "hd95", "asd"), (
+                           METRICS, (
     ("V-Net (4 labeled only)", ("52.55", _NA, "47.05", "9.87"), QUOTED),
     _CML_LA_FULL,
     ("UA-MT", ("82.26", _NA, "13.71", "3.82"), QUOTED),
@@ -116,7 +117,7 @@ _CML_T1_4 = PublishedTable("CML Table 1 (LA, 4 labeled / 76 unlabeled)", _CML_CO
 ))
 
 _CML_T1_8 = PublishedTable("CML Table 1 (LA, 8 labeled / 72 unlabeled)", _CML_CONV, "uamt_lcc",
-                           ("dice", "jaccard", "hd95", "asd"), (
+                           METRICS, (
     ("V-Net (8 labeled only)", ("82.74", _NA, "13.35", "3.26"), QUOTED),
     _CML_LA_FULL,
     ("UA-MT", ("87.79", _NA, "8.68", "2.12"), QUOTED),
@@ -130,7 +131,7 @@ _CML_T1_8 = PublishedTable("CML Table 1 (LA, 8 labeled / 72 unlabeled)", _CML_CO
 ))
 
 _CML_T3_25 = PublishedTable("CML Table 3 (BraTS2019, 25 labeled / 225 unlabeled)", _CML_BRATS, "uamt",
-                            ("dice", "jaccard", "hd95", "asd"), (
+                            METRICS, (
     ("V-Net (25 labeled only)", ("78.32", _NA, "22.29", "7.36"), QUOTED),
     ("V-Net (250 labeled, all)", ("88.23", _NA, "7.21", "1.53"), QUOTED),
     ("MT", ("81.70", _NA, "13.28", "3.56"), QUOTED),
@@ -144,7 +145,7 @@ _CML_T3_25 = PublishedTable("CML Table 3 (BraTS2019, 25 labeled / 225 unlabeled)
 ))
 
 _CML_T3_50 = PublishedTable("CML Table 3 (BraTS2019, 50 labeled / 200 unlabeled)", _CML_BRATS, "uamt",
-                            ("dice", "jaccard", "hd95", "asd"), (
+                            METRICS, (
     ("V-Net (50 labeled only)", ("80.18", _NA, "20.57", "6.09"), QUOTED),
     ("V-Net (250 labeled, all)", ("88.23", _NA, "7.21", "1.53"), QUOTED),
     ("MT", ("85.03", _NA, "7.80", "1.89"), QUOTED),
@@ -157,11 +158,15 @@ _CML_T3_50 = PublishedTable("CML Table 3 (BraTS2019, 50 labeled / 200 unlabeled)
     ("CML", ("86.63", _NA, "7.83", "1.45"), OWN),
 ))
 
-_SYN = ("dice", "jaccard", "hd95", "asd") + SYNAPSE_CLASSES
+_SYN = METRICS + SYNAPSE_CLASSES
 
 
-def _syn(method, dice, asd, classes, note=QUOTED):
+def _dice_asd(method, dice, asd, classes="", note=QUOTED):
+    """A row of a table that publishes Dice and ASD only (plus per-class Dice, space-separated, if given)."""
     return method, (dice, _NA, _NA, asd) + tuple(classes.split()), note
+
+
+_syn = _amos = _dice_asd  # short names keep the per-class rows of the Synapse and AMOS tables on one line
 
 
 _SKCDF_T1 = PublishedTable(
@@ -188,11 +193,7 @@ _SKCDF_T1 = PublishedTable(
              "79.5 72.1 67.6 59.8 60.7 93.3 61.7 85.4 78.5 41.8 50.9 46.4 37.8", OWN),
     ), n_class_columns=len(SYNAPSE_CLASSES))
 
-_AMOS = ("dice", "jaccard", "hd95", "asd") + AMOS_CLASSES
-
-
-def _amos(method, dice, asd, classes, note=QUOTED):
-    return method, (dice, _NA, _NA, asd) + tuple(classes.split()), note
+_AMOS = METRICS + AMOS_CLASSES
 
 
 _SKCDF_T2 = PublishedTable(
@@ -222,7 +223,7 @@ _MN_ABL = ("medpy Dice/Jaccard %, HD95 pooled P95 and ASD directed pred->gt in v
            "(voxels x 0.625 = mm); port variants from spec mn.md §4")
 
 _MN_T4 = PublishedTable("M&N Table 4 (ablations, LA, 8 labeled)", _MN_ABL, "medpy",
-                        ("dice", "jaccard", "hd95", "asd"), (
+                        METRICS, (
     ("ResUNet (ResNet-50, ImageNet) whole + 3D UNet", ("91.11", "83.74", "5.38", "1.41"), OWN),
     ("SegFormer LoRA + SwinUNETR", ("90.67", "83.03", "5.24", "2.16"), OWN),
     ("SegFormer LoRA + 3D UNet, no iterative co-training", ("89.40", "81.32", "6.06", "1.74"), OWN),
@@ -268,11 +269,11 @@ _SKCDF_T4 = PublishedTable(
     "SKCDF Table 4 (inference decoder and decoder EMA, Synapse 20 %, DF-only setting)",
     _SKCDF_ABL + "; port variants: the DF-only classes of training/skcdf_variants.py (spec skcdf.md §4 names "
     "nnUNetTrainerSKCDF_noEMA, the full model without any transfer, for 'w/o EMA')", "dhc",
-    ("dice", "jaccard", "hd95", "asd"), (
-        ("inference decoder labeled, decoder EMA no", ("53.71 ± 1.64", _NA, _NA, "11.39 ± 0.04"), OWN),
-        ("inference decoder unlabeled, decoder EMA no", ("50.53 ± 1.00", _NA, _NA, "31.23 ± 0.78"), OWN),
-        ("inference decoder labeled, decoder EMA yes", ("57.21 ± 0.85", _NA, _NA, "11.56 ± 0.75"), OWN),
-        ("inference decoder unlabeled, decoder EMA yes", ("57.40 ± 0.90", _NA, _NA, "13.00 ± 2.08"), OWN),
+    METRICS, (
+        _dice_asd("inference decoder labeled, decoder EMA no", "53.71 ± 1.64", "11.39 ± 0.04", note=OWN),
+        _dice_asd("inference decoder unlabeled, decoder EMA no", "50.53 ± 1.00", "31.23 ± 0.78", note=OWN),
+        _dice_asd("inference decoder labeled, decoder EMA yes", "57.21 ± 0.85", "11.56 ± 0.75", note=OWN),
+        _dice_asd("inference decoder unlabeled, decoder EMA yes", "57.40 ± 0.90", "13.00 ± 2.08", note=OWN),
     ), variants=("nnUNetTrainerSKCDF_DF_noEMA_inferL", "nnUNetTrainerSKCDF_DF_noEMA", "nnUNetTrainerSKCDF_DF_inferL",
                  "nnUNetTrainerSKCDF_DF"))
 
@@ -280,12 +281,12 @@ _SKCDF_T5 = PublishedTable(
     "SKCDF Table 5 (transfer order, Synapse 20 %, DF + ABSH setting; D = decoder, H = head)",
     _SKCDF_ABL + "; only the paper's order H -> D -> H is implemented (in the DF + ABSH setting: "
     "nnUNetTrainerSKCDF_noSKCM, same numbers as Table 3 '+ DF + ABSH')", "dhc",
-    ("dice", "jaccard", "hd95", "asd"), (
-        ("D", ("54.79 ± 1.88", _NA, _NA, "14.58 ± 4.91"), OWN),
-        ("H → D", ("62.51 ± 1.01", _NA, _NA, "1.89 ± 0.76"), OWN),
-        ("D → H → H", ("60.90 ± 1.46", _NA, _NA, "2.67 ± 0.64"), OWN),
-        ("H → H → D", ("62.40 ± 0.67", _NA, _NA, "1.34 ± 0.12"), OWN),
-        ("H → D → H", ("63.57 ± 1.21", _NA, _NA, "1.26 ± 0.14"), OWN),
+    METRICS, (
+        _dice_asd("D", "54.79 ± 1.88", "14.58 ± 4.91", note=OWN),
+        _dice_asd("H → D", "62.51 ± 1.01", "1.89 ± 0.76", note=OWN),
+        _dice_asd("D → H → H", "60.90 ± 1.46", "2.67 ± 0.64", note=OWN),
+        _dice_asd("H → H → D", "62.40 ± 0.67", "1.34 ± 0.12", note=OWN),
+        _dice_asd("H → D → H", "63.57 ± 1.21", "1.26 ± 0.14", note=OWN),
     ), variants=(_NA, _NA, _NA, _NA, "nnUNetTrainerSKCDF_noSKCM"))
 
 #: ``--compare-paper`` keys (case-insensitive) -> published tables, in print order.
