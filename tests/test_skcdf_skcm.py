@@ -32,20 +32,26 @@ def _softmax_rows(a):
     return e / e.sum(dim=1, keepdim=True)
 
 
-def _head_channels(c, n, h, layout):
-    return [j * n + h for j in range(c)] if layout == "inner" else [h * c + j for j in range(c)]
-
-
-def naive_self_attention(e, att):
-    """e: (T, C) for one sample and patch; per-head channel attention."""
+def naive_self_attention(e, att, block_kind):
+    """e: (T, C) for one sample and patch; per-head channel attention with the reference's head layout (spec §1.3),
+    written out index by index: local block — head h holds the projected channels j with j mod N = h and its
+    channel c returns to index c·N + h; global block — head h holds channels h·C … h·C + C − 1 (head-major split)
+    but its channel c also returns to index c·N + h (channel-major merge)."""
     t_, c = e.shape
     n = att.num_heads
     q, k, v = e @ att.q.weight.T, e @ att.k.weight.T, e @ att.v.weight.T
     merged = torch.zeros(t_, n * c, dtype=e.dtype)
     for h in range(n):
-        idx = _head_channels(c, n, h, att.head_layout)
+        if block_kind == "local":
+            idx = [ch * n + h for ch in range(c)]
+        elif block_kind == "global":
+            idx = [h * c + ch for ch in range(c)]
+        else:
+            raise AssertionError(block_kind)
         a = _softmax_rows(_psi(q[:, idx].T @ k[:, idx]))  # C × C
-        merged[:, idx] = (a @ v[:, idx].T).T
+        o_h = (a @ v[:, idx].T).T  # T × C
+        for ch in range(c):
+            merged[:, ch * n + h] = o_h[:, ch]
     return merged @ att.out.weight.T
 
 
@@ -58,18 +64,18 @@ def naive_cross_attention(e_query, e_others, att):
     return (a @ v.T).T @ att.out.weight.T
 
 
-def _attend_all(tokens, block, mode):
+def _attend_all(tokens, block, mode, block_kind):
     """tokens: list over samples of (T, C) matrices at one patch → list of block outputs before reshaping."""
     emb = [_ln(t, block.ln_attn) for t in tokens]
     outs = []
     b = len(tokens)
     for i in range(b):
         if mode == "self":
-            a = naive_self_attention(emb[i], block.attn)
-        elif i < b // 2:
-            a = naive_cross_attention(emb[i], emb[b // 2:], block.attn)
-        else:
-            a = naive_cross_attention(emb[i], emb[: b // 2], block.attn)
+            a = naive_self_attention(emb[i], block.attn, block_kind)
+        elif i < b // 2:  # labeled query; keys/values from the detached unlabeled embeddings
+            a = naive_cross_attention(emb[i], [u.detach() for u in emb[b // 2:]], block.attn)
+        else:  # detached unlabeled query; keys/values from the labeled embeddings
+            a = naive_cross_attention(emb[i].detach(), emb[: b // 2], block.attn)
         outs.append(_ln(a + tokens[i], block.ln_ffn))
     return outs
 
@@ -78,7 +84,7 @@ def _out_conv(x, conv):
     return F.gelu(torch.einsum("oc,bczyx->bozyx", conv.weight[:, :, 0, 0, 0], x) + conv.bias[None, :, None, None, None])
 
 
-def naive_local(h, block):
+def naive_local(h, block, mode):
     """Local block on a bottleneck whose sides are multiples of P (no padding here)."""
     b, c, d, hh, w = h.shape
     p = block.patch
@@ -95,13 +101,13 @@ def naive_local(h, block):
                 voxels = h[s, ch][sl].reshape(-1)  # raster order z, y, x
                 tok[:, ch] = wt @ voxels + bias
             tokens.append(tok)
-        for s, x in enumerate(_attend_all(tokens, block, block._mode)):
+        for s, x in enumerate(_attend_all(tokens, block, mode, "local")):
             for ch in range(c):
                 out[s, ch][sl] = x[:, ch].reshape(p, p, p)
     return _out_conv(out, block.out_conv)
 
 
-def naive_global(h, block):
+def naive_global(h, block, mode):
     b, c = h.shape[:2]
     n = math.prod(h.shape[2:])
     wt = block.token_learner.weight.reshape(n, n)
@@ -111,7 +117,7 @@ def naive_global(h, block):
         for ch in range(c):
             tok[:, ch] = wt @ h[s, ch].reshape(-1) + block.token_learner.bias
         tokens.append(tok)
-    out = torch.stack([x.T.reshape(c, *h.shape[2:]) for x in _attend_all(tokens, block, block._mode)])
+    out = torch.stack([x.T.reshape(c, *h.shape[2:]) for x in _attend_all(tokens, block, mode, "global")])
     return _out_conv(out, block.out_conv)
 
 
@@ -120,9 +126,8 @@ def naive_skcm(h, skcm, mode):
     p = skcm.local_block.patch
     pads = [(-s) % p for s in h.shape[2:]]
     hp = F.pad(h, (0, pads[2], 0, pads[1], 0, pads[0]))
-    skcm.local_block._mode = skcm.global_block._mode = mode
-    x = naive_local(hp, skcm.local_block)[:, :, : h.shape[2], : h.shape[3], : h.shape[4]]
-    return naive_global(x, skcm.global_block)
+    x = naive_local(hp, skcm.local_block, mode)[:, :, : h.shape[2], : h.shape[3], : h.shape[4]]
+    return naive_global(x, skcm.global_block, mode)
 
 
 def _skcm(c, shape, seed=0, dtype=torch.float64, dropout=0.0):
@@ -179,6 +184,51 @@ def test_port_equals_naive(shape, b, mode):
         port = m(h, mode)
         ref = naive_skcm(h, m, mode)
     torch.testing.assert_close(port, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode,b", [("self", 1), ("self", 3), ("cross", 1), ("cross", 2)])
+@pytest.mark.parametrize("train", [False, True])
+def test_port_equals_naive_forward_and_gradients(mode, b, train):
+    """Train and eval mode (dropout 0, so the two must agree with the naive module), batch 1 and > 1: outputs and
+    the gradients of a random projection of them w.r.t. the input and every SKCM parameter."""
+    c, shape = 6, (2, 4, 4)
+    m = _skcm(c, shape, seed=11).train(train)
+    torch.manual_seed(12)
+    n = b if mode == "self" else 2 * b
+    h = torch.randn(n, c, *shape, dtype=torch.float64)
+    w = torch.randn(n, c, *shape, dtype=torch.float64)
+    params = [p for p in m.parameters()]
+
+    def grads(fn):
+        x = h.clone().requires_grad_(True)
+        out = fn(x)
+        g = torch.autograd.grad((out * w).sum(), [x] + params, allow_unused=True)
+        return out.detach(), [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, [x] + params)]
+
+    port, g_port = grads(lambda x: m(x, mode))
+    ref, g_ref = grads(lambda x: naive_skcm(x, m, mode))
+    torch.testing.assert_close(port, ref, atol=1e-9, rtol=1e-7)
+    for (name, _), gp, gr in zip([("input", None)] + list(m.named_parameters()), g_port, g_ref):
+        torch.testing.assert_close(gp, gr, atol=1e-9, rtol=1e-7, msg=lambda msg: f"gradient of {name}: {msg}")
+
+
+def test_global_self_mode_merges_heads_channel_major():
+    """The global block's self mode is not the head-major merge that a consistent multi-head layout would give:
+    with identical weights the two differ clearly (the reference's module is the channel-major one)."""
+    c, shape = 6, (2, 4, 4)
+    m = _skcm(c, shape, seed=13).eval()
+    h = torch.randn(2, c, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        reference_layout = m(h, "self")
+        m.global_block.attn.head_merge = "outer"
+        head_major = m(h, "self")
+        cross_unchanged = m(torch.cat((h, h)), "cross")
+        m.global_block.attn.head_merge = "inner"
+        torch.testing.assert_close(cross_unchanged, m(torch.cat((h, h)), "cross"), atol=0, rtol=0)
+    rel = (reference_layout - head_major).norm() / reference_layout.norm()
+    assert rel > 0.05, rel
+    assert m.global_block.attn.head_split == "outer" and m.global_block.attn.head_merge == "inner"
+    assert m.local_block.attn.head_split == "inner" and m.local_block.attn.head_merge == "inner"
 
 
 # ----------------------------------------------------------------------------------------- property 3
@@ -251,9 +301,8 @@ def test_odd_sides_equal_naive_on_zero_padded_input():
         h = torch.randn(2, c, *shape, dtype=torch.float64)
         padded = F.pad(h, (0, shape[2] % 2, 0, shape[1] % 2, 0, shape[0] % 2))
         for mode in ("self", "cross"):
-            block._mode = mode
             with torch.no_grad():
-                ref = naive_local(padded, block)[:, :, : shape[0], : shape[1], : shape[2]]
+                ref = naive_local(padded, block, mode)[:, :, : shape[0], : shape[1], : shape[2]]
                 torch.testing.assert_close(block(h, mode), ref, atol=1e-5, rtol=1e-5)
 
 

@@ -48,8 +48,11 @@ class ChannelAttention(nn.Module):
 
     q, k, v = e·W (Linear C → C' = N·C, no bias); W_out: Linear C' → C, no bias.
     - self mode: per sample, patch and head h: A_h = softmax(ψ(Q_hᵀ K_h)) (C × C), O_h = A_h V_hᵀ; heads are
-      re-concatenated to C'. ``head_layout`` "inner": channel j of C' belongs to head j mod N (local block of the
-      reference), "outer": head j // C (global block).
+      re-concatenated to C' before W_out. ``head_split``: which channels j of C' form head h — "inner": j mod N = h
+      (local block of the reference), "outer": j // C = h (global block). ``head_merge``: where channel c of head h
+      goes back in C' — "inner": index c·N + h (both blocks of the reference), "outer": index h·C + c. The
+      reference's global block splits head-major but merges channel-major; since W_out is shared with cross mode
+      (no head split), that is a different function from a consistent layout, not a relabelling of weights.
     - cross mode (batch = [labeled; unlabeled], equal halves): no head split; a labeled sample's queries attend to
       keys/values of *all* unlabeled samples at the same patch (concatenated along channels, sample-major), computed
       from the **detached** unlabeled embeddings; an unlabeled sample's (detached) queries attend to all labeled
@@ -58,12 +61,14 @@ class ChannelAttention(nn.Module):
     ``proj_dropout_in_self``).
     """
 
-    def __init__(self, channels: int, num_heads: int = 2, dropout: float = 0.1, head_layout: str = "inner",
-                 proj_dropout_in_self: bool = True):
+    def __init__(self, channels: int, num_heads: int = 2, dropout: float = 0.1, head_split: str = "inner",
+                 head_merge: str = "inner", proj_dropout_in_self: bool = True):
         super().__init__()
-        if head_layout not in ("inner", "outer"):
-            raise ValueError(f"head_layout must be 'inner' or 'outer', got {head_layout!r}")
-        self.channels, self.num_heads, self.head_layout = channels, num_heads, head_layout
+        for name, layout in (("head_split", head_split), ("head_merge", head_merge)):
+            if layout not in ("inner", "outer"):
+                raise ValueError(f"{name} must be 'inner' or 'outer', got {layout!r}")
+        self.channels, self.num_heads = channels, num_heads
+        self.head_split, self.head_merge = head_split, head_merge
         inner = num_heads * channels
         self.q = nn.Linear(channels, inner, bias=False)
         self.k = nn.Linear(channels, inner, bias=False)
@@ -76,13 +81,13 @@ class ChannelAttention(nn.Module):
     # heads: (B, Np, T, C') <-> (B, Np, N, T, C)
     def _split(self, x):
         b, n, t, _ = x.shape
-        if self.head_layout == "inner":
+        if self.head_split == "inner":
             return x.view(b, n, t, self.channels, self.num_heads).permute(0, 1, 4, 2, 3)
         return x.view(b, n, t, self.num_heads, self.channels).permute(0, 1, 3, 2, 4)
 
     def _merge(self, x):
         b, n, h, t, c = x.shape
-        if self.head_layout == "inner":
+        if self.head_merge == "inner":
             return x.permute(0, 1, 3, 4, 2).reshape(b, n, t, c * h)
         return x.permute(0, 1, 3, 2, 4).reshape(b, n, t, h * c)
 
@@ -122,10 +127,10 @@ class ChannelAttention(nn.Module):
 class _SKCMBlock(nn.Module):
     """Shared skeleton: tokens t → r = t → e = LN_attn(t) → a = Attn(e) → LN_ffn(a + r) → GELU(Conv1×1)."""
 
-    def __init__(self, channels, num_heads, dropout, head_layout, proj_dropout_in_self):
+    def __init__(self, channels, num_heads, dropout, head_split, head_merge, proj_dropout_in_self):
         super().__init__()
         self.ln_attn = nn.LayerNorm(channels, eps=LN_EPS)
-        self.attn = ChannelAttention(channels, num_heads, dropout, head_layout, proj_dropout_in_self)
+        self.attn = ChannelAttention(channels, num_heads, dropout, head_split, head_merge, proj_dropout_in_self)
         self.ln_ffn = nn.LayerNorm(channels, eps=LN_EPS)
         self.out_conv = nn.Conv3d(channels, channels, 1, bias=True)
 
@@ -142,7 +147,8 @@ class LocalSKCMBlock(_SKCMBlock):
     """
 
     def __init__(self, channels: int, patch: int = 2, num_heads: int = 2, dropout: float = 0.1):
-        super().__init__(channels, num_heads, dropout, "inner", proj_dropout_in_self=False)
+        super().__init__(channels, num_heads, dropout, head_split="inner", head_merge="inner",
+                         proj_dropout_in_self=False)
         self.patch = patch
         self.token_learner = nn.Conv3d(1, patch ** 3, kernel_size=patch, stride=patch, bias=True)
 
@@ -167,7 +173,9 @@ class GlobalSKCMBlock(_SKCMBlock):
     (D, H, W))) whose outputs are the |S| spatial positions; one attention over the whole bottleneck per sample."""
 
     def __init__(self, channels: int, spatial_shape: Sequence[int], num_heads: int = 2, dropout: float = 0.1):
-        super().__init__(channels, num_heads, dropout, "outer", proj_dropout_in_self=True)
+        # the reference's layout: heads split head-major (j // C) but merged channel-major (c·N + h)
+        super().__init__(channels, num_heads, dropout, head_split="outer", head_merge="inner",
+                         proj_dropout_in_self=True)
         self.spatial_shape = tuple(int(s) for s in spatial_shape)
         n = int(np.prod(self.spatial_shape))
         self.token_learner = nn.Conv3d(1, n, kernel_size=self.spatial_shape, stride=self.spatial_shape, bias=True)
