@@ -13,7 +13,7 @@ from conftest import DATASET_ID, run_cli
 
 from nnunetv2_semisup.training import cml as cml_module
 from nnunetv2_semisup.training.cml_variants import (nnUNetTrainerCML, nnUNetTrainerCML_hetero,
-                                                    nnUNetTrainerCML_paper)
+                                                    nnUNetTrainerCML_identical, nnUNetTrainerCML_paper)
 from nnunetv2_semisup.training.cml import pretrain_epochs_for
 from nnunetv2_semisup.training.cutmix import ds_targets
 
@@ -42,16 +42,20 @@ def test_subnets_independent_and_hetero_shapes(planned_dataset):
     t = make_trainer()
     args = (t.plans_manager, t.configuration_manager, 1, t.label_manager.num_segmentation_heads, True)
     torch.manual_seed(0)
-    dual = nnUNetTrainerCML.build_network_architecture(*args)
+    dual = nnUNetTrainerCML_identical.build_network_architecture(*args)
     p1, p2 = dict(dual.net1.named_parameters()), dict(dual.net2.named_parameters())
     assert p1.keys() == p2.keys()
     assert not {p.data_ptr() for p in p1.values()} & {p.data_ptr() for p in p2.values()}
     conv_weights = [k for k in p1 if k.endswith("weight") and p1[k].ndim == 5]
     assert conv_weights and all(not torch.equal(p1[k], p2[k]) for k in conv_weights)
 
+    assert all(any(isinstance(m, torch.nn.ConvTranspose3d) for m in net.modules()) for net in (dual.net1, dual.net2))
     hetero = nnUNetTrainerCML_hetero.build_network_architecture(*args)
-    assert any(isinstance(m, torch.nn.ConvTranspose3d) for m in hetero.net1.modules())
-    assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in hetero.net2.modules())
+    default = nnUNetTrainerCML.build_network_architecture(*args)
+    for net in (hetero, default):  # the default is the reference's heterogeneous pair
+        assert any(isinstance(m, torch.nn.ConvTranspose3d) for m in net.net1.modules())
+        assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in net.net2.modules())
+    assert default.state_dict().keys() == hetero.state_dict().keys()
     x = torch.randn((1, 1) + tuple(t.configuration_manager.patch_size))
     with torch.no_grad():
         o1, o2, f1, f2 = hetero(x, return_all=True)
@@ -264,13 +268,16 @@ def test_resume_with_c_and_stock_predict(cml_run, tmp_path):
 
 def test_variant_attributes(planned_dataset):
     expected = {  # (λ1, λ2, l_w, β, pretrain fraction, hetero, lcc, batch override)
-        "nnUNetTrainerCML": (1.0, 0.2, 1.0, 2 / 3, 0.12, False, True, None),
+        "nnUNetTrainerCML": (1.0, 0.2, 1.0, 2 / 3, 0.12, True, True, None),
+        "nnUNetTrainerCML_identical": (1.0, 0.2, 1.0, 2 / 3, 0.12, False, True, None),
         "nnUNetTrainerCML_hetero": (1.0, 0.2, 1.0, 2 / 3, 0.12, True, True, None),
-        "nnUNetTrainerCML_noDis": (1.0, 0.0, 1.0, 2 / 3, 0.12, False, True, None),
-        "nnUNetTrainerCML_noUnsup": (0.0, 0.2, 1.0, 2 / 3, 0.12, False, True, None),
-        "nnUNetTrainerCML_supOnly": (0.0, 0.0, 1.0, 2 / 3, 0.12, False, True, None),
-        "nnUNetTrainerCML_paper": (1.0, 0.2, 1.0, 2 / 3, 0.12, False, True, 4),
+        "nnUNetTrainerCML_noDis": (1.0, 0.0, 1.0, 2 / 3, 0.12, True, True, None),
+        "nnUNetTrainerCML_noUnsup": (0.0, 0.2, 1.0, 2 / 3, 0.12, True, True, None),
+        "nnUNetTrainerCML_supOnly": (0.0, 0.0, 1.0, 2 / 3, 0.12, True, True, None),
+        "nnUNetTrainerCML_paper": (1.0, 0.2, 1.0, 2 / 3, 0.12, True, True, 4),
+        "nnUNetTrainerCML_short": (1.0, 0.2, 1.0, 2 / 3, 0.34, True, True, None),
         "nnUNetTrainerCML_hetero_short": (1.0, 0.2, 1.0, 2 / 3, 0.34, True, True, None),
+        "nnUNetTrainerCML_identical_short": (1.0, 0.2, 1.0, 2 / 3, 0.34, False, True, None),
     }
     for name, values in expected.items():
         t = make_trainer(name)
@@ -281,3 +288,16 @@ def test_variant_attributes(planned_dataset):
         assert t.uses_unlabeled() == (name != "nnUNetTrainerCML_supOnly")
     default = make_trainer("nnUNetTrainerCML")
     assert (default.cml_grad_clip, default.initial_lr, default.weight_decay) == (12.0, 1e-2, 3e-5)
+
+
+def test_2d_configuration_gets_the_papers_acdc_recipe(planned_dataset):
+    """Paper: ACDC (2D) λ1 = 0.5, λ2 = 0.1, β = 1/2; LA/BraTS (3D) 1, 0.2, 2/3. The configuration decides; a
+    variant's own values still win (they are set after the base __init__)."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+    for name, expected in (("nnUNetTrainerCML", (0.5, 0.1, 1 / 2)), ("nnUNetTrainerCML_noDis", (0.5, 0.0, 1 / 2)),
+                           ("nnUNetTrainerCML_supOnly", (0.0, 0.0, 1 / 2))):
+        t = get_trainer_from_args(str(DATASET_ID), "2d", "all", name, device=torch.device("cpu"))
+        assert len(t.configuration_manager.patch_size) == 2
+        assert (t.cml_lambda1, t.cml_lambda2, t.cml_beta) == expected, name
+    t3 = make_trainer("nnUNetTrainerCML")
+    assert (t3.cml_lambda1, t3.cml_lambda2, t3.cml_beta) == (1.0, 0.2, 2 / 3)

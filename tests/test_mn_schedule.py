@@ -6,8 +6,10 @@ import pytest
 
 from nnunetv2_semisup.training.mn_schedule import (TRAIN_2D, TRAIN_3D, WARMUP, MNEpochPlan, ModelLRScheduler,
                                                    PolySchedule, ReferenceCompositeSchedule, WarmupCosineSchedule,
-                                                   batch_composition, due_pseudo_label_refreshes, lr_warmup_epochs,
-                                                   lrg_linear, lrg_paper, lrg_uniform, warmup_stage_epochs)
+                                                   cotraining_lr_peak, due_pseudo_label_refreshes,
+                                                   epoch_composition, iteration_unlabeled, lr_warmup_epochs,
+                                                   lrg_linear, lrg_paper, lrg_ratio, lrg_uniform, unlabeled_share,
+                                                   warmup_stage_epochs)
 
 
 def first_epochs(values, offset=0):
@@ -40,38 +42,66 @@ def test_linear_lrg():  # property 3
     assert 5 not in b_u
 
 
-@pytest.mark.parametrize("B,T", [(5, 563), (2, 1000), (3, 77)])
-def test_port_default_poly_lrg(B, T):  # property 4
+def test_port_default_lrg_from_the_cotraining_start():  # property 4, corrected (docs/mn.md)
+    """3D poly schedule at E = 1000 (W = 67, T = 534): r = (η(W) − η(e))/η(W) = 1 − ((1 − e/T)/(1 − W/T))^0.9, so
+    the share ⌊5r⌋/5 first reaches k/5 at e = T − (T − W)·(1 − k/5)^(1/0.9) (derived by hand from the formula)."""
+    W, T = 67, 534
     s = PolySchedule(0.01, T)
-    for e in range(T):
-        b_u = lrg_paper(B, s(e), s.initial_lr, s.final_lr)
-        assert b_u == math.floor(B * (1 - (1 - e / T) ** 0.9) + 1e-12)
-        assert B - b_u >= 1
-    if B == 5:
-        firsts = first_epochs([lrg_paper(5, s(e), 0.01) for e in range(T)])
-        for k, frac in zip((1, 2, 3, 4), (0.2196, 0.4331, 0.6387, 0.8327)):
-            assert abs(firsts[k] - frac * T) <= 1 + 1e-9, (k, firsts[k], frac * T)
+    peak = cotraining_lr_peak(s, W, T)
+    assert peak == (W, pytest.approx(0.01 * (1 - W / T) ** 0.9))
+    shares = [unlabeled_share(lrg_ratio("paper", e, W, T, lr=s(e), peak_epoch=peak[0], peak_lr=peak[1]), 5)
+              for e in range(W, T)]
+    assert shares[0] == 0 and max(shares) == pytest.approx(0.8)
+    assert all(a <= b for a, b in zip(shares, shares[1:]))
+    firsts = first_epochs([round(5 * x) for x in shares], offset=W)
+    for k in (1, 2, 3, 4):
+        expected = T - (T - W) * (1 - k / 5) ** (1 / 0.9)
+        assert abs(firsts[k] - expected) <= 1, (k, firsts[k], expected)
+
+
+def test_lrg_measured_from_the_peak_after_an_lr_warmup():
+    """Co-training that starts inside a model's LR warm-up (W = 0): r = 0 until the LR peak, then the decay."""
+    s = WarmupCosineSchedule(1e-3, 100, 10)
+    peak = cotraining_lr_peak(s, 0, 100)
+    assert peak == (10, pytest.approx(1e-3))
+    rs = [lrg_ratio("paper", e, 0, 100, lr=s(e), peak_epoch=peak[0], peak_lr=peak[1]) for e in range(100)]
+    assert rs[:11] == [0.0] * 11 and rs[55] == pytest.approx(0.5) and 0.99 < rs[99] < 1
+    # eq. 10 with the restart schedule starts at 0 by itself: the peak is η₀ at the restart
+    ref = ReferenceCompositeSchedule(1.0, 4000, 50, 500)
+    assert cotraining_lr_peak(ref, 500, 4000) == (500, 1.0)
+
+
+def test_share_composition_and_iterations():
+    """The share is realised at any B with B patches per iteration: over n iterations ⌊n·s·B⌋ unlabeled, each
+    iteration ⌊s·B⌋ or ⌈s·B⌉; the loaders deliver (B − ⌊s·B⌋, ⌈s·B⌉)."""
+    assert unlabeled_share(0.999999, 5) == pytest.approx(0.8) and unlabeled_share(0.5, 5) == pytest.approx(0.4)
+    assert unlabeled_share(0.19, 5) == 0 and unlabeled_share(1.0, 5) == 1
+    for B in (1, 2, 3, 5, 8):
+        for k in range(6):
+            s = k / 5
+            per_it = [iteration_unlabeled(i, s, B) for i in range(250)]
+            assert sum(per_it) == math.floor(250 * s * B + 1e-9)
+            assert set(per_it) <= {math.floor(s * B + 1e-9), math.ceil(s * B - 1e-9)}
+            b_l, b_u = epoch_composition(s, B)
+            assert b_u == max(per_it) and all(B - u <= b_l for u in per_it)
+            if (s * B) % 1 == 0:
+                assert (b_l, b_u) == (B - round(s * B), round(s * B))  # e.g. B = 5: exactly the paper's batch
 
 
 @pytest.mark.parametrize("mode", ["paper", "linear"])
-def test_composition_sums_to_B_and_warmup_is_labeled_only(mode):  # property 5
-    E, B = 1000, 5
+def test_ratio_in_unit_interval_and_zero_at_cotraining_start(mode):  # property 5
+    E = 1000
     plan = MNEpochPlan(E, warmup_stage_epochs(E))
-    sched = {TRAIN_3D: PolySchedule(0.01, plan.T_3d),
-             TRAIN_2D: WarmupCosineSchedule(1e-3, plan.T_2d, lr_warmup_epochs(plan.T_2d, 50 / 4000))}
-    for e in range(E):
-        phase = plan.phase(e)
-        m = TRAIN_3D if phase == WARMUP else phase
-        own = plan.own_epoch(e, m)
-        b_l, b_u = batch_composition(mode, B, phase, lr=sched[m](own), initial_lr=sched[m].initial_lr,
-                                     own_epoch=own, warmup_epochs=plan.warmup_epochs,
-                                     total=plan.schedule_length(m))
-        assert b_l + b_u == B and b_l >= 1
-        if e < plan.warmup_epochs:
-            assert b_u == 0
+    for m, sched in ((TRAIN_3D, PolySchedule(0.01, plan.T_3d)),
+                     (TRAIN_2D, WarmupCosineSchedule(1e-3, plan.T_2d, lr_warmup_epochs(plan.T_2d, 50 / 4000)))):
+        T = plan.schedule_length(m)
+        peak = cotraining_lr_peak(sched, plan.warmup_epochs, T)
+        rs = [lrg_ratio(mode, e, plan.warmup_epochs, T, lr=sched(e), peak_epoch=peak[0], peak_lr=peak[1])
+              for e in range(plan.warmup_epochs, T)]
+        assert rs[0] == 0 and all(0 <= r < 1 for r in rs) and all(a <= b for a, b in zip(rs, rs[1:]))
     # uniform mode keeps every draw in [0, B] (b_l = B − b_u); warm-up is handled before drawing
     rng = np.random.default_rng(0)
-    assert all(0 <= lrg_uniform(rng, B, 4, 6) <= B for _ in range(100))
+    assert all(0 <= lrg_uniform(rng, 5, 4, 6) <= 5 for _ in range(100))
 
 
 def test_uniform_mean():  # property 6
@@ -89,17 +119,29 @@ class _Opt:
         self.param_groups = [{"lr": 0.0}]
 
 
+def test_warmup_is_the_papers_share_of_each_models_schedule():  # §3.3 correction
+    """Paper: 500 of each model's 4000 epochs (12.5 %) are supervised; the default W gives each model that share."""
+    for E in (100, 250, 1000, 3000, 7500):
+        plan = MNEpochPlan(E, warmup_stage_epochs(E, 0.125))
+        for T in (plan.T_3d, plan.T_2d):
+            assert abs(plan.warmup_epochs / T - 0.125) <= 1 / T
+    assert warmup_stage_epochs(1000, 0.125) == 67  # 1000/15
+    fixed = MNEpochPlan(1000, warmup_stage_epochs(1000, 0.125, cotraining=False), cotraining=False)
+    assert fixed.warmup_epochs == 125 and fixed.T_3d == 1000  # the 3D model trains every epoch: W = f·E
+    assert warmup_stage_epochs(1000, 0.125, absolute=500) == 500 and warmup_stage_epochs(6, 0.125) == 1
+
+
 def test_epoch_bookkeeping_E1000():  # property 7
     plan = MNEpochPlan(1000, warmup_stage_epochs(1000))
-    assert plan.warmup_epochs == 125 and plan.T_3d == 563 and plan.T_2d == 562
-    assert plan.phase(124) == WARMUP and plan.phase(125) == TRAIN_3D and plan.phase(126) == TRAIN_2D  # j = 1, 2
+    assert plan.warmup_epochs == 67 and plan.T_3d == 534 and plan.T_2d == 533
+    assert plan.phase(66) == WARMUP and plan.phase(67) == TRAIN_3D and plan.phase(68) == TRAIN_2D  # j = 1, 2
     steps = {}
     for m, T in ((TRAIN_3D, plan.T_3d), (TRAIN_2D, plan.T_2d)):
         sch = ModelLRScheduler(_Opt(), PolySchedule(1.0, T), plan, m)
         own = [sch.last_own_epoch for e in range(1000) if sch.step(e)]
         assert sch.num_steps == T and own == list(range(T))  # each own epoch exactly once, in order
         steps[m] = sch.num_steps
-    assert steps == {TRAIN_3D: 563, TRAIN_2D: 562}
+    assert steps == {TRAIN_3D: 534, TRAIN_2D: 533}
     fixed = MNEpochPlan(1000, 125, cotraining=False)
     assert fixed.T_3d == 1000 and fixed.T_2d == 125
     sch = ModelLRScheduler(_Opt(), PolySchedule(1.0, 125), fixed, TRAIN_2D)
@@ -137,3 +179,16 @@ def test_pseudo_label_refresh_points():  # property 22 (schedule part)
         own = plan.own_epoch(e, TRAIN_3D)
         assert own == expected_own[due[0]]  # the first 3D epoch with own counter ≥ ⌈f·T_3D⌉
     assert [d for _, ds in served for d in ds] == ["warmup", *fractions]  # exactly once each
+
+
+def test_default_refresh_points_follow_the_papers_proportions():
+    """E = 1000 default: warm-up refresh at W = 67, then at own 3D epochs ⌈f·534⌉ = 134, 201, 267, 401 — as the
+    reference's 500 → 1000, 1500, 2000, 3000 of 4000 (the first fraction 67 own epochs after the warm-up one)."""
+    plan = MNEpochPlan(1000, warmup_stage_epochs(1000))
+    done, served = set(), []
+    for e in range(1000):
+        due = due_pseudo_label_refreshes(e, plan, (0.25, 0.375, 0.5, 0.75), done)
+        if due:
+            served.append((plan.own_epoch(e, TRAIN_3D), tuple(due)))
+            done.update(due)
+    assert served == [(67, ("warmup",)), (134, (0.25,)), (201, (0.375,)), (267, (0.5,)), (401, (0.75,))]

@@ -48,8 +48,7 @@ def test_output_shapes_and_head(tiny_segformer):  # property 15
         assert m2(torch.randn(2, 2, 32, 32)).shape == (2, C, 32, 32)
     assert m.adapter is None and isinstance(m2.adapter, nn.Sequential)
     assert [type(x) for x in m2.adapter] == [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.ReLU, nn.Conv2d]
-    assert (m2.adapter[0].weight == 1).all() and (m2.adapter[2].weight == 1 / 16).all()
-    assert (m2.adapter[4].weight == 1 / 16).all() and m2.adapter[4].out_channels == 3
+    assert m2.adapter[0].out_channels == m2.adapter[2].out_channels == 16 and m2.adapter[4].out_channels == 3
     h = m.head
     assert isinstance(h, nn.ConvTranspose2d)
     assert (h.in_channels, h.out_channels, h.kernel_size, h.stride, h.padding) == (HIDDEN + 3, C, (4, 4), (4, 4),
@@ -83,6 +82,83 @@ def test_trainable_parameter_sets(tiny_segformer):  # property 16
     assert dec_trainable == {n for n in dec_names if not n.startswith("segformer.segformer.")}
     assert any(n.startswith("segformer.decode_head.") for n in dec_trainable)
     assert any(n.startswith("head.") for n in dec_trainable)
+
+
+    frozen = build("freeze", in_channels=2)
+    assert {n for n, p in frozen.named_parameters() if p.requires_grad} == \
+        {n for n, _ in frozen.named_parameters() if n.startswith("head.") or n.startswith("adapter.")}
+
+
+def test_scratch_builds_the_config_with_random_weights(tiny_segformer):
+    """``pretrained=False``: same architecture as the checkpoint, none of its weights (explicit, never a fallback)."""
+    pre = build("whole")
+    torch.manual_seed(1)  # the tiny checkpoint itself was drawn with seed 0 (build()'s seed)
+    scratch = build_segformer_2d(segformer_checkpoint_from_env(), 1, C, "whole", log=lambda *_: None,
+                                 pretrained=False)
+    a, b = pre.hf_model().state_dict(), scratch.hf_model().state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    w = "segformer.stages.0.patch_embeddings.proj.weight"
+    assert not torch.equal(a[w], b[w])
+    with pytest.raises(SegFormerWeightsError, match=SEGFORMER_ENV):
+        build_segformer_2d("/nonexistent/segformer", 1, C, "whole", log=lambda *_: None, pretrained=False)
+
+
+@pytest.mark.parametrize("in_channels", [2, 3, 5])
+def test_adapter_passes_every_channel_at_initialisation(tiny_segformer, in_channels):
+    """Issue 12 §4: at initialisation the adapter computes RGB = A·x with colour k = mean of the channels i ≡ k
+    (mod 3) (colours without a channel: mean of all), written out here per case; every channel changes the image."""
+    m = build(in_channels=in_channels)
+    x = torch.rand(2, in_channels, 12, 8)  # [0, 1], as after the patch mapping
+    rgb = m.adapter(x)
+    if in_channels == 2:
+        expected = torch.stack((x[:, 0], x[:, 1], x.mean(1)), 1)
+    elif in_channels == 3:
+        expected = x
+    else:  # 5 channels: R = mean(0, 3), G = mean(1, 4), B = 2
+        expected = torch.stack(((x[:, 0] + x[:, 3]) / 2, (x[:, 1] + x[:, 4]) / 2, x[:, 2]), 1)
+    torch.testing.assert_close(rgb, expected, atol=1e-6, rtol=1e-6)
+    for c in range(in_channels):
+        y = x.clone()
+        y[:, c] = torch.rand_like(y[:, c])
+        assert (m.adapter(y) - rgb).abs().amax() > 1e-3, c
+    # every hidden unit carries a channel (no dead unit at the start)
+    assert ((m.adapter[1](m.adapter[0](x)) > 0).flatten(2).any(-1)).all()
+
+
+def test_patch_mapping_to_unit_range():
+    """Each (sample, channel) of a 3D patch: 0.5th/99.5th percentiles → 0/1, clipped, one mapping per patch (all
+    slices share it); a constant channel maps to 0; z-scored signed input is no longer cut by the adapter's ReLU."""
+    from nnunetv2_semisup.networks.segformer2d import patch_to_unit_range
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 6, 10, 10)
+    x[1, 0] = x[1, 0] * 10 + 100
+    x[1, 1] = 3.0
+    y = patch_to_unit_range(x)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    for n in range(2):
+        for c in range(2):
+            flat = x[n, c].flatten()
+            if flat.std() == 0:
+                assert (y[n, c] == 0).all()
+                continue
+            lo, hi = torch.quantile(flat, 0.005), torch.quantile(flat, 0.995)
+            torch.testing.assert_close(y[n, c], ((x[n, c] - lo) / (hi - lo)).clamp(0, 1), atol=1e-5, rtol=1e-5)
+    # the old path: ReLU(Σ of two z-scored channels) is zero for about half the pixels; after the mapping none is
+    z = torch.randn(1, 2, 4, 32, 32)
+    assert (torch.relu(z.sum(1)) == 0).float().mean() > 0.4
+    assert (patch_to_unit_range(z).sum(1) == 0).float().mean() < 0.01
+
+
+def test_imagenet_normalisation_of_the_rgb_input(tiny_segformer):
+    """``imagenet_normalization``: the [0, 1] RGB image is normalised with SegformerImageProcessor's ImageNet
+    mean/std — (x − mean)/std per colour — before the SegFormer; the buffers are not checkpoint keys."""
+    m = build(imagenet_normalization=True)
+    plain = build()
+    x = torch.rand(2, 1, 16, 16)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(m.pixel_values(x), (x.repeat(1, 3, 1, 1) - mean[:, None, None]) / std[:, None, None])
+    torch.testing.assert_close(plain.pixel_values(x), x.repeat(1, 3, 1, 1))
+    assert m.state_dict().keys() == plain.state_dict().keys()
 
 
 def test_lora_initially_equals_unwrapped(tiny_segformer):  # property 17

@@ -11,7 +11,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from nnunetv2_semisup.networks.segformer2d import SEGFORMER_ENV, save_tiny_segformer
-from nnunetv2_semisup.training.mn_schedule import TRAIN_2D, TRAIN_3D, WARMUP
+from nnunetv2_semisup.training.mn_schedule import TRAIN_2D, TRAIN_3D, WARMUP, epoch_composition, iteration_unlabeled
 from nnunetv2_semisup.training.semisup_base import unwrap
 
 
@@ -79,7 +79,7 @@ def assert_unchanged_without_grad(module, before):
 
 
 def test_setup(trainer):
-    assert trainer.mn_plan.warmup_epochs == 125 and trainer.mn_plan.T_3d == 563 and trainer.mn_plan.T_2d == 562
+    assert trainer.mn_plan.warmup_epochs == 67 and trainer.mn_plan.T_3d == 534 and trainer.mn_plan.T_2d == 533
     assert trainer.network_2d.model.segformer.__class__.__name__ == "PeftModel"
     assert set(trainer.extra_checkpoint_objects) >= {"mn_segformer_state", "mn_segformer_optimizer_state"}
     assert isinstance(trainer.optimizer, torch.optim.SGD) and isinstance(trainer.optimizer_2d, torch.optim.AdamW)
@@ -168,7 +168,8 @@ def test_region_or_ignore_label_rejected(mn_env, kind):  # property 26
         t.initialize()
 
 
-@pytest.mark.parametrize("variant", ["nnUNetTrainerMN_whole", "nnUNetTrainerMN_decoder", "nnUNetTrainerMN_lrglinear",
+@pytest.mark.parametrize("variant", ["nnUNetTrainerMN_whole", "nnUNetTrainerMN_decoder", "nnUNetTrainerMN_freeze",
+                                     "nnUNetTrainerMN_scratch", "nnUNetTrainerMN_lrglinear",
                                      "nnUNetTrainerMN_uniform", "nnUNetTrainerMN_fixedpseudo", "nnUNetTrainerMN_paper",
                                      "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_short"])
 def test_variants(mn_env, variant):  # spec §4, found by name through nnU-Net's own trainer lookup
@@ -178,8 +179,13 @@ def test_variants(mn_env, variant):  # spec §4, found by name through nnU-Net's
     t.initialize()
     seg = t.network_2d.model
     n_trainable = sum(p.requires_grad for p in seg.parameters())
-    if variant.endswith("_whole"):
+    if variant.endswith("_whole") or variant.endswith("_scratch"):
         assert t.mn_2d_finetune == "whole" and all(p.requires_grad for p in seg.parameters())
+        assert t.mn_2d_pretrained == (not variant.endswith("_scratch"))
+    elif variant.endswith("_freeze"):
+        assert t.mn_2d_finetune == "freeze"
+        assert {n.split(".")[0] for n, p in seg.named_parameters() if p.requires_grad} == {"head"}
+        assert not any(p.requires_grad for p in seg.hf_model().parameters())
     elif variant.endswith("_decoder"):
         assert t.mn_2d_finetune == "decoder"
         assert not any(p.requires_grad for p in seg.hf_model().segformer.parameters())
@@ -194,7 +200,7 @@ def test_variants(mn_env, variant):  # spec §4, found by name through nnU-Net's
         t._labeled_stream = type("S", (), {"dataset": type("D", (), {"identifiers": ["a"] * 4})})()
         t._unlabeled_stream = type("S", (), {"dataset": type("D", (), {"identifiers": ["b"] * 6})})()
         t.train_step(fake_batch(t, b_l=2, b_u=2, seed=6))
-        assert len(t._mn_uniform_draws) == 1 and 0 <= t._mn_uniform_draws[0] <= 2
+        assert len(t._mn_batch_unlabeled) == 1 and 0 <= t._mn_batch_unlabeled[0] <= 2
     if variant.endswith("_fixedpseudo"):
         assert not t.mn_cotraining and t.mn_plan.T_3d == 1000 and t.mn_plan.T_2d == 125
         assert {t.mn_plan.phase(e) for e in range(125, 1000)} == {TRAIN_3D}
@@ -210,6 +216,7 @@ def test_variants(mn_env, variant):  # spec §4, found by name through nnU-Net's
         assert t.mn_3d_grad_clip is None and t.mn_2d_grad_clip is None
         assert t.oversample_foreground_percent == 0.5 and t.unlabeled_oversample_foreground_percent == 0.5
         assert [math.ceil(f * t.mn_plan.T_3d) for f in t.mn_pseudo_refresh_fractions] == [1000, 1500, 2000, 3000]
+        assert t.mn_2d_input_mapping == "unit" and t.lrg_batch_size == t.batch_size == 5
         assert t.mn_lrg_mode == ("linear" if variant.endswith("_lrglinear") else "paper")
     if variant.endswith("_short"):
         assert t.mn_2d_chunk_size == 16 and t.save_every == 1
@@ -244,7 +251,84 @@ def test_lrg_reads_the_learning_rate_of_the_model_being_trained(trainer):
         t.current_epoch, t.mn_phase = e2, TRAIN_2D
         assert t.get_batch_composition() == (B, 0)
         t.current_epoch, t.mn_phase = e2 + 1, TRAIN_3D
-        assert t.mn_plan.phase(e2 + 1) == TRAIN_3D and t.get_batch_composition() == (1, B - 1)
+        assert t.mn_plan.phase(e2 + 1) == TRAIN_3D
+        assert t.get_batch_composition() == epoch_composition(0.8, B) and t.mn_unlabeled_share == pytest.approx(0.8)
     finally:
         t.current_epoch, t.mn_phase = saved[0], saved[1]
         t.optimizer.param_groups[0]["lr"], t.optimizer_2d.param_groups[0]["lr"] = saved[2], saved[3]
+
+
+def epoch_profile(t, B, iterations=250):
+    """Walk a whole default run (E = 1000) as nnU-Net does at each epoch start (3D and 2D schedulers step, then
+    the composition is chosen) and return per global epoch (trained model, own epoch, mean b_l, mean b_u) over
+    ``iterations`` iterations of B patches."""
+    saved = (t.current_epoch, t.mn_phase, t.batch_size, t.optimizer.param_groups[0]["lr"],
+             t.optimizer_2d.param_groups[0]["lr"], t.lr_scheduler.state_dict(), t.mn_scheduler_2d.state_dict())
+    rows = []
+    try:
+        t.batch_size = B
+        for e in range(t.num_epochs):
+            t.current_epoch, t.mn_phase = e, t.mn_plan.phase(e)
+            t.lr_scheduler.step(e)
+            t.mn_scheduler_2d.step(e)
+            b_l_max, b_u_max = t.get_batch_composition()
+            per_it = [iteration_unlabeled(i, t.mn_unlabeled_share, B) for i in range(iterations)]
+            assert max(per_it) <= b_u_max and all(B - u <= b_l_max for u in per_it)
+            model = TRAIN_3D if t.mn_phase == WARMUP else t.mn_phase
+            b_u = float(np.mean(per_it))
+            rows.append((t.mn_phase, t.mn_plan.own_epoch(e, model), B - b_u, b_u))
+    finally:
+        t.current_epoch, t.mn_phase, t.batch_size = saved[:3]
+        t.optimizer.param_groups[0]["lr"], t.optimizer_2d.param_groups[0]["lr"] = saved[3], saved[4]
+        t.lr_scheduler.load_state_dict(saved[5])
+        t.mn_scheduler_2d.load_state_dict(saved[6])
+    return rows
+
+
+@pytest.mark.parametrize("B", [2, 5])
+def test_lrg_profile_follows_the_paper_at_nnunet_batch_sizes(trainer, B):
+    """Issue 12 §3: at nnU-Net's planned B, including B = 2, each model's unlabeled share over its co-training goes
+    0 at its start → about half (2/5, the paper's ⌊5·½⌋/5) at its middle → 4/5 at its end, as the paper's B = 5
+    profile; warm-up epochs are all labeled. With B = 5 every epoch is exactly the paper's (b_l, b_u)."""
+    t = trainer
+    rows = epoch_profile(t, B)
+    W = t.mn_plan.warmup_epochs
+    assert all(r[3] == 0 and r[2] == B for r in rows[:W])
+    for model in (TRAIN_3D, TRAIN_2D):
+        mine = [(own, b_l, b_u) for phase, own, b_l, b_u in rows if phase == model]
+        T = t.mn_plan.schedule_length(model)
+        assert [own for own, _, _ in mine] == list(range(W, T))
+        shares = [b_u / B for _, _, b_u in mine]
+        assert shares[0] == 0 and all(a <= b + 1e-12 for a, b in zip(shares, shares[1:]))
+        assert shares[len(shares) // 2] == pytest.approx(0.4) and shares[-1] == pytest.approx(0.8)
+        assert set(round(x, 6) for x in shares) == {0.0, 0.2, 0.4, 0.6, 0.8}
+        assert all(b_l + b_u == pytest.approx(B) for _, b_l, b_u in mine)
+        if B == 5:
+            assert all(b_u == int(b_u) for _, _, b_u in mine)  # one composition per epoch, as the paper
+
+
+def test_train_step_uses_the_iterations_share_of_an_over_delivered_batch(trainer):
+    """B = 2, share 4/5: the loaders deliver (1, 2) patches; iteration i uses ⌊1.6(i+1)⌋ − ⌊1.6i⌋ unlabeled ones
+    (1, 2, 1, 2, 2, …) and fills the rest of B with labeled ones, so 5 iterations hold 8 unlabeled of 10."""
+    t = trainer
+    saved = (t.mn_phase, t.mn_unlabeled_share, t._mn_iteration, list(t._mn_batch_unlabeled), t.batch_size)
+    seen = []
+    orig = t.step_3d
+
+    def spy(x_u, soft_u, x_l, targets_l):
+        seen.append((0 if x_u is None else x_u.shape[0], 0 if x_l is None else x_l.shape[0],
+                     0 if targets_l is None else targets_l[0].shape[0]))
+        return {"3d": np.float32(0), "dice_3d": np.float32(0), "kl_3d": np.float32(0)}
+    try:
+        t.step_3d = spy
+        t.batch_size, t.mn_phase, t.mn_unlabeled_share, t._mn_iteration = 2, TRAIN_3D, 0.8, 0
+        t._mn_batch_unlabeled = []
+        assert epoch_composition(0.8, 2) == (1, 2)
+        for i in range(5):
+            t.train_step(fake_batch(t, b_l=1, b_u=2, seed=20 + i))
+        assert seen == [(1, 1, 1), (2, 0, 0), (1, 1, 1), (2, 0, 0), (2, 0, 0)]
+        assert t._mn_batch_unlabeled == [1, 2, 1, 2, 2] and t._mn_iteration == 5
+    finally:
+        del t.step_3d
+        assert t.step_3d == orig
+        t.mn_phase, t.mn_unlabeled_share, t._mn_iteration, t._mn_batch_unlabeled, t.batch_size = saved

@@ -5,12 +5,21 @@
 concatenation with the 3-channel input subsampled with stride 4 → ``ConvTranspose2d(hidden + 3, C, 4, stride 4)``
 → crop to H × W (top-left) when a side is not a multiple of 4.
 
-- 1 input channel is replicated to 3; any other number goes through the reference's 1×1 adapter stack
-  C_in → 16 → 16 → 3 (ReLU between, constant init: weights 1, 1/16, 1/16, biases 0).
-- No ImageNet normalisation, no resizing (as the reference).
+- What the SegFormer sees (docs/mn.md "What the SegFormer sees"): ``SliceWiseModel`` maps every 3D patch, per
+  sample and channel, to [0, 1] (its 0.5th/99.5th percentiles → 0/1, clipped) — a natural image's range, like the
+  reference's [0, 1] CT input, instead of nnU-Net's signed z-scores. Then 1 input channel is replicated to 3 and
+  any other number goes through the reference's 1×1 adapter stack C_in → 16 → 16 → 3 (ReLU between), initialised
+  so that every channel reaches the RGB input (channel i → colour i mod 3, averaged; with fewer than 3 channels the
+  remaining colours get the channel mean) — the reference's constant init computes ReLU(Σ channels), which merges
+  the channels into one grey value. With ``imagenet_normalization`` the RGB image is then normalised with the
+  ImageNet mean/std, exactly what ``SegformerImageProcessor`` does to a [0, 1]-scaled photo for this checkpoint.
+  No resizing (as the reference).
 - Fine-tuning modes (Table 4): ``"lora"`` (peft LoRA r 64, α 64, dropout 0.1 on every encoder linear layer,
   ``bias="all"``, every LayerNorm trainable), ``"whole"`` (everything trainable), ``"decoder"`` (SegFormer encoder
-  frozen; decode head, output head and adapter trainable — the paper's description).
+  frozen; decode head, output head and adapter trainable — the paper's description), ``"freeze"`` (the whole
+  SegFormer frozen, only the new output head and the adapter train — the reference's ``freeze`` option).
+- ``pretrained=False`` builds the SegFormer from the checkpoint's config with random weights (the papers'
+  "SegFormer from scratch" rows; variant ``_scratch``) — explicitly requested, never a fallback.
 
 Library versions: the reference pinned transformers 4.41 / peft 0.11; this port uses the public APIs of
 transformers 5.x / peft 0.21. transformers 5 renamed SegFormer's linear layers (query/key/value/dense/dense1/dense2
@@ -36,7 +45,10 @@ REFERENCE_LORA_TARGETS = ("query", "key", "value", "dense", "dense1", "dense2")
 # reference (transformers 4.x) module name -> transformers 5.x name
 LORA_TARGET_ALIASES = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "dense": "o_proj",
                        "dense1": "fc1", "dense2": "fc2"}
-FINETUNE_MODES = ("lora", "whole", "decoder")
+FINETUNE_MODES = ("lora", "whole", "decoder", "freeze")
+INPUT_MAPPINGS = ("imagenet", "unit", "none")  # mn_2d_input_mapping
+# ImageNet statistics of SegformerImageProcessor (image_mean / image_std) for the nvidia SegFormer checkpoints
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class SegFormerWeightsError(RuntimeError):
@@ -99,29 +111,73 @@ def save_tiny_segformer(folder: str, hidden_sizes: Sequence[int] = (8, 16), dept
     return folder
 
 
-def input_adapter(in_channels: int) -> nn.Sequential:
-    """Reference multi-channel option: 1×1 convs C_in → 16 → 16 → 3 with ReLU between, constant init."""
-    adapter = nn.Sequential(nn.Conv2d(in_channels, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 1), nn.ReLU(),
-                            nn.Conv2d(16, 3, 1))
+def adapter_init_matrix(in_channels: int) -> torch.Tensor:
+    """(3, C_in) map of channels to RGB at initialisation: colour k = mean of the channels i with i mod 3 = k;
+    a colour without a channel (C_in < 3) gets the mean of all channels."""
+    a = torch.zeros(3, in_channels)
+    for k in range(3):
+        members = [i for i in range(in_channels) if i % 3 == k] or list(range(in_channels))
+        a[k, members] = 1.0 / len(members)
+    return a
+
+
+def input_adapter(in_channels: int, width: int = 16) -> nn.Sequential:
+    """Reference multi-channel option: 1×1 convs C_in → 16 → 16 → 3 with ReLU between. Initialised so that, for
+    the non-negative inputs of the [0, 1] mapping, the stack computes ``adapter_init_matrix`` exactly: hidden unit u
+    copies channel u mod C_in (every unit live), the middle conv is the identity, and the last conv averages the
+    units of each channel into its colour."""
+    adapter = nn.Sequential(nn.Conv2d(in_channels, width, 1), nn.ReLU(), nn.Conv2d(width, width, 1), nn.ReLU(),
+                            nn.Conv2d(width, 3, 1))
+    a = adapter_init_matrix(in_channels)
+    carried = [u % in_channels for u in range(width)]
     with torch.no_grad():
-        for conv, w in ((adapter[0], 1.0), (adapter[2], 1 / 16), (adapter[4], 1 / 16)):
-            conv.weight.fill_(w)
+        w1 = torch.zeros(width, in_channels)
+        w1[torch.arange(width), carried] = 1.0
+        w3 = torch.zeros(3, width)
+        for u, c in enumerate(carried):
+            w3[:, u] = a[:, c] / carried.count(c)
+        for conv, w in ((adapter[0], w1), (adapter[2], torch.eye(width)), (adapter[4], w3)):
+            conv.weight.copy_(w[:, :, None, None])
             conv.bias.zero_()
     return adapter
+
+
+def patch_to_unit_range(x: torch.Tensor, low: float = 0.005, high: float = 0.995,
+                        max_samples: int = 65536) -> torch.Tensor:
+    """Map each (sample, channel) of a (N, C, *spatial) patch to [0, 1]: its ``low``/``high`` quantiles (of at most
+    ``max_samples`` voxels taken with a fixed stride, so it is cheap and deterministic) → 0 and 1, clipped. A
+    constant channel maps to 0."""
+    flat = x.detach().flatten(2).float()
+    stride = max(1, flat.shape[-1] // max_samples)
+    q = torch.quantile(flat[..., ::stride], torch.tensor([low, high], device=x.device), dim=-1)  # (2, N, C)
+    lo, hi = [t.reshape(*t.shape, *([1] * (x.ndim - 2))).to(x.dtype) for t in q]
+    return ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
 
 
 class SegFormer2D(nn.Module):
     """2D model of M&N: (N, C_in, H, W) → (N, C, H, W) logits (see module docstring)."""
 
-    def __init__(self, segformer: nn.Module, in_channels: int, num_classes: int, decoder_hidden_size: int):
+    def __init__(self, segformer: nn.Module, in_channels: int, num_classes: int, decoder_hidden_size: int,
+                 imagenet_normalization: bool = False):
         super().__init__()
         self.adapter = input_adapter(in_channels) if in_channels != 1 else None
         self.segformer = segformer
         self.head = nn.ConvTranspose2d(decoder_hidden_size + 3, num_classes, kernel_size=4, stride=4, padding=0)
+        self.imagenet_normalization = imagenet_normalization
+        # not persistent: constants, and checkpoints keep the keys they had before
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def pixel_values(self, x: torch.Tensor) -> torch.Tensor:
+        """The 3-channel image the SegFormer gets: replicated or adapted, then ImageNet-normalised if enabled."""
+        x3 = x.repeat(1, 3, 1, 1) if self.adapter is None else self.adapter(x)
+        if self.imagenet_normalization:
+            x3 = (x3 - self.pixel_mean.to(x3.dtype)) / self.pixel_std.to(x3.dtype)
+        return x3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        x3 = x.repeat(1, 3, 1, 1) if self.adapter is None else self.adapter(x)
+        x3 = self.pixel_values(x)
         features = self.segformer(pixel_values=x3).logits
         sub = x3[:, :, ::4, ::4]
         if features.shape[-2:] != sub.shape[-2:]:
@@ -160,6 +216,8 @@ def expected_trainable(wrapper: SegFormer2D, mode: str) -> Set[str]:
         return set(names)
     if mode == "decoder":
         return {n for n in names if not n.startswith("segformer.segformer.")}
+    if mode == "freeze":
+        return {n for n in names if n.startswith("head.") or n.startswith("adapter.")}
     modules = dict(wrapper.named_modules())
     out = set()
     for n in names:
@@ -191,14 +249,27 @@ def verify_trainable(wrapper: SegFormer2D, mode: str) -> None:
 def build_segformer_2d(checkpoint: str, in_channels: int, num_classes: int, finetune: str = "lora",
                        lora_r: int = 64, lora_alpha: int = 64, lora_dropout: float = 0.1,
                        lora_targets: Sequence[str] = REFERENCE_LORA_TARGETS,
-                       log: Callable[[str], None] = print, config: Optional[dict] = None) -> SegFormer2D:
-    """Load the SegFormer from ``checkpoint``, wrap it (§1.2) and set up ``finetune`` ('lora'/'whole'/'decoder').
+                       log: Callable[[str], None] = print, config: Optional[dict] = None,
+                       pretrained: bool = True, imagenet_normalization: bool = False) -> SegFormer2D:
+    """Load the SegFormer from ``checkpoint``, wrap it (§1.2) and set up ``finetune``
+    ('lora'/'whole'/'decoder'/'freeze').
 
     ``config`` (a ``SegformerConfig`` dict): build the architecture only, with random weights, for a caller that
-    loads complete saved weights next (resuming a training run must not depend on the hub)."""
+    loads complete saved weights next (resuming a training run must not depend on the hub). ``pretrained=False``:
+    the checkpoint's config with random weights (``_scratch``)."""
     if finetune not in FINETUNE_MODES:
         raise ValueError(f"mn_2d_finetune must be one of {FINETUNE_MODES}, got '{finetune}'")
-    if config is None:
+    if config is None and not pretrained:
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+        try:
+            hf_config = SegformerConfig.from_pretrained(checkpoint)
+        except Exception as e:
+            raise SegFormerWeightsError(
+                f"M&N from scratch needs the SegFormer *config* of '{checkpoint}' ({type(e).__name__}: {e}); set "
+                f"{SEGFORMER_ENV} to a hub id or a local folder with a config.json.") from e
+        hf = SegformerForSemanticSegmentation(hf_config)
+        log(f"M&N: SegFormer built from the config of '{checkpoint}' with RANDOM weights (from scratch)")
+    elif config is None:
         hf = load_segformer(checkpoint, log)
     else:
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
@@ -225,7 +296,10 @@ def build_segformer_2d(checkpoint: str, in_channels: int, num_classes: int, fine
         if finetune == "decoder":
             for p in hf.segformer.parameters():
                 p.requires_grad_(False)
-    wrapper = SegFormer2D(model, in_channels, num_classes, hidden)
+        if finetune == "freeze":
+            for p in hf.parameters():
+                p.requires_grad_(False)
+    wrapper = SegFormer2D(model, in_channels, num_classes, hidden, imagenet_normalization)
     verify_trainable(wrapper, finetune)
     return wrapper
 

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from nnunetv2_semisup.networks.segformer2d import patch_to_unit_range
+
 
 def to_slices(x: torch.Tensor, axis: int = 0) -> torch.Tensor:
     """(N, C, S0, S1, S2) → (N·S_axis, C, the two other spatial axes in order)."""
@@ -89,12 +91,20 @@ class SliceWiseModel(nn.Module):
     """A 2D model applied to 3D batches slice by slice: (N, C, S0, S1, S2) → (N, C_out, S0, S1, S2).
 
     One module call per training step, so DDP can wrap it (chunking and checkpointing happen inside).
+
+    ``unit_range``: map every patch (per sample and channel, over the whole 3D patch so all its slices share one
+    mapping) to [0, 1] first (``segformer2d.patch_to_unit_range``), the range a model pretrained on natural images
+    expects instead of nnU-Net's z-scores.
     """
 
-    def __init__(self, model: nn.Module, axis: int = 0, chunk_size: int = 32, use_checkpointing: bool = True):
+    def __init__(self, model: nn.Module, axis: int = 0, chunk_size: int = 32, use_checkpointing: bool = True,
+                 unit_range: bool = False):
         super().__init__()
         self.model = model
         self.axis, self.chunk_size, self.use_checkpointing = axis, chunk_size, use_checkpointing
+        self.unit_range = unit_range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unit_range:
+            x = patch_to_unit_range(x)
         return slicewise_forward(self.model, x, self.axis, self.chunk_size, self.use_checkpointing)

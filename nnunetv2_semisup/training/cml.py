@@ -1,6 +1,7 @@
 """``nnUNetTrainerCML``: Cross-View Mutual Learning (Wu et al., ACM MM 2024) on nnU-Net (spec cml.md §3).
 
-Two independent nnU-Net networks (``CMLDualNetwork``; ``_hetero``: subnet 2 upsamples by interpolation + conv).
+Two independent nnU-Net networks (``CMLDualNetwork``); by default subnet 2 upsamples by interpolation + conv like
+the reference's heterogeneous VNet pair (``_identical``: two subnets of the same architecture).
 
 - Pretraining, the first round(0.12·E) epochs (round half up; fixed at the first start and restored on ``--c``):
   L_pre = l_w·(sup_DS(o¹(X_l,mix), Y_mix) + sup_DS(o²(X_l,mix), Y_mix)) + λ2·(dis(f¹_l, f²_l) + dis(f²_l, f¹_l));
@@ -80,8 +81,9 @@ class _CMLState:
 
 
 class nnUNetTrainerCML(nnUNetTrainerSemiSup):
-    # class attribute: read by the (class-level) build_network_architecture, which nnUNetv2_predict calls
-    cml_hetero = False
+    # class attribute: read by the (class-level) build_network_architecture, which nnUNetv2_predict calls.
+    # True = the reference's heterogeneous pair (subnet 2 upsamples by interpolation + conv); _identical: False
+    cml_hetero = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -94,6 +96,9 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
         self.cml_lcc = True  # largest-connected-component filter on pseudo-labels
         self.cml_binary_threshold = 0.5  # foreground threshold when C = 2
         self.cml_batch_size: Optional[int] = None  # override of B_l = B_u (must be even)
+        if len(self.configuration_manager.patch_size) == 2:
+            # the paper's 2D (ACDC) recipe; 3D (LA, BraTS) uses the values above. Variants set theirs after this.
+            self.cml_lambda1, self.cml_lambda2, self.cml_beta = 0.5, 0.1, 1 / 2
         self.cml_grad_clip: Optional[float] = 12.0  # nnU-Net's clipping; None = off (_paper)
         self.loss_terms = ("sup_l1", "sup_l2", "sup_u1", "sup_u2", "dis_l", "dis_u", "stage", "lcc_removed")
         # state (checkpointed under 'cml_state')

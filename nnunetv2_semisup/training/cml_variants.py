@@ -2,13 +2,15 @@
 
 | class | differs from ``nnUNetTrainerCML`` by |
 |---|---|
-| ``nnUNetTrainerCML_hetero`` | subnet 2's decoder upsamples by interpolation + 3×3×3 conv (reference VNet) |
+| ``nnUNetTrainerCML_identical`` | two subnets of the same architecture (subnet 2 keeps nnU-Net's transposed convolutions) |
+| ``nnUNetTrainerCML_hetero`` | the default spelled out: subnet 2's decoder upsamples by interpolation + conv (reference VNet); kept so existing ``-tr`` strings and model folders keep working |
 | ``nnUNetTrainerCML_noDis`` | λ2 = 0 (Table 4 "L_sup + L_sup^u") |
 | ``nnUNetTrainerCML_noUnsup`` | λ1 = 0 (Table 4 "L_sup + L_dis"; unlabeled patches still feed dis_u) |
 | ``nnUNetTrainerCML_supOnly`` | λ1 = λ2 = 0 (Table 4 "L_sup"; no unlabeled patches are loaded, none need to exist) |
 | ``nnUNetTrainerCML_paper`` | reference optimisation: B_l = B_u = 4; SGD lr 0.01, momentum 0.9, wd 1e-4, no Nesterov, no clipping; 200 iterations × 85 epochs, 10 pretraining epochs at constant LR; self-training LR 0.01·0.1^⌊k/2500⌋ (k = self-training iterations so far) |
 | ``nnUNetTrainerCML_short`` | short schedule for tests/demo (``ShortScheduleMixin``); pretraining fraction 0.34 so a 2–4 epoch run has one pretraining epoch and then self-training |
-| ``nnUNetTrainerCML_hetero_short`` | ``_hetero`` on the short schedule |
+| ``nnUNetTrainerCML_hetero_short`` | ``_hetero`` on the short schedule (= ``_short``) |
+| ``nnUNetTrainerCML_identical_short`` | ``_identical`` on the short schedule |
 """
 from typing import Optional
 
@@ -17,9 +19,13 @@ import torch
 from nnunetv2_semisup.training.cml import SELFTRAIN, nnUNetTrainerCML
 from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
 
-__all__ = ["nnUNetTrainerCML", "nnUNetTrainerCML_hetero", "nnUNetTrainerCML_noDis", "nnUNetTrainerCML_noUnsup",
-           "nnUNetTrainerCML_supOnly", "nnUNetTrainerCML_paper", "nnUNetTrainerCML_short",
-           "nnUNetTrainerCML_hetero_short"]
+__all__ = ["nnUNetTrainerCML", "nnUNetTrainerCML_identical", "nnUNetTrainerCML_hetero", "nnUNetTrainerCML_noDis",
+           "nnUNetTrainerCML_noUnsup", "nnUNetTrainerCML_supOnly", "nnUNetTrainerCML_paper", "nnUNetTrainerCML_short",
+           "nnUNetTrainerCML_hetero_short", "nnUNetTrainerCML_identical_short"]
+
+
+class nnUNetTrainerCML_identical(nnUNetTrainerCML):
+    cml_hetero = False
 
 
 class nnUNetTrainerCML_hetero(nnUNetTrainerCML):
@@ -95,6 +101,13 @@ class nnUNetTrainerCML_short(ShortScheduleMixin, nnUNetTrainerCML):
 
 
 class nnUNetTrainerCML_hetero_short(ShortScheduleMixin, nnUNetTrainerCML_hetero):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.cml_pretrain_fraction = 0.34
+
+
+class nnUNetTrainerCML_identical_short(ShortScheduleMixin, nnUNetTrainerCML_identical):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)

@@ -11,8 +11,12 @@ own epoch counter and its own schedule (3D: nnU-Net SGD + poly; 2D: AdamW, linea
 Loss (§1.4, §3.4): Dice_sq + KL_mean on the concatenated batch (unlabeled with soft teacher targets first, then
 labeled with one-hot targets); the 3D student keeps nnU-Net deep supervision with average-pooled soft targets.
 
-Batch composition (§3.5): b_u = ⌊r·B⌋, r = (η₀ − η)/(η₀ − η_final) of the trained model (paper eq. 10), or the
-reference's linear formula, or uniform sampling; b_u = 0 during warm-up.
+Batch composition (§3.5, docs/mn.md "Learning-rate-guided sampling"): the unlabeled share of a co-training epoch
+is s = ⌊r·B_LRG⌋/B_LRG with r = (η_peak − η)/(η_peak − η_final) of the trained model (paper eq. 10, measured from
+the LR at which the model's co-training starts, as the paper's restart schedule does) or the reference's linear
+r, and B_LRG = ``mn_lrg_batch_size`` (5, the paper's B). Each iteration holds B patches of which
+⌊(i+1)·s·B⌋ − ⌊i·s·B⌋ are unlabeled, so every epoch has the paper's share at nnU-Net's batch size, B = 2
+included, with no extra GPU memory. ``"uniform"`` draws b_u ~ Binomial(B, |U|/(|L|+|U|)); warm-up: b_u = 0.
 
 Pseudo-labels (§3.2): the 3D model's hard predictions of the unlabeled cases (class locations for
 foreground-aware unlabeled crops, NIfTI export) at the end of warm-up and at 25/37.5/50/75 % of T_3D.
@@ -33,13 +37,14 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from nnunetv2_semisup.losses.mn_loss import (MNLoss, build_targets, deep_supervision_loss,
                                              nnunet_deep_supervision_weights, scale_factors)
-from nnunetv2_semisup.networks.segformer2d import (REFERENCE_LORA_TARGETS, build_segformer_2d, check_slice_size,
-                                                   segformer_checkpoint_from_env)
+from nnunetv2_semisup.networks.segformer2d import (INPUT_MAPPINGS, REFERENCE_LORA_TARGETS, build_segformer_2d,
+                                                   check_slice_size, segformer_checkpoint_from_env)
 from nnunetv2_semisup.networks.slicing import SliceWiseModel
 from nnunetv2_semisup.training.mn_schedule import (TRAIN_2D, TRAIN_3D, WARMUP, MNEpochPlan, ModelLRScheduler,
                                                    PolySchedule, ReferenceCompositeSchedule, WarmupCosineSchedule,
-                                                   batch_composition, due_pseudo_label_refreshes, lr_warmup_epochs,
-                                                   lrg_uniform, warmup_stage_epochs)
+                                                   cotraining_lr_peak, due_pseudo_label_refreshes,
+                                                   epoch_composition, iteration_unlabeled, lr_warmup_epochs,
+                                                   lrg_ratio, lrg_uniform, unlabeled_share, warmup_stage_epochs)
 from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
 
 PHASE_CODE = {WARMUP: 0, TRAIN_2D: 2, TRAIN_3D: 3}  # logged per epoch as 'mn_trained_model'
@@ -58,8 +63,12 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         self.mn_2d_grad_clip: Optional[float] = None  # reference: no clipping of the 2D model
         self.mn_3d_optimizer = "sgd"  # "sgd" = nnU-Net's SGD (initial_lr, weight_decay); "adamw" (reference)
         self.mn_3d_grad_clip: Optional[float] = 12.0  # nnU-Net's gradient-norm clipping; None = off
+        # supervised stage = this share of each model's own schedule (paper: 500 of 4000), or W epochs if given
         self.mn_warmup_fraction, self.mn_warmup_epochs = 0.125, None
         self.mn_lrg_mode = "paper"  # "paper" | "linear" | "uniform"
+        self.mn_lrg_batch_size: Optional[int] = 5  # LRG share quantised as ⌊r·5⌋/5 (paper's B); None: planned B
+        self.mn_2d_input_mapping = "imagenet"  # "imagenet" | "unit" (reference's [0, 1]) | "none" (nnU-Net's)
+        self.mn_2d_pretrained = True  # False: SegFormer from random initialisation (_scratch), never a fallback
         self.mn_cotraining = True  # False: 2D trained during warm-up only, then a fixed teacher
         self.mn_slice_axis, self.mn_2d_chunk_size, self.mn_2d_checkpointing = 0, 32, True
         self.mn_pseudo_refresh_fractions = (0.25, 0.375, 0.5, 0.75)
@@ -74,10 +83,13 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         self.mn_plan: Optional[MNEpochPlan] = None
         self.mn_scheduler_2d: Optional[ModelLRScheduler] = None
         self.mn_phase = None
-        self.mn_composition: Tuple[int, int] = (0, 0)
+        self.mn_composition: Tuple[int, int] = (0, 0)  # patches the two loaders deliver per iteration
+        self.mn_unlabeled_share = 0.0  # share of unlabeled patches in the current epoch (paper/linear LRG)
+        self._mn_iteration = 0  # training iteration within the current epoch
         self.mn_refreshes = []  # [(point, global epoch, round)]
         self.mn_rng: Optional[np.random.Generator] = None  # uniform-mode draws; seeded in initialize
-        self._mn_uniform_draws = []
+        self._mn_batch_unlabeled = []  # b_u of each iteration of the current epoch
+        self._mn_lr_peaks = {}
         self._mn_resume_segformer_config: Optional[dict] = None
 
     # ------------------------------------------------------------------ setup
@@ -94,6 +106,10 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
                              f"'{self.configuration_name}' has a {len(self.configuration_manager.patch_size)}D patch")
         if self.mn_lrg_mode not in ("paper", "linear", "uniform"):
             raise ValueError(f"mn_lrg_mode must be 'paper', 'linear' or 'uniform', got '{self.mn_lrg_mode}'")
+        if self.mn_lrg_batch_size is not None and int(self.mn_lrg_batch_size) < 1:
+            raise ValueError(f"mn_lrg_batch_size must be a positive integer or None, got {self.mn_lrg_batch_size}")
+        if self.mn_2d_input_mapping not in INPUT_MAPPINGS:
+            raise ValueError(f"mn_2d_input_mapping must be one of {INPUT_MAPPINGS}, got '{self.mn_2d_input_mapping}'")
         if self.mn_schedule not in ("nnunet", "reference"):
             raise ValueError(f"mn_schedule must be 'nnunet' or 'reference', got '{self.mn_schedule}'")
         if self.mn_slice_axis not in (0, 1, 2):
@@ -104,26 +120,29 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
             raise RuntimeError("trainer already initialized")
         self._check_supported()
         self.mn_plan = MNEpochPlan(self.num_epochs, warmup_stage_epochs(
-            self.num_epochs, self.mn_warmup_fraction, self.mn_warmup_epochs), self.mn_cotraining)
+            self.num_epochs, self.mn_warmup_fraction, self.mn_warmup_epochs, self.mn_cotraining), self.mn_cotraining)
         if self.mn_unlabeled_oversample is not None:
             self.unlabeled_oversample_foreground_percent = self.mn_unlabeled_oversample
         super().initialize()  # 3D network, its optimiser (configure_optimizers) and loss (_build_loss)
 
         if self._mn_resume_segformer_config is None:
-            self.print_to_log_file(f"M&N: 2D model from '{self.mn_segformer_checkpoint}' (nnUNet_semisup_segformer), "
-                                   f"fine-tuning '{self.mn_2d_finetune}'")
+            source = "pretrained weights" if self.mn_2d_pretrained else "its config only, RANDOM initialisation"
+            self.print_to_log_file(f"M&N: 2D model from '{self.mn_segformer_checkpoint}' (nnUNet_semisup_segformer; "
+                                   f"{source}), fine-tuning '{self.mn_2d_finetune}'")
         else:
             self.print_to_log_file(f"M&N: 2D model architecture from the checkpoint being resumed (its weights are "
                                    f"loaded next), fine-tuning '{self.mn_2d_finetune}'")
         segformer = build_segformer_2d(
             self.mn_segformer_checkpoint, self.num_input_channels, self.label_manager.num_segmentation_heads,
             self.mn_2d_finetune, self.mn_lora_r, self.mn_lora_alpha, self.mn_lora_dropout, self.mn_lora_targets,
-            log=self.print_to_log_file, config=self._mn_resume_segformer_config).to(self.device)
+            log=self.print_to_log_file, config=self._mn_resume_segformer_config, pretrained=self.mn_2d_pretrained,
+            imagenet_normalization=self.mn_2d_input_mapping == "imagenet").to(self.device)
         self.print_to_log_file(f"M&N: SegFormer config {segformer.hf_model().config.to_dict()}")
         slice_shape = [s for i, s in enumerate(self.configuration_manager.patch_size) if i != self.mn_slice_axis]
         check_slice_size(segformer, self.num_input_channels, slice_shape, self.device)
         self.network_2d = SliceWiseModel(segformer, self.mn_slice_axis, self.mn_2d_chunk_size,
-                                         self.mn_2d_checkpointing).to(self.device)
+                                         self.mn_2d_checkpointing,
+                                         unit_range=self.mn_2d_input_mapping != "none").to(self.device)
         n_train = sum(p.numel() for p in segformer.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in segformer.parameters())
         self.print_to_log_file(f"M&N: 2D model has {n_all} parameters, {n_train} trainable")
@@ -144,7 +163,13 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         self._register_mn_series()
         p = self.mn_plan
         self.print_to_log_file(f"M&N: E={p.num_epochs}, warm-up W={p.warmup_epochs}, T_3D={p.T_3d}, T_2D={p.T_2d}, "
-                               f"LRG '{self.mn_lrg_mode}', schedule '{self.mn_schedule}', batch {self.batch_size}")
+                               f"LRG '{self.mn_lrg_mode}' (share quantised by {self.lrg_batch_size}), schedule "
+                               f"'{self.mn_schedule}', batch {self.batch_size}, 2D input "
+                               f"'{self.mn_2d_input_mapping}'")
+
+    @property
+    def lrg_batch_size(self) -> int:
+        return int(self.mn_lrg_batch_size) if self.mn_lrg_batch_size is not None else self.batch_size
 
     def _register_mn_series(self):
         self.logger.local_logger.register(["lr_2d", "mn_trained_model", "mn_mean_batch_unlabeled"])
@@ -211,47 +236,51 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
                 self.print_to_log_file(f"M&N: refreshing the 3D hard pseudo-labels (points {due})")
                 self.refresh_unlabeled_pseudo_labels(export_nifti=self.mn_export_pseudo_labels)
                 self.mn_refreshes.extend((p, e, self.pseudo_label_round) for p in due)
-        self._mn_uniform_draws = []
+        self._mn_batch_unlabeled, self._mn_iteration = [], 0
         super().on_train_epoch_start()  # network.train(), 3D scheduler step, lr log, get_batch_composition()
         self.network_2d.train()
         self.logger.log("lr_2d", self.optimizer_2d.param_groups[0]["lr"], e)
         self.logger.log("mn_trained_model", PHASE_CODE[self.mn_phase], e)
         self.print_to_log_file(f"M&N epoch {e}: trains {self.mn_phase} (3D epoch {self.mn_plan.own_epoch(e, TRAIN_3D)}"
                                f"/{self.mn_plan.T_3d}, 2D epoch {self.mn_plan.own_epoch(e, TRAIN_2D)}/"
-                               f"{self.mn_plan.T_2d}); b_l, b_u = {self.mn_composition}; lr 3D "
+                               f"{self.mn_plan.T_2d}); unlabeled share {self.mn_unlabeled_share:.2f} (loaders "
+                               f"b_l, b_u = {self.mn_composition}); lr 3D "
                                f"{self.optimizer.param_groups[0]['lr']:.3g}, lr 2D "
                                f"{self.optimizer_2d.param_groups[0]['lr']:.3g}")
 
     def get_batch_composition(self) -> Tuple[int, int]:
         B = self.batch_size
         phase = self.mn_phase if self.mn_phase is not None else self.mn_plan.phase(self.current_epoch)
-        if phase != WARMUP and self.mn_lrg_mode == "uniform":
+        self.mn_unlabeled_share = 0.0
+        if phase == WARMUP:
+            comp = (B, 0)
+        elif self.mn_lrg_mode == "uniform":
             comp = (B, B)  # both streams full; each iteration draws b_u and uses the first b_l / b_u samples
-        elif phase == WARMUP:
-            comp = (B, 0)
-        elif (self.mn_lrg_mode == "paper" and
-              self.mn_plan.own_epoch(self.current_epoch, phase) < getattr(self._model_schedule(phase), "warmup", 0)):
-            # the model's LR is still rising (co-training began inside its LR warm-up, e.g. mn_warmup_epochs = 0):
-            # eq. 10 measures LR decay, and η < η₀ here would otherwise give b_u close to B at once
-            comp = (B, 0)
         else:
-            optimizer, scheduler = (self.optimizer, self.lr_scheduler) if phase == TRAIN_3D else \
-                (self.optimizer_2d, self.mn_scheduler_2d)
-            comp = batch_composition(
-                self.mn_lrg_mode, B, phase, lr=optimizer.param_groups[0]["lr"],
-                initial_lr=scheduler.schedule.initial_lr, final_lr=scheduler.schedule.final_lr,
-                own_epoch=self.mn_plan.own_epoch(self.current_epoch, phase),
-                warmup_epochs=self.mn_plan.warmup_epochs, total=self.mn_plan.schedule_length(phase))
+            self.mn_unlabeled_share = unlabeled_share(self.lrg_ratio(phase), self.lrg_batch_size)
+            comp = epoch_composition(self.mn_unlabeled_share, B)
         self.mn_composition = comp
         return comp
+
+    def lrg_ratio(self, phase: str) -> float:
+        """r of the model trained in this co-training epoch, from its own LR (paper) or epoch counter (linear)."""
+        own = self.mn_plan.own_epoch(self.current_epoch, phase)
+        total = self.mn_plan.schedule_length(phase)
+        schedule = self._model_schedule(phase)
+        if phase not in self._mn_lr_peaks:
+            self._mn_lr_peaks[phase] = cotraining_lr_peak(schedule, self.mn_plan.warmup_epochs, total)
+        peak_epoch, peak_lr = self._mn_lr_peaks[phase]
+        optimizer = self.optimizer if phase == TRAIN_3D else self.optimizer_2d
+        return lrg_ratio(self.mn_lrg_mode, own, self.mn_plan.warmup_epochs, total,
+                         lr=optimizer.param_groups[0]["lr"], peak_epoch=peak_epoch, peak_lr=peak_lr,
+                         final_lr=schedule.final_lr)
 
     def _model_schedule(self, phase: str):
         return (self.lr_scheduler if phase == TRAIN_3D else self.mn_scheduler_2d).schedule
 
     def on_train_epoch_end(self, train_outputs):
         super().on_train_epoch_end(train_outputs)
-        b_u = float(np.mean(self._mn_uniform_draws)) if self._mn_uniform_draws else \
-            float(self.dataloader_train.composition[1])
+        b_u = float(np.mean(self._mn_batch_unlabeled)) if self._mn_batch_unlabeled else 0.0
         self.logger.log("mn_mean_batch_unlabeled", b_u, self.current_epoch)
 
     # ------------------------------------------------------------------ teachers
@@ -321,14 +350,22 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         x_u = batch["unlabeled"]["data"].to(self.device, non_blocking=True) if "unlabeled" in batch else None
         phase = self.mn_phase
 
-        if phase != WARMUP and self.mn_lrg_mode == "uniform" and x_u is not None and x_l is not None:
-            B = self.batch_size
-            b_u = lrg_uniform(self.mn_rng, B, len(self._labeled_stream.dataset.identifiers),
-                              len(self._unlabeled_stream.dataset.identifiers))
-            self._mn_uniform_draws.append(b_u)
+        n_u, n_l, B = (0 if x_u is None else x_u.shape[0]), (0 if x_l is None else x_l.shape[0]), self.batch_size
+        if phase != WARMUP and n_u + n_l > B:
+            # the loaders delivered more than B patches: this iteration's b_u of them are used (uniform: drawn;
+            # paper/linear: the epoch's share spread over its iterations)
+            if self.mn_lrg_mode == "uniform":
+                b_u = lrg_uniform(self.mn_rng, B, len(self._labeled_stream.dataset.identifiers),
+                                  len(self._unlabeled_stream.dataset.identifiers))
+            else:
+                b_u = iteration_unlabeled(self._mn_iteration, self.mn_unlabeled_share, B)
+            b_u = min(max(b_u, B - n_l), n_u)
+            b_l = B - b_u
             x_u = x_u[:b_u] if b_u > 0 else None
-            x_l = x_l[:B - b_u] if b_u < B else None
-            targets = [t[:B - b_u] for t in targets] if b_u < B else None
+            x_l = x_l[:b_l] if b_l > 0 else None
+            targets = [t[:b_l] for t in targets] if b_l > 0 else None
+        self._mn_batch_unlabeled.append(0 if x_u is None else x_u.shape[0])
+        self._mn_iteration += 1
 
         out = {}
         if phase == WARMUP:
@@ -359,6 +396,8 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
                 "epoch_3d": plan.own_epoch(done, TRAIN_3D), "epoch_2d": plan.own_epoch(done, TRAIN_2D),
                 "scheduler_3d": self.lr_scheduler.state_dict(), "scheduler_2d": self.mn_scheduler_2d.state_dict(),
                 "lrg_mode": self.mn_lrg_mode, "schedule": self.mn_schedule,
+                "lrg_batch_size": self.mn_lrg_batch_size, "input_mapping": self.mn_2d_input_mapping,
+                "pretrained_2d": self.mn_2d_pretrained,
                 "composition": tuple(self.mn_composition),
                 "uniform_rng": self.mn_rng.bit_generator.state,
                 "refreshes": list(self.mn_refreshes)}
@@ -366,12 +405,17 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
     def set_method_state(self, state: dict) -> None:
         super().set_method_state(state)
         plan = self.mn_plan
-        saved = (state["num_epochs"], state["W"], state["cotraining"], state["lrg_mode"], state["schedule"])
-        now = (plan.num_epochs, plan.warmup_epochs, plan.cotraining, self.mn_lrg_mode, self.mn_schedule)
+        # checkpoints written before these settings existed used the LRG batch B and nnU-Net intensities
+        saved = (state["num_epochs"], state["W"], state["cotraining"], state["lrg_mode"], state["schedule"],
+                 state.get("lrg_batch_size"), state.get("input_mapping", "none"))
+        now = (plan.num_epochs, plan.warmup_epochs, plan.cotraining, self.mn_lrg_mode, self.mn_schedule,
+               self.mn_lrg_batch_size, self.mn_2d_input_mapping)
         if saved != now:
             raise ValueError(f"{self.__class__.__name__}: the checkpoint was trained with (num_epochs, W, "
-                             f"cotraining, lrg_mode, schedule) = {saved}, this trainer has {now}; the M&N schedules "
-                             f"depend on them, so resume with the same trainer variant and settings")
+                             f"cotraining, lrg_mode, schedule, lrg_batch_size, 2d_input_mapping) = {saved}, this "
+                             f"trainer has {now}; the M&N schedules and the 2D model depend on them, so resume with "
+                             f"the same trainer variant and settings (set mn_warmup_epochs, mn_lrg_batch_size, "
+                             f"mn_2d_input_mapping in a subclass to continue an older run)")
         if state["segformer_checkpoint"] != self.mn_segformer_checkpoint:
             self.print_to_log_file(f"NOTE: the checkpoint's SegFormer came from '{state['segformer_checkpoint']}', "
                                    f"now '{self.mn_segformer_checkpoint}'; the saved weights are used.")

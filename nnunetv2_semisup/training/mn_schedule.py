@@ -18,13 +18,20 @@ import numpy as np
 WARMUP, TRAIN_3D, TRAIN_2D = "warmup", "3d", "2d"
 
 
-def warmup_stage_epochs(num_epochs: int, fraction: float = 0.125, absolute: Optional[int] = None) -> int:
-    """W: ``absolute`` if given, else round(fraction·E), at least 1 (so short runs still have a supervised stage)
-    and at most E."""
+def warmup_stage_epochs(num_epochs: int, fraction: float = 0.125, absolute: Optional[int] = None,
+                        cotraining: bool = True) -> int:
+    """W: ``absolute`` if given, else the W for which the supervised stage is ``fraction`` of each model's *own*
+    schedule (the paper: 500 of 4000 = 12.5 %). With co-training, after the warm-up the global epochs alternate
+    between the models, so T_m = W + (E − W)/2 and W/T_m = f gives W = f·E/(2 − f) (E/15 for f = 1/8: W = 67,
+    T_3D = 534 at E = 1000); without co-training the 3D model trains every epoch (T_3D = E) and W = f·E.
+    At least 1 (so short runs still have a supervised stage) and at most E."""
     if absolute is not None:
         w = int(absolute)
+    elif fraction <= 0:
+        w = 0
     else:
-        w = max(1, int(round(fraction * num_epochs))) if fraction > 0 else 0
+        exact = fraction * num_epochs / (2 - fraction) if cotraining else fraction * num_epochs
+        w = max(1, int(round(exact)))
     if not 0 <= w <= num_epochs:
         raise ValueError(f"M&N warm-up stage of {w} epochs does not fit into num_epochs={num_epochs}; set "
                          f"mn_warmup_epochs/mn_warmup_fraction accordingly")
@@ -182,22 +189,53 @@ def lrg_uniform(rng: np.random.Generator, batch_size: int, n_labeled: int, n_unl
     return int(rng.binomial(batch_size, n_unlabeled / (n_labeled + n_unlabeled)))
 
 
-def batch_composition(mode: str, batch_size: int, phase: str, lr: float = None, initial_lr: float = None,
-                      final_lr: float = 0.0, own_epoch: int = None, warmup_epochs: int = None,
-                      total: int = None) -> Tuple[int, int]:
-    """(b_l, b_u) of an epoch for the paper/linear modes; warm-up always (B, 0). Uniform mode is drawn per
-    iteration (``lrg_uniform``)."""
-    if phase == WARMUP:
-        return batch_size, 0
+def cotraining_lr_peak(schedule: Callable[[int], float], warmup_epochs: int, total: int) -> Tuple[int, float]:
+    """(own epoch, LR) of the highest learning rate a model's schedule reaches in its co-training part
+    (own epochs W … T − 1). LRG measures the decay from there: with the paper's restart schedule this is η₀ at
+    e = W; with a schedule that keeps decaying through the warm-up stage it is the LR at e = W, so the unlabeled
+    share starts at 0 when co-training starts, as in the paper; if co-training starts inside the model's LR
+    warm-up (W = 0) it is the end of that warm-up."""
+    if total <= warmup_epochs:
+        return warmup_epochs, schedule(warmup_epochs)
+    lrs = [schedule(e) for e in range(warmup_epochs, total)]
+    k = int(np.argmax(lrs))
+    return warmup_epochs + k, lrs[k]
+
+
+def lrg_ratio(mode: str, own_epoch: int, warmup_epochs: int, total: int, lr: float = None,
+              peak_epoch: int = None, peak_lr: float = None, final_lr: float = 0.0) -> float:
+    """r ∈ [0, 1] of a co-training epoch: ``"paper"`` eq. 10 measured from the co-training peak,
+    r = (η_peak − η)/(η_peak − η_final) (0 while the LR still rises towards the peak); ``"linear"`` the reference
+    code's (e_m − W)/(T_m − W)."""
     if mode == "paper":
-        b_u = lrg_paper(batch_size, lr, initial_lr, final_lr)
-    elif mode == "linear":
-        b_u = lrg_linear(batch_size, own_epoch, warmup_epochs, total)
-    else:
-        raise ValueError(f"unknown mn_lrg_mode '{mode}' for a per-epoch composition; use 'paper', 'linear' or "
-                         f"'uniform'")
-    b_u = min(b_u, batch_size)
-    return batch_size - b_u, b_u
+        if own_epoch < peak_epoch or peak_lr <= final_lr:
+            return 0.0
+        return min(1.0, max(0.0, (peak_lr - lr) / (peak_lr - final_lr)))
+    if mode == "linear":
+        return 0.0 if own_epoch < warmup_epochs else min(1.0, (own_epoch - warmup_epochs) / (total - warmup_epochs))
+    raise ValueError(f"unknown mn_lrg_mode '{mode}' for a per-epoch ratio; use 'paper' or 'linear'")
+
+
+def unlabeled_share(ratio: float, lrg_batch_size: int) -> float:
+    """Share of unlabeled patches in an epoch: ⌊r·B_LRG⌋/B_LRG — eq. 10's b_u/B with the paper's B_LRG = 5, so
+    the share moves 0 → 1/5 → … → 4/5 over co-training whatever nnU-Net's planned batch size is."""
+    return math.floor(ratio * lrg_batch_size + 1e-9) / lrg_batch_size
+
+
+def epoch_composition(share: float, batch_size: int) -> Tuple[int, int]:
+    """Patches the two loaders deliver per iteration for an epoch with this unlabeled share: (B − ⌊s·B⌋,
+    ⌈s·B⌉). Each iteration uses B of them (``iteration_unlabeled``); when s·B is an integer (e.g. B = 5) that is
+    every patch, otherwise one patch per iteration is loaded but not used."""
+    x = share * batch_size
+    lo, hi = math.floor(x + 1e-9), math.ceil(x - 1e-9)
+    return batch_size - lo, hi
+
+
+def iteration_unlabeled(iteration: int, share: float, batch_size: int) -> int:
+    """b_u of iteration i of an epoch: ⌊(i + 1)·s·B⌋ − ⌊i·s·B⌋, so the first n iterations hold ⌊n·s·B⌋ unlabeled
+    patches (each iteration ⌊s·B⌋ or ⌈s·B⌉ of its B) — the epoch's share is s at any B, memory stays at B."""
+    x = share * batch_size
+    return math.floor((iteration + 1) * x + 1e-9) - math.floor(iteration * x + 1e-9)
 
 
 # ---------------------------------------------------------------------------------------------- pseudo refresh

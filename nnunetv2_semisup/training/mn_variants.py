@@ -3,12 +3,17 @@
 - ``nnUNetTrainerMN_whole``: whole SegFormer trainable, no LoRA (Table 4 "Whole").
 - ``nnUNetTrainerMN_decoder``: SegFormer encoder frozen; decode head, output head, adapter trainable
   (Table 4 "Decoder", the paper's description).
+- ``nnUNetTrainerMN_freeze``: the whole SegFormer frozen, only the new output head (and adapter) trains — the
+  reference code's ``freeze`` option (the other reading of Table 4 "Decoder").
+- ``nnUNetTrainerMN_scratch``: SegFormer from random initialisation (config of ``nnUNet_semisup_segformer``),
+  all weights trainable — the papers' "SegFormer from scratch" setting inside M&N.
 - ``nnUNetTrainerMN_lrglinear``: reference LRG b_u = ⌊(e_m − W)/(T_m − W)·B⌋.
 - ``nnUNetTrainerMN_uniform``: no LRG, b_u ~ Binomial(B, |U|/(|L|+|U|)) per iteration (Table 4 "no LRG").
 - ``nnUNetTrainerMN_fixedpseudo``: 2D trained in warm-up only, then a fixed teacher (Table 4 "no iterative
   co-training").
 - ``nnUNetTrainerMN_paper``: reference hyperparameters (B = 5, 8 iterations/epoch, W = 500, 4000 own epochs per
-  model, AdamW for both, composite schedule with restart, no clipping, foreground oversampling 0.5).
+  model, AdamW for both, composite schedule with restart, no clipping, foreground oversampling 0.5, [0, 1]
+  SegFormer input without ImageNet mean/std).
 - ``nnUNetTrainerMN_paper_lrglinear``: ``_paper`` + linear LRG, the fully code-faithful schedule.
 - ``nnUNetTrainerMN_short``: test/demo variant (``ShortScheduleMixin``), 6 epochs, chunks of 16 slices.
 """
@@ -17,7 +22,8 @@ import torch
 from nnunetv2_semisup.training.mn import nnUNetTrainerMN
 from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
 
-__all__ = ["nnUNetTrainerMN", "nnUNetTrainerMN_whole", "nnUNetTrainerMN_decoder", "nnUNetTrainerMN_lrglinear",
+__all__ = ["nnUNetTrainerMN", "nnUNetTrainerMN_whole", "nnUNetTrainerMN_decoder", "nnUNetTrainerMN_freeze",
+           "nnUNetTrainerMN_scratch", "nnUNetTrainerMN_lrglinear",
            "nnUNetTrainerMN_uniform", "nnUNetTrainerMN_fixedpseudo", "nnUNetTrainerMN_paper",
            "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_short"]
 
@@ -34,6 +40,21 @@ class nnUNetTrainerMN_decoder(nnUNetTrainerMN):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.mn_2d_finetune = "decoder"
+
+
+class nnUNetTrainerMN_freeze(nnUNetTrainerMN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_2d_finetune = "freeze"
+
+
+class nnUNetTrainerMN_scratch(nnUNetTrainerMN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_2d_pretrained = False
+        self.mn_2d_finetune = "whole"  # LoRA adapts pretrained weights; random ones are trained whole
 
 
 class nnUNetTrainerMN_lrglinear(nnUNetTrainerMN):
@@ -78,6 +99,8 @@ class nnUNetTrainerMN_paper(nnUNetTrainerMN):
         self.oversample_foreground_percent = 0.5
         self.unlabeled_oversample_foreground_percent = self.mn_unlabeled_oversample = 0.5
         self.mn_lrg_mode = "paper"
+        self.mn_lrg_batch_size = 5  # = B: one composition per epoch, exactly eq. 10
+        self.mn_2d_input_mapping = "unit"  # the reference fed [0, 1] images, no ImageNet mean/std
 
 
 class nnUNetTrainerMN_paper_lrglinear(nnUNetTrainerMN_paper):
