@@ -5,6 +5,7 @@ A tiny SegFormer is written with ``save_pretrained`` and loaded through ``nnUNet
 killed after a checkpoint, resumed with ``--c`` and compared with the checkpoint it resumed from; stock
 ``nnUNetv2_predict`` then predicts the test images with the 3D network only.
 """
+import math
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ from conftest import bin_path, run_cli
 
 from nnunetv2_semisup.networks.segformer2d import SEGFORMER_ENV, save_tiny_segformer
 from nnunetv2_semisup.training.mn_schedule import (TRAIN_2D, TRAIN_3D, MNEpochPlan, PolySchedule,
-                                                   WarmupCosineSchedule, lrg_paper)
+                                                   WarmupCosineSchedule)
 from nnunetv2_semisup.training.semisup_base import unwrap
 
 TRAINER = "nnUNetTrainerMN_short"
@@ -57,10 +58,14 @@ def train_until_checkpoint(cmd, env, latest, min_epoch, timeout=900):
 
 
 def expected_series(plan, B):
-    """Per-epoch trained model, 3D lr, 2D lr and b_u of an uninterrupted run (pure functions of the plan)."""
+    """Per-epoch trained model, 3D lr, 2D lr and unlabeled share of an uninterrupted run (pure functions of the
+    plan): share = ⌊5r⌋/5 with r = (η_peak − η)/η_peak of the trained model, η_peak its highest LR from own epoch W
+    on (docs/mn.md, "Learning-rate-guided sampling")."""
     s3 = PolySchedule(0.01, plan.T_3d)
     s2 = WarmupCosineSchedule(1e-3, plan.T_2d, 1)
-    codes, lr3, lr2, b_u = [], [], [], []
+    W = plan.warmup_epochs
+    peak = {TRAIN_3D: max(s3(e) for e in range(W, plan.T_3d)), TRAIN_2D: max(s2(e) for e in range(W, plan.T_2d))}
+    codes, lr3, lr2, share = [], [], [], []
     last3 = last2 = None
     for e in range(plan.num_epochs):
         phase = plan.phase(e)
@@ -72,11 +77,11 @@ def expected_series(plan, B):
         lr3.append(last3)
         lr2.append(last2)
         if phase == "warmup":
-            b_u.append(0)
+            share.append(0.0)
         else:
-            lr, sched = (last3, s3) if phase == TRAIN_3D else (last2, s2)
-            b_u.append(lrg_paper(B, lr, sched.initial_lr))
-    return codes, lr3, lr2, b_u
+            lr = last3 if phase == TRAIN_3D else last2
+            share.append(math.floor(5 * (peak[phase] - lr) / peak[phase] + 1e-9) / 5)
+    return codes, lr3, lr2, share
 
 
 @pytest.fixture(scope="module")
@@ -156,11 +161,15 @@ def test_train_resume_predict(planned_dataset, tiny_segformer_dir, tmp_path, mon
         assert len(os.listdir(os.path.join(out, "pseudo_labels", f"round_{r}"))) == 6  # NIfTI per unlabeled case
     # the resumed epochs have the same trained model, learning rates and b_u as an uninterrupted run
     log = final["logging"]
-    codes, lr3, lr2, b_u = expected_series(plan, 2)
+    codes, lr3, lr2, share = expected_series(plan, 2)
     assert log["mn_trained_model"] == codes == [0, 3, 2, 3]
     assert np.allclose(log["lrs"], lr3, rtol=1e-12) and np.allclose(log["lr_2d"], lr2, rtol=1e-12)
-    assert log["batch_unlabeled"] == b_u and b_u[3] == 1  # last 3D epoch learns from the 2D teacher
-    assert [a + b for a, b in zip(log["batch_labeled"], log["batch_unlabeled"])] == [2] * EPOCHS
+    # 3D own epoch 2 of T = 3 (W = 1): r = 1 − ((1 − 2/3)/(1 − 1/3))^0.9 = 0.464 → share 2/5; the others start
+    # their co-training (r = 0)
+    assert share == [0, 0, 0, 0.4]
+    # loaders deliver (B − ⌊2s⌋, ⌈2s⌉); the 2 iterations use ⌊0.8⌋ − 0 = 0 and ⌊1.6⌋ − ⌊0.8⌋ = 1 unlabeled patches
+    assert log["batch_labeled"] == [2, 2, 2, 2] and log["batch_unlabeled"] == [0, 0, 0, 1]
+    assert np.allclose(log["mn_mean_batch_unlabeled"], [0, 0, 0, 0.5])  # last 3D epoch learns from the 2D teacher
 
     # ---- 4. property 25: network_weights is exactly the stock 3D network; stock predict works without SegFormer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager

@@ -134,6 +134,10 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
         if self.cml_pretrain_epochs is None:
             self.cml_pretrain_epochs = pretrain_epochs_for(self.num_epochs, self.cml_pretrain_fraction)
         resolve_pair_batch_size(self.batch_size, self.cml_batch_size)  # refuse a bad override before training
+        self.print_to_log_file(f"CML: {'heterogeneous' if type(self).cml_hetero else 'identical'} subnets, "
+                               f"lambda1={self.cml_lambda1}, lambda2={self.cml_lambda2}, "
+                               f"labeled weight={self.cml_labeled_weight}, beta={self.cml_beta:.4g} "
+                               f"({len(self.configuration_manager.patch_size)}D configuration)")
 
     # ------------------------------------------------------------------ stages and batches
     def cml_stage_for_epoch(self, epoch: int) -> str:

@@ -342,12 +342,11 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
                 "kl_2d": kl.detach().cpu().numpy()}
 
     def train_step(self, batch: dict) -> dict:
-        x_l = batch["data"].to(self.device, non_blocking=True) if "data" in batch else None
+        x_l = batch.get("data")
         targets = batch.get("target")
-        if targets is not None:
-            targets = [t.to(self.device, non_blocking=True) for t in targets] if isinstance(targets, list) \
-                else [targets.to(self.device, non_blocking=True)]
-        x_u = batch["unlabeled"]["data"].to(self.device, non_blocking=True) if "unlabeled" in batch else None
+        if targets is not None and not isinstance(targets, list):
+            targets = [targets]
+        x_u = batch["unlabeled"]["data"] if "unlabeled" in batch else None
         phase = self.mn_phase
 
         n_u, n_l, B = (0 if x_u is None else x_u.shape[0]), (0 if x_l is None else x_l.shape[0]), self.batch_size
@@ -366,6 +365,10 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
             targets = [t[:b_l] for t in targets] if b_l > 0 else None
         self._mn_batch_unlabeled.append(0 if x_u is None else x_u.shape[0])
         self._mn_iteration += 1
+        # only the patches used go to the device
+        x_l, x_u = [None if t is None else t.to(self.device, non_blocking=True) for t in (x_l, x_u)]
+        if targets is not None:
+            targets = [t.to(self.device, non_blocking=True) for t in targets]
 
         out = {}
         if phase == WARMUP:
