@@ -4,7 +4,8 @@ Inputs: NIfTI (.nii.gz/.nii), NRRD, MHA/MHD files, or one DICOM series per sub-f
 file / sub-folder is one case named after it (a trailing ``_0000`` is dropped). With several channels name the
 inputs ``{case}_{channel:04d}`` (files or DICOM sub-folders), e.g. ``p1_0000.nrrd``, ``p1_0001.nrrd``. Cases are
 written as ``{prefix}{case}_{channel:04d}{file_ending}`` with the dataset's file ending (inputs with another ending
-are converted with SimpleITK); channel count, dimension and channel geometry are checked against the dataset; names
+are converted with SimpleITK); channel count, dimension and channel geometry are checked against the dataset, and a
+scan with NaN/Inf voxels, no voxels, one constant value or a non-invertible direction is refused; names
 already used in imagesTr / imagesUnlabeled / imagesTs are refused. All-or-nothing: every case is checked and written
 to a staging folder inside the dataset first; only then are the files moved into ``imagesUnlabeled/`` and
 dataset.json's ``"semisup"`` record updated (unlabeled, labeled, validation and test lists from the folders). A failure
@@ -22,8 +23,10 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import SimpleITK as sitk
 
-from .common import (SEMISUP_FORMAT_VERSION, cli, converter_record, find_existing_dataset, load_json, raw_root,
-                     require_dir, same_grid, write_json_atomic, describe_grid)
+from nnunetv2_semisup.data.image_checks import FIX_HINT, sitk_image_problems
+
+from .common import (SEMISUP_FORMAT_VERSION, cli, converter_record, find_existing_dataset, load_json, progress,
+                     raw_root, require_dir, same_grid, write_json_atomic, describe_grid)
 from .errors import ConversionError
 from .nnunet_folders import (existing_case_ids, group_channel_files, list_inputs, read_scan, role_lists,
                              sanitize_case_name)
@@ -37,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset-id", type=int, required=True, help="ID of an existing nnU-Net raw dataset")
     p.add_argument("-i", "--input", required=True, help="folder with the unlabeled scans")
     p.add_argument("--prefix", default="", help="prepended to every new case name (e.g. 'extra_')")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (also off when output is not a terminal)")
     return p
 
 
@@ -113,6 +117,9 @@ def _stage_case(case: str, chans: Dict[int, tuple], stage: str, fe: str, ref_dim
         if imgs and not same_grid(imgs[0], img):
             raise ConversionError(f"case {case}: channel {c} geometry differs from channel 0: "
                                   f"{describe_grid(img)} vs {describe_grid(imgs[0])}")
+        problems = sitk_image_problems(img)
+        if problems:
+            raise ConversionError(f"case {case}: {path}: {'; '.join(problems)}. {FIX_HINT} Nothing was added.")
         imgs.append(img)
         out = os.path.join(stage, f"{case}_{c:04d}{fe}")
         if kind == "file" and path.lower().endswith(fe):
@@ -254,7 +261,7 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
     ref_dim = _reference_dim(folder, fe)
     stage = _fresh_stage(folder)
     try:
-        for case, chans in sorted(groups.items()):
+        for case, chans in progress(sorted(groups.items()), desc="checking and staging", quiet=args.quiet):
             _stage_case(case, chans, stage, fe, ref_dim)
         added = {case: os.path.relpath(chans[0][0], src) for case, chans in groups.items()}
         add_id = uuid.uuid4().hex

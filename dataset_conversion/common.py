@@ -22,6 +22,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from nnunetv2_semisup.data.image_checks import FIX_HINT, sitk_image_problems
+
 from .errors import ConversionError
 from .splits import Split, custom_split, select_cases
 
@@ -315,6 +317,14 @@ def add_common_options(p: argparse.ArgumentParser, splits: Sequence[str], defaul
                    help="diagnostics only: also write the unlabeled cases' labels to labelsUnlabeled/ (trainers never "
                         "read it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder with this ID")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is also off when output is not a "
+                                                        "terminal)")
+
+
+def progress(iterable, total: Optional[int] = None, desc: str = "", quiet: bool = False):
+    """nnU-Net's tqdm habit: a progress bar on a terminal, nothing when quiet or when output is redirected."""
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, unit="case", disable=True if quiet else None)
 
 
 def check_variant(variant: str, variants: Sequence[str]) -> None:
@@ -397,6 +407,11 @@ def check_case_data(case: str, data: CaseData, labels: Dict[str, int], need_labe
         if not same_grid(ref, img):
             raise ConversionError(f"case {case}: channel {c} geometry differs from channel 0: {describe_grid(img)} "
                                   f"vs {describe_grid(ref)}")
+    for c, img in enumerate(data.images):
+        problems = sitk_image_problems(img)
+        if problems:
+            raise ConversionError(f"case {case} ({role}), channel {c}: {'; '.join(problems)}. {FIX_HINT} Nothing was "
+                                  f"written.")
     if data.label is None:
         if need_label:
             raise ConversionError(f"case {case} ({role}): label missing")
@@ -540,23 +555,26 @@ def run_conversion(args, info: DatasetInfo, cases: Dict[str, SourceCase], plan: 
                 repairs[case_id] = data.notes
             return data
 
-        for i in plan.labeled + plan.validation:
-            data = load(i, "labeled" if i in plan.labeled else "validation", True)
-            writer.write_case_images("imagesTr", info.case_id(i), data.images)
-            writer.write_label("labelsTr", info.case_id(i), data.label)
-        for i in plan.unlabeled + plan.extra_unlabeled:
-            want = bool(args.write_unlabeled_labels) and cases[i].has_label
-            data = load(i, "unlabeled", False)
-            writer.write_case_images("imagesUnlabeled", info.case_id(i), data.images)
-            if want and data.label is not None:
-                writer.write_label("labelsUnlabeled", info.case_id(i), data.label)
-        for i in plan.test:
-            data = load(i, "test", cases[i].has_label)
-            writer.write_case_images("imagesTs", info.case_id(i), data.images)
-            if data.label is not None:
-                writer.write_label("labelsTs", info.case_id(i), data.label)
-            if args.transductive:
+        jobs = [(i, "labeled" if i in plan.labeled else "validation") for i in plan.labeled + plan.validation] + \
+            [(i, "unlabeled") for i in plan.unlabeled + plan.extra_unlabeled] + [(i, "test") for i in plan.test]
+        for i, role in progress(jobs, desc=f"converting {args.name}", quiet=getattr(args, "quiet", False)):
+            if role in ("labeled", "validation"):
+                data = load(i, role, True)
+                writer.write_case_images("imagesTr", info.case_id(i), data.images)
+                writer.write_label("labelsTr", info.case_id(i), data.label)
+            elif role == "unlabeled":
+                want = bool(args.write_unlabeled_labels) and cases[i].has_label
+                data = load(i, "unlabeled", False)
                 writer.write_case_images("imagesUnlabeled", info.case_id(i), data.images)
+                if want and data.label is not None:
+                    writer.write_label("labelsUnlabeled", info.case_id(i), data.label)
+            else:
+                data = load(i, "test", cases[i].has_label)
+                writer.write_case_images("imagesTs", info.case_id(i), data.images)
+                if data.label is not None:
+                    writer.write_label("labelsTs", info.case_id(i), data.label)
+                if args.transductive:
+                    writer.write_case_images("imagesUnlabeled", info.case_id(i), data.images)
         os.makedirs(os.path.join(writer.tmp, "imagesTr"), exist_ok=True)
         os.makedirs(os.path.join(writer.tmp, "labelsTr"), exist_ok=True)
 

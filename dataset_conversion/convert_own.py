@@ -23,8 +23,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from nnunetv2_semisup.data.image_checks import FIX_HINT, array_problems, direction_problem
+
 from .common import (CaseData, DatasetInfo, Plan, SEMISUP_FORMAT_VERSION, SourceCase, cli, converter_record,
-                     find_existing_dataset, label_to_uint8, load_json, print_summary,
+                     find_existing_dataset, label_to_uint8, load_json, print_summary, progress,
                      put_label_on_image_grid, raw_root, require_dir, run_conversion, warn, write_json_atomic)
 from .errors import ConversionError
 from .nnunet_folders import CASE_NAME, check_channels, group_channel_files, label_files, read_scan, role_lists
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-unlabeled-labels", action="store_true",
                    help="CSV mode, diagnostics only: write labels given for unlabeled cases to labelsUnlabeled/")
     p.add_argument("--overwrite", action="store_true", help="CSV mode: replace an existing dataset with this ID")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (also off when output is not a terminal)")
     return p
 
 
@@ -63,7 +66,7 @@ def _geometry_matches(a, b) -> bool:
             and np.allclose(or_a, or_b, atol=max(1e-3, 0.05 * min(sp_a))) and np.allclose(dir_a, dir_b, atol=1e-3))
 
 
-def check_existing(dataset_id: int, transductive: bool, argv) -> str:
+def check_existing(dataset_id: int, transductive: bool, argv, quiet: bool = False) -> str:
     folder = find_existing_dataset(raw_root(), dataset_id)
     if folder is None:
         raise ConversionError(f"no dataset with ID {dataset_id} in {raw_root()} (expected a folder "
@@ -150,6 +153,18 @@ def check_existing(dataset_id: int, transductive: bool, argv) -> str:
                 if not values <= label_values:
                     raise ConversionError(f"case {case}: unexpected label values {sorted(values - label_values)} in "
                                           f"{lab}; dataset.json labels allow {sorted(label_values)}")
+    # the unlabeled scans reach training without nnU-Net's integrity check: verify their voxels here
+    problems = []
+    for case, chans in progress(sorted(groups["imagesUnlabeled"].items()), desc="checking unlabeled scans",
+                                  quiet=quiet):
+        for c in sorted(chans):
+            data, props = rw.read_images([chans[c]])
+            found = array_problems(data) + [p for p in [direction_problem(
+                props.get("sitk_stuff", {}).get("direction"))] if p]
+            problems += [f"{chans[c]}: {p}" for p in found]
+    if problems:
+        raise ConversionError("unlabeled scan(s) refused:\n  " + "\n  ".join(problems) + f"\n{FIX_HINT} "
+                              f"dataset.json was not changed.")
     rec = check_record(folder, dj, groups, bool(both_ts), argv)
     dj["semisup"] = rec
     write_json_atomic(dj, dj_path)
@@ -273,7 +288,7 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
     if args.check:
         if args.csv or args.input:
             raise ConversionError("--check validates an existing dataset; do not combine it with -i/--csv")
-        return check_existing(args.dataset_id, args.transductive, argv)
+        return check_existing(args.dataset_id, args.transductive, argv, args.quiet)
     if not args.input or not args.csv:
         raise ConversionError("give either --check -d ID (existing dataset) or -i FOLDER --csv FILE -d ID --name NAME")
     return convert_csv(args, argv)

@@ -222,7 +222,7 @@ def test_h5_unlabeled_labels_are_only_read_when_written(tmp_path, conv_env):
     src = make_la_h5(str(tmp_path / "h5"), TRAIN + TEST, shape_xyz=(6, 6, 4))
     p = os.path.join(src, "2018LA_Seg_Training Set", TRAIN[20], "mri_norm2.h5")
     with h5py.File(p, "w") as f:
-        f["image"] = np.zeros((6, 6, 4), np.float32)
+        f["image"] = np.random.default_rng(0).random((6, 6, 4)).astype(np.float32)  # a real (non-constant) scan
         f["label"] = np.full((6, 6, 4), 7, np.uint8)
     folder = convert_la.run(["-i", src, "-d", "209", "--num-labeled", "4"])
     assert f"la_{TRAIN[20]}" in cases_in(folder, "imagesUnlabeled")

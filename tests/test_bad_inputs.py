@@ -1,0 +1,204 @@
+"""What a user sees on bad input (issue 17): NaN/Inf/constant unlabeled scans refused with the file and the count,
+channel grids that differ, a non-finite loss that stops training without touching the last checkpoint, and a
+truncated preprocessed case that names the file and is redone by a normal re-run. Each through the real command.
+
+The tests work on a copy of the session's planned synthetic dataset under another ID, so they can break it.
+"""
+import glob
+import json
+import os
+import shutil
+import textwrap
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import DATASET_ID, DATASET_NAME, run_cli
+
+from nnunetv2_semisup.data.image_checks import array_problems, direction_problem, grid_mismatch
+
+COPY_ID = 981
+COPY_NAME = f"Dataset{COPY_ID}_BadInputs"
+UNLABELED_PP = "nnUNetPlans_3d_fullres_unlabeled"
+
+
+@pytest.fixture()
+def copied(planned_dataset):
+    """Raw and preprocessed copy of dataset 990 as 981 (fresh for every test)."""
+    ds = planned_dataset
+    raw, pp = os.path.join(ds.raw, COPY_NAME), os.path.join(ds.preprocessed, COPY_NAME)
+    for d in (raw, pp, os.path.join(ds.results, COPY_NAME)):
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(ds.raw_folder, raw)
+    shutil.copytree(ds.preprocessed_folder, pp)
+    plans_file = os.path.join(pp, "nnUNetPlans.json")
+    with open(plans_file) as f:
+        plans = json.load(f)
+    plans["dataset_name"] = COPY_NAME
+    with open(plans_file, "w") as f:
+        json.dump(plans, f, indent=2)
+    return ds.env, raw, pp
+
+
+def _unlabeled_files(raw):
+    return sorted(glob.glob(os.path.join(raw, "imagesUnlabeled", "*_0000.nii.gz")))
+
+
+def _rewrite(path, change):
+    img = sitk.ReadImage(path)
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    change(arr)
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, path)
+
+
+# ------------------------------------------------------------------------------------------------ unit checks
+def test_array_and_direction_checks():
+    a = np.ones((2, 3, 4), np.float32)
+    p = array_problems(a)
+    assert len(p) == 1 and "same value" in p[0] and "constant image" in p[0]
+    a[0, 0, :3] = np.nan
+    a[1, 2, 3] = np.inf
+    a[1, 0, 0] = 5
+    problems = array_problems(a)
+    assert problems == ["3 NaN voxel(s) of 24", "1 infinite voxel(s) of 24"]
+    assert array_problems(np.zeros((0, 4))) == ["the image has no voxels (shape (0, 4))"]
+    assert array_problems(np.arange(8, dtype=np.int16)) == []
+    assert direction_problem((1, 0, 0, 0, 1, 0, 0, 0, 1)) is None
+    assert "not invertible" in direction_problem((1, 0, 0, 1, 0, 0, 0, 0, 1))
+    assert grid_mismatch({"shape": (2, 3), "spacing": (1, 1)}, {"shape": (2, 3), "spacing": (1, 2)}).startswith(
+        "spacing (1.0, 2.0) differs")
+
+
+# ------------------------------------------------------------------------------------------------ preprocessing
+@pytest.mark.parametrize("kind,expected", [
+    ("nan", r"7 NaN voxel\(s\)"), ("inf", r"2 infinite voxel\(s\)"), ("constant", r"constant image")])
+def test_preprocess_refuses_a_bad_unlabeled_scan(copied, kind, expected):
+    import re
+    env, raw, pp = copied
+    victim = _unlabeled_files(raw)[2]
+    case = os.path.basename(victim)[: -len("_0000.nii.gz")]
+    if kind == "nan":
+        _rewrite(victim, lambda a: a.__setitem__((slice(0, 1), slice(0, 1), slice(0, 7)), np.nan))
+    elif kind == "inf":
+        _rewrite(victim, lambda a: a.__setitem__((0, 0, slice(0, 2)), np.inf))
+    else:
+        _rewrite(victim, lambda a: a.__setitem__(Ellipsis, 3.0))
+    out = os.path.join(pp, UNLABELED_PP)
+    shutil.rmtree(out)
+    proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1], env,
+                   expect_ok=False)
+    assert proc.returncode == 1
+    assert victim in proc.stderr and re.search(expected, proc.stderr), proc.stderr
+    assert "remove the case" in proc.stderr
+    # nothing of the bad case was written; no temporary leftovers
+    assert not [f for f in os.listdir(out) if f.startswith(case + ".") or f.startswith(".tmp")]
+
+
+def test_preprocess_refuses_channels_on_different_grids(copied):
+    env, raw, pp = copied
+    dj_path = os.path.join(raw, "dataset.json")
+    for f in _unlabeled_files(raw):  # make the dataset two-channel: channel 1 = channel 0 ...
+        shutil.copyfile(f, f.replace("_0000.nii.gz", "_0001.nii.gz"))
+    # the first case (preprocessed first): later cases would need intensity statistics of a second channel
+    victim = _unlabeled_files(raw)[0].replace("_0000.nii.gz", "_0001.nii.gz")
+    img = sitk.ReadImage(victim)
+    img.SetSpacing((1.0, 1.0, 5.0))  # ... except for one case whose second channel has another spacing
+    sitk.WriteImage(img, victim)
+    with open(dj_path) as f:
+        dj = json.load(f)
+    dj["channel_names"] = {"0": "CT", "1": "CT2"}
+    for path in (dj_path, os.path.join(pp, "dataset.json")):
+        with open(path, "w") as f:
+            json.dump(dj, f)
+    proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1, "--overwrite"],
+                   env, expect_ok=False)
+    assert proc.returncode == 1
+    assert victim in proc.stderr and "channel 1 spacing" in proc.stderr and "differs from channel 0" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ add / --check
+def test_add_unlabeled_and_check_refuse_nan_scans(copied, tmp_path):
+    env, raw, pp = copied
+    src = tmp_path / "new_scans"
+    src.mkdir()
+    good = _unlabeled_files(raw)[0]
+    shutil.copyfile(good, src / "fresh1.nii.gz")
+    shutil.copyfile(good, src / "fresh2.nii.gz")
+    _rewrite(str(src / "fresh2.nii.gz"), lambda a: a.__setitem__((0, 0, slice(0, 4)), np.nan))
+    before = sorted(os.listdir(os.path.join(raw, "imagesUnlabeled")))
+    dj_before = open(os.path.join(raw, "dataset.json")).read()
+    proc = run_cli(["nnUNetv2_semisup_add_unlabeled", "-d", COPY_ID, "-i", src], env, expect_ok=False)
+    assert proc.returncode != 0
+    assert "fresh2.nii.gz" in proc.stderr and "4 NaN voxel(s)" in proc.stderr and "Nothing was added" in proc.stderr
+    assert sorted(os.listdir(os.path.join(raw, "imagesUnlabeled"))) == before  # all or nothing: fresh1 not added
+    assert open(os.path.join(raw, "dataset.json")).read() == dj_before
+    # a NaN scan copied in by hand is caught by convert_own --check, which then leaves dataset.json alone
+    bad = _unlabeled_files(raw)[3]
+    _rewrite(bad, lambda a: a.__setitem__((0, 1, slice(0, 5)), np.nan))
+    proc = run_cli(["nnUNetv2_semisup_convert_own", "--check", "-d", COPY_ID], env, expect_ok=False)
+    assert proc.returncode != 0 and bad in proc.stderr and "5 NaN voxel(s)" in proc.stderr
+    assert open(os.path.join(raw, "dataset.json")).read() == dj_before
+
+
+# ------------------------------------------------------------------------------------------------ NaN loss
+NAN_TRAINER = '''
+import torch
+from nnunetv2_semisup.training.short_schedule import nnUNetTrainerMeanTeacher_short
+
+
+class nnUNetTrainerMeanTeacher_nanLoss(nnUNetTrainerMeanTeacher_short):
+    """Test only: the labeled input of epoch 1, iteration 3 is NaN, so the supervised loss is NaN."""
+
+    def train_step(self, batch):
+        if self.current_epoch == 1 and self.dataloader_train.iteration == 3:
+            batch["data"] = torch.full_like(batch["data"], float("nan"))
+        return super().train_step(batch)
+'''
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(copied, tmp_path):
+    env, raw, pp = copied
+    ext = tmp_path / "ext_trainers"
+    ext.mkdir()
+    (ext / "nan_trainer.py").write_text(textwrap.dedent(NAN_TRAINER))
+    env = {**env, "nnUNet_extTrainer": env["nnUNet_extTrainer"] + os.pathsep + str(ext),
+           "nnUNet_semisup_short_epochs": "3", "nnUNet_semisup_short_iterations": "4",
+           "nnUNet_semisup_short_val_iterations": "1"}
+    proc = run_cli(["nnUNetv2_train", COPY_ID, "3d_fullres", "all", "-tr", "nnUNetTrainerMeanTeacher_nanLoss",
+                    "-device", "cpu"], env, expect_ok=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "non-finite training loss" in err and "epoch 1, iteration 3 of 4" in err, err[-3000:]
+    assert "sup=nan" in err
+    out = os.path.join(env["nnUNet_results"], COPY_NAME, "nnUNetTrainerMeanTeacher_nanLoss__nnUNetPlans__3d_fullres",
+                       "fold_all")
+    import torch
+    ckpt = torch.load(os.path.join(out, "checkpoint_latest.pth"), map_location="cpu", weights_only=False)
+    assert ckpt["current_epoch"] == 1  # written after epoch 0, not overwritten by the failing epoch
+    assert all(torch.isfinite(v).all() for v in ckpt["network_weights"].values())
+    assert not os.path.exists(os.path.join(out, "checkpoint_final.pth"))
+
+
+# ------------------------------------------------------------------------------------------------ broken files
+def test_truncated_preprocessed_case_is_named_and_redone(copied):
+    env, raw, pp = copied
+    out = os.path.join(pp, UNLABELED_PP)
+    data_files = sorted(f for f in os.listdir(out) if f.endswith(".b2nd") and not f.endswith("_seg.b2nd"))
+    victim = os.path.join(out, data_files[0])
+    intact = open(victim, "rb").read()
+    with open(victim, "r+b") as f:
+        f.truncate(len(intact) // 3)  # an interrupted copy
+    env = {**env, "nnUNet_semisup_short_epochs": "1", "nnUNet_semisup_short_iterations": "8"}
+    proc = run_cli(["nnUNetv2_train", COPY_ID, "3d_fullres", "all", "-tr", "nnUNetTrainerMeanTeacher_short",
+                    "-device", "cpu"], env, expect_ok=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "cannot be read" in err and victim in err, err[-3000:]
+    assert f"nnUNetv2_semisup_preprocess -d {COPY_NAME} -c 3d_fullres" in err
+    # a normal re-run (no --overwrite) finds the unreadable case and preprocesses it again
+    proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1], env)
+    assert "1 unreadable" in proc.stdout and "1 to preprocess" in proc.stdout, proc.stdout
+    assert open(victim, "rb").read() == intact
