@@ -23,7 +23,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import SimpleITK as sitk
 
-from nnunetv2_semisup.data.image_checks import FIX_HINT, sitk_image_problems
+from nnunetv2_semisup.data.image_checks import FIX_HINT, nifti_nonfinite_problems, sitk_image_problems
 
 from .common import (SEMISUP_FORMAT_VERSION, cli, converter_record, find_existing_dataset, load_json, progress,
                      raw_root, require_dir, same_grid, write_json_atomic, describe_grid)
@@ -117,7 +117,7 @@ def _stage_case(case: str, chans: Dict[int, tuple], stage: str, fe: str, ref_dim
         if imgs and not same_grid(imgs[0], img):
             raise ConversionError(f"case {case}: channel {c} geometry differs from channel 0: "
                                   f"{describe_grid(img)} vs {describe_grid(imgs[0])}")
-        problems = sitk_image_problems(img)
+        problems = sitk_image_problems(img) + (nifti_nonfinite_problems(path) if kind == "file" else [])
         if problems:
             raise ConversionError(f"case {case}: {path}: {'; '.join(problems)}. {FIX_HINT} Nothing was added.")
         imgs.append(img)

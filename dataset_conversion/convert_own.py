@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from nnunetv2_semisup.data.image_checks import FIX_HINT, array_problems, direction_problem
+from nnunetv2_semisup.data.image_checks import FIX_HINT, direction_problem, file_array_problems
 
 from .common import (CaseData, DatasetInfo, Plan, SEMISUP_FORMAT_VERSION, SourceCase, cli, converter_record,
                      find_existing_dataset, label_to_uint8, load_json, print_summary, progress,
@@ -159,7 +159,7 @@ def check_existing(dataset_id: int, transductive: bool, argv, quiet: bool = Fals
                                   quiet=quiet):
         for c in sorted(chans):
             data, props = rw.read_images([chans[c]])
-            found = array_problems(data) + [p for p in [direction_problem(
+            found = file_array_problems(chans[c], data) + [p for p in [direction_problem(
                 props.get("sitk_stuff", {}).get("direction"))] if p]
             problems += [f"{chans[c]}: {p}" for p in found]
     if problems:

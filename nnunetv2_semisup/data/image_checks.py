@@ -39,6 +39,33 @@ def array_problems(array: np.ndarray) -> List[str]:
     return problems
 
 
+def nifti_nonfinite_problems(path: str) -> List[str]:
+    """NaN/Inf voxels stored in a NIfTI file. SimpleITK's NIfTI reader returns them as 0 — silently, so the
+    array nnU-Net reads cannot show them — hence the file's own voxels are counted here (with nibabel)."""
+    if not str(path).lower().endswith((".nii", ".nii.gz")):
+        return []
+    import nibabel
+    data = np.asanyarray(nibabel.load(str(path)).dataobj)
+    if not np.issubdtype(data.dtype, np.floating):
+        return []
+    out = []
+    n_nan, n_inf = int(np.count_nonzero(np.isnan(data))), int(np.count_nonzero(np.isinf(data)))
+    if n_nan:
+        out.append(f"{n_nan} NaN voxel(s) of {data.size} (SimpleITK would silently read them as 0)")
+    if n_inf:
+        out.append(f"{n_inf} infinite voxel(s) of {data.size}")
+    return out
+
+
+def file_array_problems(path: str, array: np.ndarray) -> List[str]:
+    """``array_problems`` of what a reader returned, plus NaN/Inf the reader may have hidden (NIfTI)."""
+    hidden = nifti_nonfinite_problems(path)
+    seen = array_problems(array)
+    if hidden:  # the file's own counts replace the reader's
+        seen = [p for p in seen if "NaN" not in p and "infinite" not in p]
+    return hidden + seen
+
+
 def direction_problem(direction: Optional[Sequence[float]]) -> Optional[str]:
     """A direction matrix (flat, row-major, as SimpleITK gives it) that cannot be inverted, or None."""
     if direction is None:
@@ -84,7 +111,7 @@ def case_channel_problems(files: Sequence[str], arrays: Sequence[np.ndarray], gr
     """Problems of a multi-channel case, each prefixed with its file: values, direction, grid vs channel 0."""
     out = []
     for i, (f, a, g) in enumerate(zip(files, arrays, grids)):
-        for p in array_problems(a) + [p for p in [direction_problem(g.get("direction"))] if p]:
+        for p in file_array_problems(f, a) + [p for p in [direction_problem(g.get("direction"))] if p]:
             out.append(f"{f}: {p}")
         if i:
             m = grid_mismatch(grids[0], g)

@@ -5,8 +5,11 @@ segmentation: transpose, crop to nonzero, normalise, resample) and is stored lik
 ``nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled/`` with empty ``class_locations``. A separate folder,
 so nnU-Net's splits, ``fold all`` and validation only ever see labeled cases.
 
-Writes are atomic per case (temporary sub-folder, then renames with the data file last), so an interrupted run
-leaves no half-written case and a re-run only processes what is missing.
+Every scan is checked first (``image_checks``: NaN/Inf voxels, an empty or constant image, a non-invertible
+direction, channels on different grids) and refused with the file and the fix. Writes are atomic per case
+(temporary sub-folder, then renames with the data file last), so an interrupted run leaves no half-written case; a
+re-run reads every finished case back, redoes the ones that cannot be read (a damaged copy, a full disk) and
+processes what is missing.
 """
 import argparse
 import hashlib
@@ -20,6 +23,7 @@ from typing import List, Optional
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
+from nnunetv2_semisup.data.image_checks import FIX_HINT, case_channel_problems
 from nnunetv2_semisup.data.unlabeled_raw import UnlabeledDataError, find_unlabeled_cases
 from nnunetv2_semisup.trainer_dir import ext_trainer_env_problem
 
@@ -76,8 +80,23 @@ def preprocess_unlabeled_case(case: str, image_files: List[str], output_folder: 
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration)
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
-    data, seg, properties = preprocessor.run_case(image_files, None, plans_manager, configuration_manager,
-                                                  dataset_json)
+    # read channel by channel (nnU-Net's run_case reads them together and only prints on mismatches), check with
+    # nnU-Net's strictness, then the preprocessor's own run_case_npy — the same arrays and properties as run_case
+    rw = plans_manager.image_reader_writer_class()
+    arrays, grids, props = [], [], []
+    for f in image_files:
+        a, p = rw.read_images([f])
+        arrays.append(a)
+        props.append(p)
+        sitk_stuff = p.get("sitk_stuff", {})
+        grids.append({"shape": a.shape[1:], "spacing": p.get("spacing"), "origin": sitk_stuff.get("origin"),
+                      "direction": sitk_stuff.get("direction")})
+    problems = case_channel_problems(image_files, arrays, grids)
+    if problems:
+        raise UnlabeledDataError(f"Unlabeled case '{case}' refused:\n  " + "\n  ".join(problems) + f"\n{FIX_HINT} "
+                                 f"Nothing of this case was written.")
+    data, seg, properties = preprocessor.run_case_npy(np.vstack(arrays).astype(np.float32, copy=False), None,
+                                                      props[0], plans_manager, configuration_manager, dataset_json)
     if data.shape[0] != len(dataset_json["channel_names"]):
         raise UnlabeledDataError(
             f"Unlabeled case '{case}' ({image_files}) has {data.shape[0]} channel(s) after reading, dataset.json "
@@ -108,8 +127,32 @@ def preprocess_unlabeled_case(case: str, image_files: List[str], output_folder: 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _preprocess_star(args) -> None:
+    preprocess_unlabeled_case(*args)
+
+
 def _is_complete(output_folder: str, dataset_class, case: str) -> bool:
     return all(os.path.isfile(os.path.join(output_folder, f)) for f in _dataset_class_files(dataset_class, case))
+
+
+def read_problem(output_folder: str, dataset_class, case: str) -> Optional[str]:
+    """Why a finished case cannot be read back (an interrupted copy, a full disk), or None: loads it with
+    nnU-Net's dataset class and decompresses every array."""
+    try:
+        data, seg, _, properties = dataset_class(output_folder, [case]).load_case(case)
+        np.asarray(data[:])
+        np.asarray(seg[:])
+        if not isinstance(properties, dict):
+            return "its properties file does not hold a dict"
+    except Exception as e:  # blosc2 / pickle / numpy errors of a damaged file
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def progress(iterable, total: Optional[int] = None, desc: str = "", quiet: bool = False):
+    """nnU-Net's tqdm habit: a bar on a terminal, nothing when quiet or when output is redirected."""
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, unit="case", disable=True if quiet else None)
 
 
 def _remove_case(output_folder: str, dataset_class, case: str) -> None:
@@ -192,17 +235,30 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
             print(f"Removing {removed} from {out}: no longer in imagesUnlabeled")
             _remove_case(out, dataset_class, removed)
 
+        done = [c for c in cases if _is_complete(out, dataset_class, c)]
+        unreadable = []
+        for c in progress(done, desc=f"{configuration}: checking finished cases", quiet=not verbose):
+            problem = read_problem(out, dataset_class, c)
+            if problem:
+                print(f"{c}: the preprocessed case cannot be read ({problem}); preprocessing it again")
+                _remove_case(out, dataset_class, c)
+                unreadable.append(c)
         todo = [c for c in cases if not _is_complete(out, dataset_class, c)]
         if verbose:
-            print(f"{configuration}: {len(cases)} unlabeled cases, {len(cases) - len(todo)} already done, "
-                  f"{len(todo)} to preprocess -> {out}")
+            print(f"{configuration}: {len(cases)} unlabeled cases, {len(cases) - len(todo)} already done"
+                  f"{f' ({len(unreadable)} unreadable removed)' if unreadable else ''}, {len(todo)} to preprocess "
+                  f"-> {out}")
         args = [(c, cases[c], out, plans, configuration, dataset_json, dataset_class) for c in todo]
+        bar = progress(total=len(args), iterable=None, desc=f"{configuration}: preprocessing", quiet=not verbose)
         if num_processes <= 1 or len(args) <= 1:
             for a in args:
                 preprocess_unlabeled_case(*a)
+                bar.update()
         else:
             with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
-                pool.starmap(preprocess_unlabeled_case, args)
+                for _ in pool.imap_unordered(_preprocess_star, args):
+                    bar.update()
+        bar.close()
         outputs[configuration] = out
 
     install_semisup_splits(raw_folder, pp_base, verbose=verbose)
@@ -239,9 +295,10 @@ def main(argv=None) -> int:
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     parser.add_argument("-np", type=int, default=4, help="number of processes (default: 4)")
     parser.add_argument("--overwrite", action="store_true", help="redo every case (e.g. after re-planning)")
+    parser.add_argument("--quiet", action="store_true", help="print errors only (no progress bars or summaries)")
     args = parser.parse_args(argv)
     try:
-        preprocess_unlabeled(args.d, args.c, args.plans, args.np, args.overwrite)
+        preprocess_unlabeled(args.d, args.c, args.plans, args.np, args.overwrite, verbose=not args.quiet)
     except UnlabeledDataError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1

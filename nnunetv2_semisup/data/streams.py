@@ -102,6 +102,7 @@ class SemiSupBatchIterator:
     def __init__(self, labeled: AugmentedStream, unlabeled: Optional[AugmentedStream]):
         self.labeled = labeled
         self.unlabeled = unlabeled
+        self.iteration = 0  # batches delivered in the current epoch (the trainer resets it at each epoch start)
 
     @property
     def composition(self):
@@ -117,6 +118,7 @@ class SemiSupBatchIterator:
             u = next(self.unlabeled)
             batch["unlabeled"] = {"data": u["data"], "keys": u["keys"]}
         batch["b_l"], batch["b_u"] = b_l, b_u
+        self.iteration += 1
         return batch
 
     def finish(self):

@@ -12,14 +12,19 @@ from typing import Dict, List, Optional
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset
 
 
+class UnreadableCaseError(RuntimeError):
+    """A preprocessed unlabeled case cannot be loaded; the message names its files and the command that rebuilds it."""
+
+
 class UnlabeledDataset(nnUNetBaseDataset):
     """Wraps an nnU-Net dataset class; ``load_case`` replaces ``class_locations`` from a pseudo-label store."""
 
     def __init__(self, dataset_class, folder: str, identifiers: Optional[List[str]] = None,
-                 class_locations_file: Optional[str] = None):
+                 class_locations_file: Optional[str] = None, rebuild_command: str = "nnUNetv2_semisup_preprocess"):
         self.inner = dataset_class(folder, identifiers)
         super().__init__(folder, list(self.inner.identifiers))
         self.class_locations_file = class_locations_file
+        self.rebuild_command = rebuild_command
         self._class_locations = None
 
     def _store(self) -> Dict[str, dict]:
@@ -31,7 +36,18 @@ class UnlabeledDataset(nnUNetBaseDataset):
         return self._class_locations
 
     def load_case(self, identifier):
-        data, seg, seg_prev, properties = self.inner.load_case(identifier)
+        try:
+            # (blosc2 arrays stay lazy: a cut-off file already fails to open, since its frame trailer is lost)
+            data, seg, seg_prev, properties = self.inner.load_case(identifier)
+        except Exception as e:
+            files = sorted(f for f in os.listdir(self.source_folder) if f.startswith(identifier + ".")
+                           or f.startswith(identifier + "_seg."))
+            raise UnreadableCaseError(
+                f"Preprocessed unlabeled case '{identifier}' cannot be read ("
+                f"{', '.join(os.path.join(self.source_folder, f) for f in files) or 'files missing'}): "
+                f"{type(e).__name__}: {e}. The file is damaged (an interrupted copy or a full disk?). Run "
+                f"`{self.rebuild_command}`: it reads every finished case back and preprocesses unreadable ones "
+                f"again.") from e
         locations = self._store().get(identifier)
         if locations is not None:
             properties = dict(properties)

@@ -236,7 +236,8 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
                     loss = loss + self.cml_lambda1 * (sup_u1 + sup_u2)
                     out.update(sup_u1=sup_u1, sup_u2=sup_u2)
 
-        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.cml_grad_clip)
+        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.cml_grad_clip,
+                               terms={k: v for k, v in out.items() if torch.is_tensor(v)})
         if self.cml_stage == SELFTRAIN:
             self.cml_selftrain_iterations += 1
 

@@ -99,7 +99,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSup):
                 l_cons = torch.zeros((), device=self.device)
             loss = l_sup + weight * l_cons
 
-        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), 12)
+        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), 12,
+                               terms={"sup": l_sup, "cons": l_cons})
         ema_update(self.teacher, unwrap(self.network), mean_teacher_ema_decay(self.mt_global_step, self.mt_ema_decay))
         self.mt_global_step += 1
         return {"loss": loss.detach().cpu().numpy(), "sup": l_sup.detach().cpu().numpy(),

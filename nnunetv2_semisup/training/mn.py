@@ -321,7 +321,7 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
             output = self.network(x)
             loss, dice, kl = deep_supervision_loss(self.mn_loss, output, targets, self.mn_ds_weights)
         self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.mn_3d_grad_clip,
-                               free_gradients=True)
+                               free_gradients=True, terms={"dice_3d": dice, "kl_3d": kl})
         return {"3d": loss.detach().cpu().numpy(), "dice_3d": dice.detach().cpu().numpy(),
                 "kl_3d": kl.detach().cpu().numpy()}
 
@@ -337,7 +337,7 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
             loss = self.mn_loss.weight_dice * dice + self.mn_loss.weight_kl * kl
         params = [p for p in self.network_2d.parameters() if p.requires_grad]
         self.backward_and_step(loss, self.optimizer_2d, self.grad_scaler_2d, params, self.mn_2d_grad_clip,
-                               free_gradients=True)
+                               free_gradients=True, terms={"dice_2d": dice, "kl_2d": kl})
         return {"2d": loss.detach().cpu().numpy(), "dice_2d": dice.detach().cpu().numpy(),
                 "kl_2d": kl.detach().cpu().numpy()}
 

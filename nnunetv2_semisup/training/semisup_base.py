@@ -43,6 +43,10 @@ NNUNET_CHECKPOINT_KEYS = ("network_weights", "optimizer_state", "grad_scaler_sta
                           "current_epoch", "init_args", "trainer_name", "inference_allowed_mirroring_axes")
 
 
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN or ±Inf; the message names the terms, the epoch and the iteration."""
+
+
 class MissingUnlabeledDataError(RuntimeError):
     pass
 
@@ -137,7 +141,7 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                                    f"labeled cases only.")
             return None
         return UnlabeledDataset(self.dataset_class, self.unlabeled_preprocessed_folder,
-                                class_locations_file=self.class_locations_file)
+                                class_locations_file=self.class_locations_file, rebuild_command=cmd)
 
     def get_dataloaders(self):
         """Labeled + unlabeled training streams (``SemiSupBatchIterator``) and nnU-Net's validation loader."""
@@ -186,12 +190,14 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         return SemiSupBatchIterator(self._labeled_stream, self._unlabeled_stream), mt_gen_val
 
     # ------------------------------------------------------------------ optimisation
-    @staticmethod
-    def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, grad_scaler, parameters,
-                          max_grad_norm: Optional[float] = 12.0, free_gradients: bool = False) -> None:
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, grad_scaler, parameters,
+                          max_grad_norm: Optional[float] = 12.0, free_gradients: bool = False,
+                          terms: Optional[dict] = None) -> None:
         """nnU-Net's ``train_step`` recipe for any (loss, optimizer) pair: backward (scaled by the GradScaler on
         CUDA), optional gradient-norm clipping, optimizer step; optionally free the gradients afterwards (e.g. for
-        a model that is a teacher next)."""
+        a model that is a teacher next). A NaN/Inf loss stops training before anything is updated (``terms``: the
+        named loss terms, to say which one is at fault)."""
+        self.stop_on_nonfinite_loss(loss, terms)
         if grad_scaler is not None:
             grad_scaler.scale(loss).backward()
             if max_grad_norm is not None:
@@ -206,6 +212,25 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
             optimizer.step()
         if free_gradients:
             optimizer.zero_grad(set_to_none=True)
+
+    def stop_on_nonfinite_loss(self, loss: torch.Tensor, terms: Optional[dict] = None) -> None:
+        """Raise ``NonFiniteLossError`` (naming the terms, epoch and iteration) if ``loss`` is NaN or ±Inf. Raised
+        before the backward pass, so no weight changes and no checkpoint is written: the last checkpoint on disk is
+        the last good state (nnU-Net only writes checkpoints at epoch ends)."""
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        values = {k: float(torch.as_tensor(v).detach().float().mean()) for k, v in (terms or {}).items()
+                  if v is not None and k != "loss"}
+        bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+        shown = ", ".join(f"{k}={v}" for k, v in (bad or values).items()) or "no named terms"
+        it = getattr(self.dataloader_train, "iteration", None)
+        where = f"epoch {self.current_epoch}" + (f", iteration {it} of {self.num_iterations_per_epoch}" if it else "")
+        raise NonFiniteLossError(
+            f"{self.__class__.__name__}: non-finite training loss ({float(loss.detach().float())}) at {where}; "
+            f"non-finite terms: {shown}. Training stopped before this step changed any weight; the last checkpoint "
+            f"in {self.output_folder} (checkpoint_latest.pth, written at the end of an earlier epoch) is untouched — "
+            f"continue from it with --c after fixing the cause. Usual causes: NaN/Inf voxels in a scan (re-run "
+            f"nnUNetv2_semisup_preprocess, which refuses them), a learning rate or loss weight too high.")
 
     # ------------------------------------------------------------------ epochs
     def set_batch_composition(self, b_l: int, b_u: int) -> None:
@@ -223,6 +248,7 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
+        self.dataloader_train.iteration = 0
         self.set_batch_composition(*self.get_batch_composition())
         b_l, b_u = self.dataloader_train.composition
         self.logger.log("batch_labeled", b_l, self.current_epoch)
@@ -283,8 +309,10 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
     def set_class_locations_file(self, filename: Optional[str]) -> None:
         self.class_locations_file = filename
         if self._unlabeled_stream is not None:
+            current = self._unlabeled_stream.dataset
             self._unlabeled_stream.set_dataset(UnlabeledDataset(self.dataset_class, self.unlabeled_preprocessed_folder,
-                                                                class_locations_file=filename))
+                                                                class_locations_file=filename,
+                                                                rebuild_command=current.rebuild_command))
 
     # ------------------------------------------------------------------ checkpoints
     def get_method_state(self) -> dict:

@@ -259,7 +259,8 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
             out = self.network(x_l, x_u)
         terms = self.compute_losses(out, y, b)
         loss = terms["loss"]
-        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.skcdf_grad_clip)
+        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.skcdf_grad_clip,
+                               terms=terms)
         self.skcdf_iterations += 1
         self.skcdf_last_ramp_weight = terms["w_u"]
         return {k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.float64(v)) for k, v in terms.items()}
