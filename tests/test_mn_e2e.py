@@ -158,7 +158,9 @@ def test_train_resume_predict(planned_dataset, tiny_segformer_dir, tmp_path, mon
     assert [tuple(r) for r in fstate["refreshes"]] == [("warmup", 1, 1), (0.25, 1, 1), (0.375, 3, 2), (0.5, 3, 2)]
     assert final["semisup_state"]["pseudo_label_round"] == 2
     for r in (1, 2):
-        assert len(os.listdir(os.path.join(out, "pseudo_labels", f"round_{r}"))) == 6  # NIfTI per unlabeled case
+        round_dir = os.path.join(out, "pseudo_labels", f"round_{r}")
+        assert len([f for f in os.listdir(round_dir) if f.endswith(".nii.gz")]) == 6  # NIfTI per unlabeled case
+        assert len([f for f in os.listdir(os.path.join(round_dir, "png")) if f.endswith(".png")]) == 6  # pictures
     # the resumed epochs have the same trained model, learning rates and b_u as an uninterrupted run
     log = final["logging"]
     codes, lr3, lr2, share = expected_series(plan, 2)

@@ -1,4 +1,6 @@
-"""Hard pseudo-labels of the unlabeled cases, for foreground-aware unlabeled crops (and for users to inspect).
+"""Hard pseudo-labels of the unlabeled cases, for foreground-aware unlabeled crops (and for users to inspect: the
+export writes each case as an image in the original geometry and as a PNG, image | pseudo-label outlines, under
+``png/``).
 
 Prediction reuses nnU-Net's sliding-window predictor on the preprocessed unlabeled arrays (no TTA); the class
 locations are sampled with nnU-Net's own ``_sample_foreground_locations`` exactly as preprocessing does for
@@ -13,6 +15,8 @@ import torch
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+from nnunetv2_semisup.evaluation.pictures import write_png
 
 
 def predict_class_locations(trainer, network: torch.nn.Module, dataset, export_folder: Optional[str] = None
@@ -29,7 +33,9 @@ def predict_class_locations(trainer, network: torch.nn.Module, dataset, export_f
     if export_folder is not None:
         os.makedirs(export_folder, exist_ok=True)
     locations = {}
-    for case in dataset.identifiers:
+    from tqdm import tqdm
+    for case in tqdm(dataset.identifiers, desc="pseudo-labels", unit="case", disable=None if trainer.local_rank == 0
+                     else True):
         data, _, _, properties = dataset.load_case(case)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -41,4 +47,6 @@ def predict_class_locations(trainer, network: torch.nn.Module, dataset, export_f
             export_prediction_from_logits(logits, properties, trainer.configuration_manager, trainer.plans_manager,
                                           trainer.dataset_json, os.path.join(export_folder, case), False,
                                           num_threads_torch=1)
+            # image | pseudo-label outlines, in the preprocessed grid (docs: "Pictures")
+            write_png(os.path.join(export_folder, "png", f"{case}.png"), np.asarray(data[0]), [None, seg])
     return locations

@@ -235,7 +235,8 @@ def _evaluate_case_star(args):
 def evaluate_folders(ref_folder: str, pred_folder: str, labels: Optional[Sequence[int]] = None, mode: Optional[str] = None,
                      preset: Optional[str] = None, empty_policy: Optional[str] = None, lcc: Optional[bool] = None,
                      num_processes: int = 1, output_folder: Optional[str] = None, include_hd: bool = False,
-                     crop: bool = True, dataset_json: Optional[str] = None, verbose: bool = False) -> dict:
+                     crop: bool = True, dataset_json: Optional[str] = None, verbose: bool = False,
+                     progress: bool = False) -> dict:
     """Evaluate every reference case of ``ref_folder`` against ``pred_folder`` (metrics.md §1-§6).
 
     Returns the summary dict (§6) with an extra key ``"rows"`` (the per-case rows, not written to summary.json).
@@ -264,11 +265,20 @@ def evaluate_folders(ref_folder: str, pred_folder: str, labels: Optional[Sequenc
         warnings.warn(f"{len(unmatched)} predictions have no reference in {ref_folder} and are not evaluated: "
                       f"{', '.join(unmatched)}", stacklevel=2)
     jobs = [(c, refs[c], preds.get(c), eval_labels, allowed, settings, crop) for c in sorted(refs)]
+    from tqdm import tqdm
+    bar = tqdm(total=len(jobs), desc="evaluating", unit="case", disable=None if progress else True)
     if num_processes > 1 and len(jobs) > 1:
         with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-            per_case = pool.map(_evaluate_case_star, jobs)
+            per_case = []
+            for result in pool.imap(_evaluate_case_star, jobs):  # in order, so the rows keep the case order
+                per_case.append(result)
+                bar.update()
     else:
-        per_case = [_evaluate_case_star(j) for j in jobs]
+        per_case = []
+        for j in jobs:
+            per_case.append(_evaluate_case_star(j))
+            bar.update()
+    bar.close()
     rows = [r for case_rows in per_case for r in case_rows]
     printed = set()
     for r in rows:

@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", metavar="OUT", default=None,
                    help="output folder for metrics_per_case.csv and summary.json (default: "
                         "PRED/semisup_eval_<mode>[_<preset>]); with --aggregate-runs: where summary_runs.json goes")
+    p.add_argument("--png", metavar="DIR", default=None,
+                   help="also write one PNG per case to DIR: slices through each structure, reference (left) and "
+                        "prediction (right) outlined per class (see --images, --png-cases)")
+    p.add_argument("--images", metavar="FOLDER", default=None,
+                   help="with --png: the images of the cases (e.g. imagesTs; <case>_0000<ending> is drawn); "
+                        "without it the outlines are drawn on black")
+    p.add_argument("--png-cases", choices=["all", "worst", "best"], default="all",
+                   help="with --png: every case (default) or the --png-n worst/best by mean foreground Dice")
+    p.add_argument("--png-n", metavar="N", type=int, default=5, help="with --png-cases worst/best: how many (5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (also off when output is not a terminal)")
     p.add_argument("--compare-paper", metavar="DATASET/SETTING[/ablation]", default=None,
                    help="print your numbers beside the published rows (case-insensitive); one of "
                         + ", ".join(COMPARISONS) + ". The '/ablation' keys list the papers' ablation tables "
@@ -92,11 +102,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         except SettingsError as e:
             parser.error(str(e))
         out = args.o or default_output_folder(args.pred, settings)
+        if args.images and not args.png:
+            parser.error("--images is for the pictures: add --png DIR")
         summary = evaluate_folders(args.ref, args.pred, labels=args.l, mode=args.mode, preset=args.preset,
                                    empty_policy=args.empty_policy, lcc=args.lcc, num_processes=args.np,
-                                   output_folder=out, include_hd=args.hd, verbose=True)
+                                   output_folder=out, include_hd=args.hd, verbose=True, progress=not args.quiet)
         print(format_summary(summary))
         print(f"written: {os.path.join(out, 'metrics_per_case.csv')}, {os.path.join(out, 'summary.json')}")
+        if args.png:
+            written = write_case_pictures(summary, args.png, args.images, args.png_cases, args.png_n, args.quiet)
+            print(f"written: {len(written)} picture(s) in {args.png}")
         if args.compare_paper:
             print()
             print(format_comparison(summary, args.compare_paper))
@@ -104,6 +119,44 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (EvaluationError, RunAggregationError) as e:
         print(f"nnUNetv2_semisup_evaluate: error: {e}", file=sys.stderr)
         return 1
+
+
+def write_case_pictures(summary: dict, out_dir: str, images: Optional[str], which: str = "all", n: int = 5,
+                        quiet: bool = False) -> List[str]:
+    """One PNG per selected case (``pictures.write_png``): reference | prediction, on the case's first image
+    channel from ``images`` if given."""
+    import numpy as np
+    import SimpleITK as sitk
+    from tqdm import tqdm
+
+    from nnunetv2_semisup.evaluation.evaluate import file_ending_from_dataset_json, list_cases
+    from nnunetv2_semisup.evaluation.pictures import select_cases, write_png
+    ending = file_ending_from_dataset_json(summary.get("dataset_json"))
+    refs = list_cases(summary["reference_folder"], ending)
+    preds = list_cases(summary["prediction_folder"], ending)
+    dice: dict = {}
+    for r in summary["rows"]:
+        dice.setdefault(r["case"], []).append(r["dice"] if r["dice"] is not None else float("nan"))
+    per_case = {c: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for c, v in dice.items()}
+    written = []
+    for case in tqdm(select_cases(per_case, which, n), desc="pictures", unit="case", disable=True if quiet else None):
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(refs[case]))
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(preds[case])) if case in preds else np.zeros_like(ref)
+        image = None
+        if images:
+            ext = os.path.basename(refs[case])[len(case):]
+            path = os.path.join(images, f"{case}_0000{ext}")
+            if not os.path.isfile(path):
+                raise EvaluationError(f"--images {images}: no image {path} for case {case} (expected "
+                                      f"<case>_0000{ext}, nnU-Net's naming)")
+            image = sitk.GetArrayFromImage(sitk.ReadImage(path))
+            if image.shape != ref.shape:
+                raise EvaluationError(f"--images: {path} has shape {image.shape}, the reference {refs[case]} "
+                                      f"{ref.shape}")
+        if ref.ndim == 2:
+            ref, pred, image = ref[None], pred[None], None if image is None else image[None]
+        written.append(write_png(os.path.join(out_dir, f"{case}.png"), image, [ref, pred]))
+    return written
 
 
 def _aggregate(args) -> int:
