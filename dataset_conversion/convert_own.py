@@ -276,7 +276,8 @@ def convert_csv(args, argv) -> str:
     plan = Plan(roles["labeled"], roles["unlabeled"], roles["validation"], roles["test"], [],
                 f"list:{os.path.basename(args.csv)}", [])
     run_args = SimpleNamespace(dataset_id=args.dataset_id, name=args.name, overwrite=args.overwrite,
-                               transductive=args.transductive, write_unlabeled_labels=args.write_unlabeled_labels)
+                               transductive=args.transductive, write_unlabeled_labels=args.write_unlabeled_labels,
+                               quiet=args.quiet)
     info = DatasetInfo("own", "own", "", labels, {str(i): c for i, c in enumerate(channels)},
                        description="own data, converted by nnunetv2_semisup", licence="see the data owner",
                        record={"spacing_source": "header", "intensity": "as provided"})
