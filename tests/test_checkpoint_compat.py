@@ -1,0 +1,57 @@
+"""Model folders written by an earlier version keep working (issue 13, "Must not change"): checkpoints saved by the
+layout before the one-folder-per-method refactor (tests/data/legacy_checkpoints/) resume with the stock
+``nnUNetv2_train --c`` (every extra module and the method state load; M&N without the hub) and the final model
+predicts with the stock ``nnUNetv2_predict``."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LEGACY = os.path.join(HERE, "data", "legacy_checkpoints")
+COPY_ID = 982
+COPY_NAME = f"Dataset{COPY_ID}_Compat"
+TRAINERS = ["nnUNetTrainerMeanTeacher_short", "nnUNetTrainerMN_short", "nnUNetTrainerSKCDF_short",
+            "nnUNetTrainerCML_short"]
+
+
+@pytest.fixture(scope="module")
+def compat_dataset(planned_dataset):
+    ds = planned_dataset
+    raw, pp = os.path.join(ds.raw, COPY_NAME), os.path.join(ds.preprocessed, COPY_NAME)
+    for d in (raw, pp, os.path.join(ds.results, COPY_NAME)):
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(ds.raw_folder, raw)
+    shutil.copytree(ds.preprocessed_folder, pp)
+    plans_file = os.path.join(pp, "nnUNetPlans.json")
+    with open(plans_file) as f:
+        plans = json.load(f)
+    plans["dataset_name"] = COPY_NAME
+    with open(plans_file, "w") as f:
+        json.dump(plans, f, indent=2)
+    return ds, raw
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_legacy_checkpoint_resumes_and_predicts(compat_dataset, trainer, tmp_path):
+    ds, raw = compat_dataset
+    out = os.path.join(ds.results, COPY_NAME, f"{trainer}__nnUNetPlans__3d_fullres", "fold_all")
+    os.makedirs(out)
+    shutil.copyfile(os.path.join(LEGACY, f"{trainer}.pth"), os.path.join(out, "checkpoint_latest.pth"))
+    env = {**ds.env, "nnUNet_semisup_short_epochs": "3", "nnUNet_semisup_short_iterations": "2",
+           "nnUNet_semisup_short_val_iterations": "1",
+           "nnUNet_semisup_segformer": str(tmp_path / "no_segformer_here")}  # resuming M&N needs no hub/folder
+    proc = run_cli(["nnUNetv2_train", COPY_ID, "3d_fullres", "all", "-tr", trainer, "--c", "-device", "cpu"], env)
+    final = torch.load(os.path.join(out, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    legacy = torch.load(os.path.join(LEGACY, f"{trainer}.pth"), map_location="cpu", weights_only=False)
+    assert legacy["current_epoch"] == 1 and final["current_epoch"] == 3  # resumed at epoch 1, not restarted
+    assert set(final) == set(legacy)  # the same checkpoint keys
+    assert "Epoch 1" in proc.stdout and "Epoch 0\n" not in proc.stdout
+    pred = tmp_path / "pred"
+    run_cli(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", pred, "-d", COPY_ID, "-c", "3d_fullres",
+             "-f", "all", "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", 1, "-nps", 1], env)
+    assert len([f for f in os.listdir(pred) if f.endswith(".nii.gz")]) == 3
