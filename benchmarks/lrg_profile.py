@@ -10,10 +10,12 @@ Pure schedule arithmetic (the functions the trainer calls); no training. Run: ``
 """
 import math
 
-from nnunetv2_semisup.training.mn_schedule import (TRAIN_2D, TRAIN_3D, MNEpochPlan, PolySchedule,
-                                                   ReferenceCompositeSchedule, WarmupCosineSchedule,
-                                                   cotraining_lr_peak, iteration_unlabeled, lr_warmup_epochs,
-                                                   lrg_paper, lrg_ratio, unlabeled_share, warmup_stage_epochs)
+from nnunetv2_semisup.methods.mn.schedule import (TRAIN_2D, TRAIN_3D, MNEpochPlan, PolySchedule,
+                                                  ReferenceCompositeSchedule, WarmupCosineSchedule, lr_warmup_epochs,
+                                                  warmup_stage_epochs)
+
+from nnunetv2_semisup.methods.mn.lrg import (cotraining_lr_peak, iteration_unlabeled, lrg_paper, lrg_ratio,
+                                             unlabeled_share)
 
 ITERATIONS = 250
 

@@ -127,7 +127,7 @@ def main(argv=None) -> int:
         env = info["env"]
         segformer = args.segformer or ("tiny" if args.device == "cpu" else "b2")
         if segformer in ("tiny", "b2"):
-            from nnunetv2_semisup.networks.segformer2d import save_tiny_segformer
+            from nnunetv2_semisup.methods.mn.segformer import save_tiny_segformer
             folder = os.path.join(workdir, f"segformer_{segformer}")
             if segformer == "tiny":
                 save_tiny_segformer(folder)

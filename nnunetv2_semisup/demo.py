@@ -336,7 +336,7 @@ def segformer_setup(cfg: DemoConfig, env: Optional[dict] = None) -> Optional[str
     env = os.environ if env is None else env
     if not any("MN" in m for m in cfg.methods) or env.get("nnUNet_semisup_segformer"):
         return None
-    from nnunetv2_semisup.networks.segformer2d import save_tiny_segformer
+    from nnunetv2_semisup.methods.mn.segformer import save_tiny_segformer
     folder = os.path.join(cfg.out, "tiny_segformer")
     shutil.rmtree(folder, ignore_errors=True)
     save_tiny_segformer(folder, num_labels=4, seed=cfg.seed)

@@ -146,7 +146,7 @@ def test_add_unlabeled_and_check_refuse_nan_scans(copied, tmp_path):
 # ------------------------------------------------------------------------------------------------ NaN loss
 NAN_TRAINER = '''
 import torch
-from nnunetv2_semisup.training.short_schedule import nnUNetTrainerMeanTeacher_short
+from nnunetv2_semisup.methods.mean_teacher.variants import nnUNetTrainerMeanTeacher_short
 
 
 class nnUNetTrainerMeanTeacher_nanLoss(nnUNetTrainerMeanTeacher_short):

@@ -11,11 +11,11 @@ import torch
 
 from conftest import DATASET_ID, run_cli
 
-from nnunetv2_semisup.training import cml as cml_module
-from nnunetv2_semisup.training.cml_variants import (nnUNetTrainerCML, nnUNetTrainerCML_hetero,
+from nnunetv2_semisup.methods.cml import trainer as cml_module
+from nnunetv2_semisup.methods.cml.variants import (nnUNetTrainerCML, nnUNetTrainerCML_hetero,
                                                     nnUNetTrainerCML_identical, nnUNetTrainerCML_paper)
-from nnunetv2_semisup.training.cml import pretrain_epochs_for
-from nnunetv2_semisup.training.cutmix import ds_targets
+from nnunetv2_semisup.methods.cml.trainer import pretrain_epochs_for
+from nnunetv2_semisup.methods.cml.cutmix import ds_targets
 
 SHORT = "nnUNetTrainerCML_short"
 

@@ -9,11 +9,12 @@ from scipy import ndimage
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 
-from nnunetv2_semisup.losses.cml_losses import (cml_pseudo_labels, cml_sup_loss, dice_ps_loss, feature_discrepancy,
-                                                heterogeneous_targets, largest_component_per_class)
-from nnunetv2_semisup.networks.dual_net import CMLDualNetwork, InterpConvUpsample, make_decoder_heterogeneous
-from nnunetv2_semisup.training.cml import pretrain_epochs_for, resolve_pair_batch_size
-from nnunetv2_semisup.training.cutmix import box_sides, cutmix_box_mask, cutmix_pairs, ds_targets
+from nnunetv2_semisup.methods.cml.losses import cml_sup_loss, dice_ps_loss, feature_discrepancy
+from nnunetv2_semisup.methods.cml.pseudo_labels import cml_pseudo_labels, largest_component_per_class
+from nnunetv2_semisup.methods.cml.network import CMLDualNetwork, InterpConvUpsample, make_decoder_heterogeneous
+from nnunetv2_semisup.methods.cml.trainer import pretrain_epochs_for, resolve_pair_batch_size
+from nnunetv2_semisup.methods.cml.cutmix import (box_sides, cutmix_box_mask, cutmix_pairs, ds_targets,
+                                                heterogeneous_targets)
 
 FULL = ndimage.generate_binary_structure(3, 3)  # 26-connectivity
 

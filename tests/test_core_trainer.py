@@ -9,7 +9,7 @@ import torch
 
 from conftest import run_cli
 from nnunetv2_semisup.training.ema import ema_update
-from nnunetv2_semisup.training.mean_teacher import mean_teacher_ema_decay, sigmoid_rampup, softmax_mse
+from nnunetv2_semisup.methods.mean_teacher.trainer import mean_teacher_ema_decay, sigmoid_rampup, softmax_mse
 
 
 def make_trainer(ds, name="nnUNetTrainerMeanTeacher_short", fold="all"):
@@ -20,7 +20,7 @@ def make_trainer(ds, name="nnUNetTrainerMeanTeacher_short", fold="all"):
 def test_plugin_trainers_found_by_nnunets_own_finder(nnunet_env):
     """Guards the pitfall where a torch/torchvision mismatch breaks every external lookup."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2_semisup.training.mean_teacher import nnUNetTrainerMeanTeacher
+    from nnunetv2_semisup.methods.mean_teacher.trainer import nnUNetTrainerMeanTeacher
     cls = recursive_find_trainer_class_by_name("nnUNetTrainerMeanTeacher")
     assert cls is nnUNetTrainerMeanTeacher  # the real class, not a copy from the shim folder
     assert recursive_find_trainer_class_by_name("nnUNetTrainerSemiSup").__module__.startswith("nnunetv2_semisup")

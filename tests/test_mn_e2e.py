@@ -18,9 +18,8 @@ import SimpleITK as sitk
 import torch
 from conftest import bin_path, run_cli
 
-from nnunetv2_semisup.networks.segformer2d import SEGFORMER_ENV, save_tiny_segformer
-from nnunetv2_semisup.training.mn_schedule import (TRAIN_2D, TRAIN_3D, MNEpochPlan, PolySchedule,
-                                                   WarmupCosineSchedule)
+from nnunetv2_semisup.methods.mn.segformer import SEGFORMER_ENV, save_tiny_segformer
+from nnunetv2_semisup.methods.mn.schedule import (TRAIN_2D, TRAIN_3D, MNEpochPlan, PolySchedule, WarmupCosineSchedule)
 from nnunetv2_semisup.training.semisup_base import unwrap
 
 TRAINER = "nnUNetTrainerMN_short"
@@ -175,7 +174,7 @@ def test_train_resume_predict(planned_dataset, tiny_segformer_dir, tmp_path, mon
 
     # ---- 4. property 25: network_weights is exactly the stock 3D network; stock predict works without SegFormer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunetv2_semisup.training.mn import nnUNetTrainerMN
+    from nnunetv2_semisup.methods.mn.trainer import nnUNetTrainerMN
     pm = PlansManager(os.path.join(ds.preprocessed_folder, "nnUNetPlans.json"))
     net = nnUNetTrainerMN.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 4, False)
     result = net.load_state_dict(final["network_weights"], strict=True)

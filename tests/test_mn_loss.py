@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
-from nnunetv2_semisup.losses.mn_loss import (MNLoss, build_targets, deep_supervision_loss, dice_sq, kl_mean,
+from nnunetv2_semisup.methods.mn.losses import (MNLoss, build_targets, deep_supervision_loss, dice_sq, kl_mean,
                                              nnunet_deep_supervision_weights, one_hot, pool_soft_target,
                                              scale_factors)
 

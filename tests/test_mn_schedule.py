@@ -4,12 +4,12 @@ import math
 import numpy as np
 import pytest
 
-from nnunetv2_semisup.training.mn_schedule import (TRAIN_2D, TRAIN_3D, WARMUP, MNEpochPlan, ModelLRScheduler,
-                                                   PolySchedule, ReferenceCompositeSchedule, WarmupCosineSchedule,
-                                                   cotraining_lr_peak, due_pseudo_label_refreshes,
-                                                   epoch_composition, iteration_unlabeled, lr_warmup_epochs,
-                                                   lrg_linear, lrg_paper, lrg_ratio, lrg_uniform, unlabeled_share,
-                                                   warmup_stage_epochs)
+from nnunetv2_semisup.methods.mn.schedule import (TRAIN_2D, TRAIN_3D, WARMUP, MNEpochPlan, ModelLRScheduler,
+                                                  PolySchedule, ReferenceCompositeSchedule, WarmupCosineSchedule,
+                                                  due_pseudo_label_refreshes, lr_warmup_epochs, warmup_stage_epochs)
+
+from nnunetv2_semisup.methods.mn.lrg import (cotraining_lr_peak, epoch_composition, iteration_unlabeled, lrg_linear,
+                                             lrg_paper, lrg_ratio, lrg_uniform, unlabeled_share)
 
 
 def first_epochs(values, offset=0):

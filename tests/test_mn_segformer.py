@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from nnunetv2_semisup.losses.mn_loss import MNLoss
-from nnunetv2_semisup.networks.segformer2d import (SEGFORMER_ENV, SegFormerWeightsError, build_segformer_2d,
+from nnunetv2_semisup.methods.mn.losses import MNLoss
+from nnunetv2_semisup.methods.mn.segformer import (SEGFORMER_ENV, SegFormerWeightsError, build_segformer_2d,
                                                    save_tiny_segformer, segformer_checkpoint_from_env)
-from nnunetv2_semisup.networks.slicing import from_slices, slicewise_forward, to_slices
+from nnunetv2_semisup.methods.mn.slicing import from_slices, slicewise_forward, to_slices
 
 C = 4
 HIDDEN = 16  # decoder_hidden_size of the tiny config
@@ -128,7 +128,7 @@ def test_adapter_passes_every_channel_at_initialisation(tiny_segformer, in_chann
 def test_patch_mapping_to_unit_range():
     """Each (sample, channel) of a 3D patch: 0.5th/99.5th percentiles → 0/1, clipped, one mapping per patch (all
     slices share it); a constant channel maps to 0; z-scored signed input is no longer cut by the adapter's ReLU."""
-    from nnunetv2_semisup.networks.segformer2d import patch_to_unit_range
+    from nnunetv2_semisup.methods.mn.segformer import patch_to_unit_range
     torch.manual_seed(0)
     x = torch.randn(2, 2, 6, 10, 10)
     x[1, 0] = x[1, 0] * 10 + 100
@@ -229,7 +229,7 @@ def test_missing_checkpoint_names_the_variable(tmp_path):  # property 20
     # a hub id that is not cached, offline: same error (fresh process so the offline flag is honoured)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"),
                **{SEGFORMER_ENV: "nnunetv2-semisup-test/no-such-segformer"})
-    code = ("from nnunetv2_semisup.networks.segformer2d import *\n"
+    code = ("from nnunetv2_semisup.methods.mn.segformer import *\n"
             "try:\n    build_segformer_2d(segformer_checkpoint_from_env(), 1, 3)\n"
             "except SegFormerWeightsError as e:\n    print('ERR', e)\n")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

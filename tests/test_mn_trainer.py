@@ -10,8 +10,9 @@ import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunetv2_semisup.networks.segformer2d import SEGFORMER_ENV, save_tiny_segformer
-from nnunetv2_semisup.training.mn_schedule import TRAIN_2D, TRAIN_3D, WARMUP, epoch_composition, iteration_unlabeled
+from nnunetv2_semisup.methods.mn.segformer import SEGFORMER_ENV, save_tiny_segformer
+from nnunetv2_semisup.methods.mn.schedule import TRAIN_2D, TRAIN_3D, WARMUP
+from nnunetv2_semisup.methods.mn.lrg import epoch_composition, iteration_unlabeled
 from nnunetv2_semisup.training.semisup_base import unwrap
 
 
@@ -32,7 +33,7 @@ def make_trainer(ds, trainer="nnUNetTrainerMN", dataset_json=None):
     from nnunetv2.run.run_training import get_trainer_from_args
     if dataset_json is None:
         return get_trainer_from_args(str(ds.dataset_id), "3d_fullres", "all", trainer, device=torch.device("cpu"))
-    from nnunetv2_semisup.training.mn import nnUNetTrainerMN
+    from nnunetv2_semisup.methods.mn.trainer import nnUNetTrainerMN
     plans = load_json(os.path.join(ds.preprocessed_folder, "nnUNetPlans.json"))
     plans["continue_training"] = False
     return nnUNetTrainerMN(plans=plans, configuration="3d_fullres", fold="all", dataset_json=dataset_json,
@@ -174,7 +175,7 @@ def test_region_or_ignore_label_rejected(mn_env, kind):  # property 26
                                      "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_short"])
 def test_variants(mn_env, variant):  # spec §4, found by name through nnU-Net's own trainer lookup
     import math
-    from nnunetv2_semisup.training.mn_schedule import ReferenceCompositeSchedule
+    from nnunetv2_semisup.methods.mn.schedule import ReferenceCompositeSchedule
     t = make_trainer(mn_env, variant)
     t.initialize()
     seg = t.network_2d.model
@@ -225,7 +226,7 @@ def test_variants(mn_env, variant):  # spec §4, found by name through nnU-Net's
 def test_no_unlabeled_patches_while_a_models_lr_is_still_rising(mn_env):
     """Co-training from epoch 0 (mn_warmup_epochs = 0): the 2D model's first epochs are its LR warm-up, where
     η < η₀ would make eq. 10 give b_u = B − 1 at once; LRG counts only the decay, so b_u = 0 there."""
-    from nnunetv2_semisup.training.mn_schedule import lrg_paper
+    from nnunetv2_semisup.methods.mn.lrg import lrg_paper
     t = make_trainer(mn_env)
     t.mn_warmup_epochs = 0
     t.initialize()

@@ -108,7 +108,7 @@ def test_checkpoint_loads_into_fresh_trainer(skcdf_run):
 def test_strict_load_into_build_network_architecture(skcdf_run):
     ds, out, first, second, _ = skcdf_run
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunetv2_semisup.training.skcdf_variants import nnUNetTrainerSKCDF_short
+    from nnunetv2_semisup.methods.skcdf.variants import nnUNetTrainerSKCDF_short
     pm = PlansManager(os.path.join(out, "..", "plans.json"))
     net = nnUNetTrainerSKCDF_short.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 4,
                                                                enable_deep_supervision=False)
@@ -142,7 +142,7 @@ def test_variants_found_by_nnunet_and_configured(planned_dataset):
     """Every variant is found through nnU-Net's own trainer lookup (nnUNet_extTrainer) and has the spec's
     attributes; _paper derives its iterations per epoch from the unlabeled set (6 cases → 3)."""
     from nnunetv2.run.run_training import get_trainer_from_args
-    from nnunetv2_semisup.training.skcdf_variants import __all__ as names
+    from nnunetv2_semisup.methods.skcdf.variants import __all__ as names
     ds = planned_dataset
     expected = {"nnUNetTrainerSKCDF": (True, True, True, "reference"),
                 "nnUNetTrainerSKCDF_truemask": (True, True, True, "true"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_semisup.losses.skcdf_losses import (balanced_probabilities, bernoulli_mask, class_voxel_counts, dcce,
+from nnunetv2_semisup.methods.skcdf.losses import (balanced_probabilities, bernoulli_mask, class_voxel_counts, dcce,
                                                   dcce_terms, masked_dcce, masked_dcce_terms,
                                                   sigmoid_rampup_weight, soft_dice_loss, unlabeled_probabilities)
 

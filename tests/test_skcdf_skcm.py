@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_semisup.networks import skcdf_net
-from nnunetv2_semisup.networks.skcdf_net import SKCM, LocalSKCMBlock
+from nnunetv2_semisup.methods.skcdf import skcm as skcm_module
+from nnunetv2_semisup.methods.skcdf.skcm import SKCM, LocalSKCMBlock
 
 torch.set_num_threads(1)
 
@@ -296,7 +296,7 @@ def test_odd_sides_equal_naive_on_zero_padded_input():
     c = 5
     torch.manual_seed(6)
     block = LocalSKCMBlock(c, patch=2, num_heads=2, dropout=0.0).double().eval()
-    block.apply(skcdf_net.init_skcm)
+    block.apply(skcm_module.init_skcm)
     for shape in [(3, 5, 7), (1, 4, 4), (2, 6, 5)]:
         h = torch.randn(2, c, *shape, dtype=torch.float64)
         padded = F.pad(h, (0, shape[2] % 2, 0, shape[1] % 2, 0, shape[0] % 2))
@@ -311,7 +311,7 @@ def test_affinity_normalised_and_softmax_rows(monkeypatch):
     c, shape, b = 8, (4, 4, 6), 2
     m = _skcm(c, shape).eval()
     recorded = []
-    orig = skcdf_net.psi
+    orig = skcm_module.psi
 
     def spy(a):
         out = orig(a)
@@ -321,7 +321,7 @@ def test_affinity_normalised_and_softmax_rows(monkeypatch):
     probs = []
     hooks = [blk.attn.attn_drop.register_forward_pre_hook(lambda mod, inp: probs.append(inp[0].detach()))
              for blk in (m.local_block, m.global_block)]
-    monkeypatch.setattr(skcdf_net, "psi", spy)
+    monkeypatch.setattr(skcm_module, "psi", spy)
     torch.manual_seed(7)
     h = torch.randn(2 * b, c, *shape, dtype=torch.float64)
     with torch.no_grad():

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from nnunetv2_semisup.networks.skcdf_net import SKCDFNet
-from nnunetv2_semisup.training.skcdf import knowledge_transfer, nnUNetTrainerSKCDF
-from nnunetv2_semisup.training import skcdf_variants as V
+from nnunetv2_semisup.methods.skcdf.network import SKCDFNet
+from nnunetv2_semisup.methods.skcdf.trainer import knowledge_transfer, nnUNetTrainerSKCDF
+from nnunetv2_semisup.methods.skcdf import variants as V
 
 torch.set_num_threads(1)
 PATCH = (8, 8, 8)
@@ -161,7 +161,7 @@ def test_class_counts_use_only_training_cases_of_the_fold():
     counts = tr.compute_class_counts()
     np.testing.assert_array_equal(counts, [4, 3, 1, 0])  # −1 counts as background
     with pytest.warns(UserWarning, match="never occur"):
-        from nnunetv2_semisup.losses.skcdf_losses import balanced_probabilities
+        from nnunetv2_semisup.methods.skcdf.losses import balanced_probabilities
         p = balanced_probabilities(counts)
     np.testing.assert_allclose(p, [1 / 4, 1 / 3, 1.0, 1.0])
 

@@ -236,7 +236,7 @@ _MN_T4 = PublishedTable("M&N Table 4 (ablations, LA, 8 labeled)", _MN_ABL, "medp
 
 _CML_ABL = ("LA columns: " + _CML_CONV + "; 10 % labeled = 8 LA volumes. ACDC columns: 2D slices stacked per volume, "
             "medpy mean over RV/Myo/LV, 7 labeled, for reference only (not reproducible by the 3D port). Port "
-            "variants: spec cml.md §4 (_noDis) and training/cml_variants.py (_noUnsup, _supOnly)")
+            "variants: spec cml.md §4 (_noDis) and methods/cml/variants.py (_noUnsup, _supOnly)")
 
 _CML_T4 = PublishedTable("CML Table 4 (loss ablation, 10 % labeled)", _CML_ABL, "uamt_lcc",
                          ("dice", "jaccard", "hd95", "asd", "ACDC Dice", "ACDC 95HD", "ACDC ASD"), (
@@ -267,7 +267,7 @@ _SKCDF_T3 = PublishedTable(
 
 _SKCDF_T4 = PublishedTable(
     "SKCDF Table 4 (inference decoder and decoder EMA, Synapse 20 %, DF-only setting)",
-    _SKCDF_ABL + "; port variants: the DF-only classes of training/skcdf_variants.py (spec skcdf.md §4 names "
+    _SKCDF_ABL + "; port variants: the DF-only classes of methods/skcdf/variants.py (spec skcdf.md §4 names "
     "nnUNetTrainerSKCDF_noEMA, the full model without any transfer, for 'w/o EMA')", "dhc",
     METRICS, (
         _dice_asd("inference decoder labeled, decoder EMA no", "53.71 ± 1.64", "11.39 ± 0.04", note=OWN),

@@ -34,9 +34,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from nnunetv2_semisup.data.preprocess_unlabeled import stale_preprocessing_problem, unlabeled_folder_name
-from nnunetv2_semisup.data.streams import AugmentedStream, SemiSupBatchIterator
+from nnunetv2_semisup.data.unlabeled_loader import AugmentedStream, SemiSupBatchIterator
 from nnunetv2_semisup.data.unlabeled_dataset import UnlabeledDataset, write_class_locations
-from nnunetv2_semisup.training.logging import SemiSupLocalLogger
+from nnunetv2_semisup.training.progress_plot import SemiSupLocalLogger
 
 # top-level checkpoint keys nnU-Net itself writes; extra objects must not collide with them
 NNUNET_CHECKPOINT_KEYS = ("network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema",

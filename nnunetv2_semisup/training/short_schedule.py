@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_semisup.training.mean_teacher import nnUNetTrainerMeanTeacher
 
 
 class ShortScheduleMixin:
@@ -49,7 +48,3 @@ class ShortScheduleMixin:
 
 class nnUNetTrainer_semisupShort(ShortScheduleMixin, nnUNetTrainer):
     """Stock nnU-Net (labeled cases only) on the same short schedule: the baseline of the demo and benchmarks."""
-
-
-class nnUNetTrainerMeanTeacher_short(ShortScheduleMixin, nnUNetTrainerMeanTeacher):
-    pass

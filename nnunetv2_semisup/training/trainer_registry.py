@@ -1,11 +1,10 @@
 """Every trainer class nnU-Net should find by name (re-exported by the nnUNet_extTrainer shim folder).
 
-Add one import line per method module.
+Add one import line per method folder (``methods/<method>/variants.py`` exports the method's trainers).
 """
 from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup  # noqa: F401
-from nnunetv2_semisup.training.mean_teacher import nnUNetTrainerMeanTeacher  # noqa: F401
-from nnunetv2_semisup.training.short_schedule import (  # noqa: F401
-    nnUNetTrainer_semisupShort, nnUNetTrainerMeanTeacher_short)
-from nnunetv2_semisup.training.cml_variants import *  # noqa: F401,F403  (nnUNetTrainerCML and its variants)
-from nnunetv2_semisup.training.skcdf_variants import *  # noqa: F401,F403  (nnUNetTrainerSKCDF and its variants)
-from nnunetv2_semisup.training.mn_variants import *  # noqa: F401,F403  (nnUNetTrainerMN and its variants)
+from nnunetv2_semisup.training.short_schedule import nnUNetTrainer_semisupShort  # noqa: F401
+from nnunetv2_semisup.methods.mean_teacher.variants import *  # noqa: F401,F403
+from nnunetv2_semisup.methods.cml.variants import *  # noqa: F401,F403
+from nnunetv2_semisup.methods.skcdf.variants import *  # noqa: F401,F403
+from nnunetv2_semisup.methods.mn.variants import *  # noqa: F401,F403

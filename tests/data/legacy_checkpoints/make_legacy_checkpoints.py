@@ -33,7 +33,10 @@ def main(work: str) -> None:
     run(["nnUNetv2_plan_and_preprocess", "-d", conftest.DATASET_ID, "-c", "3d_fullres", "-np", 1], full)
     conftest.shrink_plans(os.path.join(env["nnUNet_preprocessed"], conftest.DATASET_NAME, "nnUNetPlans.json"))
     run(["nnUNetv2_semisup_preprocess", "-d", conftest.DATASET_ID, "-c", "3d_fullres", "-np", 1], full)
-    from nnunetv2_semisup.networks.segformer2d import SEGFORMER_ENV, save_tiny_segformer
+    try:  # the layout the checkpoints were written with, or the current one
+        from nnunetv2_semisup.networks.segformer2d import SEGFORMER_ENV, save_tiny_segformer
+    except ImportError:
+        from nnunetv2_semisup.methods.mn.segformer import SEGFORMER_ENV, save_tiny_segformer
     os.environ[SEGFORMER_ENV] = save_tiny_segformer(os.path.join(work, "tiny_segformer"))
     os.environ["nnUNet_n_proc_DA"] = "0"
     import torch

@@ -7,6 +7,8 @@
 - ``cutmix_pairs``: X_mix = X_a ⊙ M + X_b ⊙ (1 − M) for the halves a (first B/2) and b (second B/2) of a batch:
   the box content comes from b, the rest from a. Used for images, labels and (through
   ``heterogeneous_targets``) pseudo-labels.
+- ``heterogeneous_targets``: paper eq. 9 as the code implements it: T¹ = pl²[a] ⊙ M + pl¹[b] ⊙ (1 − M),
+  T² = pl¹[a] ⊙ M + pl²[b] ⊙ (1 − M) (outside the box the other subnet's pseudo-label, inside its own).
 - ``ds_targets``: deep-supervision targets of a mixed full-resolution label map, with nnU-Net's own
   ``DownsampleSegForDSTransform`` (nearest-exact), so they equal what nnU-Net's DA would produce for that label.
 """
@@ -70,3 +72,20 @@ def ds_targets(seg: torch.Tensor, ds_scales: Optional[Sequence[Sequence[float]]]
     # nearest-exact interpolation), which is exactly the per-sample result
     out = DownsampleSegForDSTransform(ds_scales=ds_scales)._apply_to_segmentation(seg[:, 0])
     return [o[:, None] for o in out]
+
+
+def heterogeneous_targets(pl1: torch.Tensor, pl2: torch.Tensor, mask: torch.Tensor
+                          ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Paper eq. 9 (as the code): halves a = first B/2, b = second B/2 of the unmixed batch's pseudo-labels.
+
+    T¹ = pl²[a] where M = 1, pl¹[b] where M = 0;  T² = pl¹[a] where M = 1, pl²[b] where M = 0.
+    ``mask`` has the spatial shape of the labels (M = 0 inside the box).
+    """
+    if pl1.shape != pl2.shape or pl1.shape[0] % 2:
+        raise ValueError(f"heterogeneous_targets: need two equally shaped label batches with an even batch size, "
+                         f"got {tuple(pl1.shape)} and {tuple(pl2.shape)}")
+    h = pl1.shape[0] // 2
+    m = mask.to(device=pl1.device, dtype=torch.bool)
+    t1 = torch.where(m, pl2[:h], pl1[h:])
+    t2 = torch.where(m, pl1[:h], pl2[h:])
+    return t1, t2

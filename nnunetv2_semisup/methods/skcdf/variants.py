@@ -17,7 +17,7 @@ Architecture switches are class attributes (nnU-Net rebuilds the network from th
 import torch
 
 from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
-from nnunetv2_semisup.training.skcdf import nnUNetTrainerSKCDF
+from nnunetv2_semisup.methods.skcdf.trainer import nnUNetTrainerSKCDF
 
 
 class nnUNetTrainerSKCDF_truemask(nnUNetTrainerSKCDF):

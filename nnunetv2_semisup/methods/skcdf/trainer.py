@@ -33,10 +33,10 @@ from torch import autocast
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.helpers import dummy_context
 
-from nnunetv2_semisup.losses.skcdf_losses import (MASK_MODES, balanced_probabilities, bernoulli_mask,
+from nnunetv2_semisup.methods.skcdf.losses import (MASK_MODES, balanced_probabilities, bernoulli_mask,
                                                   class_voxel_counts, dcce_terms, masked_dcce_terms,
                                                   sigmoid_rampup_weight, unlabeled_probabilities)
-from nnunetv2_semisup.networks.skcdf_net import SKCDFNet, SKCDFTrainOutput, skcdf_net_from_plans
+from nnunetv2_semisup.methods.skcdf.network import SKCDFNet, SKCDFTrainOutput, skcdf_net_from_plans
 from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
 
 

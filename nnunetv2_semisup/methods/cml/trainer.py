@@ -12,8 +12,8 @@ the reference's heterogeneous VNet pair (``_identical``: two subnets of the same
   + dis_u(2,1)), with T¹, T² the heterogeneous CutMix targets of paper eq. 9 built from LCC-filtered pseudo-labels
   of the unmixed unlabeled batch (no_grad, network in its current mode). No ramp-ups. One backward, one step.
 - sup = ½·(CE + per-sample Dice incl. background) applied to every deep-supervision output with nnU-Net's DS weights;
-  dis = 1 + mean per-voxel channel cosine at the bottleneck, partner detached (``losses/cml_losses.py``).
-- CutMix (``training/cutmix.py``): one zero box of ⌊β·s⌋ per axis per mixing operation, shared by all pairs; halves
+  dis = 1 + mean per-voxel channel cosine at the bottleneck, partner detached (``methods/cml/losses.py``).
+- CutMix (``methods/cml/cutmix.py``): one zero box of ⌊β·s⌋ per axis per mixing operation, shared by all pairs; halves
   a (first B/2) and b (second B/2); mixing at full resolution, DS targets by nnU-Net's downsampling of the mixed label.
 - Batches: B_l = B_u = largest even number ≤ nnU-Net's planned (per-GPU) batch size, at least 2 (rounded with a
   logged note); ``cml_batch_size`` overrides and must be even (an odd value is refused).
@@ -33,10 +33,10 @@ from torch import autocast
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.utilities.helpers import dummy_context
 
-from nnunetv2_semisup.losses.cml_losses import (CMLSupLoss, cml_pseudo_labels, cml_sup_loss, feature_discrepancy,
-                                                heterogeneous_targets)
-from nnunetv2_semisup.networks.dual_net import CMLDualNetwork, build_cml_network
-from nnunetv2_semisup.training.cutmix import cutmix_box_mask, cutmix_pairs, ds_targets
+from nnunetv2_semisup.methods.cml.cutmix import cutmix_box_mask, cutmix_pairs, ds_targets, heterogeneous_targets
+from nnunetv2_semisup.methods.cml.losses import CMLSupLoss, cml_sup_loss, feature_discrepancy
+from nnunetv2_semisup.methods.cml.network import CMLDualNetwork, build_cml_network
+from nnunetv2_semisup.methods.cml.pseudo_labels import cml_pseudo_labels
 from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
 
 PRETRAIN, SELFTRAIN = "pretrain", "selftrain"

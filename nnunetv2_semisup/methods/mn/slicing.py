@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from nnunetv2_semisup.networks.segformer2d import patch_to_unit_range
+from nnunetv2_semisup.methods.mn.segformer import patch_to_unit_range
 
 
 def to_slices(x: torch.Tensor, axis: int = 0) -> torch.Tensor:

@@ -35,16 +35,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.utilities.helpers import dummy_context
 
-from nnunetv2_semisup.losses.mn_loss import (MNLoss, build_targets, deep_supervision_loss,
+from nnunetv2_semisup.methods.mn.losses import (MNLoss, build_targets, deep_supervision_loss,
                                              nnunet_deep_supervision_weights, scale_factors)
-from nnunetv2_semisup.networks.segformer2d import (INPUT_MAPPINGS, REFERENCE_LORA_TARGETS, build_segformer_2d,
+from nnunetv2_semisup.methods.mn.segformer import (INPUT_MAPPINGS, REFERENCE_LORA_TARGETS, build_segformer_2d,
                                                    check_slice_size, segformer_checkpoint_from_env)
-from nnunetv2_semisup.networks.slicing import SliceWiseModel
-from nnunetv2_semisup.training.mn_schedule import (TRAIN_2D, TRAIN_3D, WARMUP, MNEpochPlan, ModelLRScheduler,
-                                                   PolySchedule, ReferenceCompositeSchedule, WarmupCosineSchedule,
-                                                   cotraining_lr_peak, due_pseudo_label_refreshes,
-                                                   epoch_composition, iteration_unlabeled, lr_warmup_epochs,
-                                                   lrg_ratio, lrg_uniform, unlabeled_share, warmup_stage_epochs)
+from nnunetv2_semisup.methods.mn.slicing import SliceWiseModel
+from nnunetv2_semisup.methods.mn.schedule import (TRAIN_2D, TRAIN_3D, WARMUP, MNEpochPlan, ModelLRScheduler,
+                                                  PolySchedule, ReferenceCompositeSchedule, WarmupCosineSchedule,
+                                                  due_pseudo_label_refreshes, lr_warmup_epochs, warmup_stage_epochs)
+from nnunetv2_semisup.methods.mn.lrg import (cotraining_lr_peak, epoch_composition, iteration_unlabeled, lrg_ratio,
+                                             lrg_uniform, unlabeled_share)
 from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
 
 PHASE_CODE = {WARMUP: 0, TRAIN_2D: 2, TRAIN_3D: 3}  # logged per epoch as 'mn_trained_model'

@@ -19,7 +19,7 @@
 """
 import torch
 
-from nnunetv2_semisup.training.mn import nnUNetTrainerMN
+from nnunetv2_semisup.methods.mn.trainer import nnUNetTrainerMN
 from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
 
 __all__ = ["nnUNetTrainerMN", "nnUNetTrainerMN_whole", "nnUNetTrainerMN_decoder", "nnUNetTrainerMN_freeze",

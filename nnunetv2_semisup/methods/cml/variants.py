@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from nnunetv2_semisup.training.cml import SELFTRAIN, nnUNetTrainerCML
+from nnunetv2_semisup.methods.cml.trainer import SELFTRAIN, nnUNetTrainerCML
 from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
 
 __all__ = ["nnUNetTrainerCML", "nnUNetTrainerCML_identical", "nnUNetTrainerCML_hetero", "nnUNetTrainerCML_noDis",

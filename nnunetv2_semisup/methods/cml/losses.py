@@ -1,0 +1,65 @@
+"""CML losses (spec cml.md §1.3, §3.2).
+
+- ``cml_sup_loss``: sup(z, y) = ½·(CE(z, y) + Dice_ps(z, y)) with a hard label map y. CE is the mean over all
+  voxels; Dice_ps = 1 − mean over samples n and classes c (background included) of
+  (2·Σ p·y + 1e-5)/(Σ p + Σ y + 1e-5) with p = softmax(z) (linear denominators). Float32. The reference loss.
+- ``feature_discrepancy``: dis(f_a, f_b) = 1 + mean over samples and voxels of the per-voxel cosine over channels of
+  L2-normalised f_a and stopgrad(f_b) (eps 1e-6), range [0, 2] (paper eq. 1 as the code computes it). Float32.
+Pseudo-labels are in ``pseudo_labels.py``, the CutMix and heterogeneous targets in ``cutmix.py``.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DICE_SMOOTH = 1e-5
+COSINE_EPS = 1e-6
+
+
+def _hard_labels(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(B, 1, ...) or (B, ...) label map → long (B, ...) matching logits' spatial shape."""
+    if target.ndim == logits.ndim:
+        if target.shape[1] != 1:
+            raise ValueError(f"cml_sup_loss expects a hard label map (B, 1, ...), got target shape "
+                             f"{tuple(target.shape)}")
+        target = target[:, 0]
+    if target.shape[1:] != logits.shape[2:] or target.shape[0] != logits.shape[0]:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
+    return target.long()
+
+
+def dice_ps_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − mean_{n,c} (2·Σ p·y + 1e-5)/(Σ p + Σ y + 1e-5), per sample and class, background included."""
+    logits = logits.float()
+    y = _hard_labels(target, logits)
+    p = torch.softmax(logits, 1)
+    onehot = F.one_hot(y, logits.shape[1]).movedim(-1, 1).to(p.dtype)
+    axes = tuple(range(2, logits.ndim))
+    intersect = (p * onehot).sum(axes)
+    dice = (2 * intersect + DICE_SMOOTH) / (p.sum(axes) + onehot.sum(axes) + DICE_SMOOTH)
+    return 1 - dice.mean()
+
+
+def cml_sup_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """sup(z, y) = ½·(CE(z, y) + Dice_ps(z, y)), float32 (spec §1.3)."""
+    logits = logits.float()
+    y = _hard_labels(target, logits)
+    return 0.5 * (F.cross_entropy(logits, y) + dice_ps_loss(logits, y))
+
+
+class CMLSupLoss(nn.Module):
+    """Module form of ``cml_sup_loss`` (to wrap in nnU-Net's ``DeepSupervisionWrapper``)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return cml_sup_loss(logits, target)
+
+
+def feature_discrepancy(f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
+    """dis(f_a, f_b) = 1 + mean_{n, voxels} cos(f_a[n, :, v], stopgrad(f_b)[n, :, v]) ∈ [0, 2] (spec §1.3).
+
+    Minimising it pushes f_a away from a frozen copy of f_b; no gradient reaches f_b.
+    """
+    if f_a.shape != f_b.shape:
+        raise ValueError(f"feature_discrepancy: shapes differ, {tuple(f_a.shape)} vs {tuple(f_b.shape)}")
+    a = F.normalize(f_a.float(), dim=1)
+    b = F.normalize(f_b.detach().float(), dim=1)
+    return 1 + F.cosine_similarity(a, b, dim=1, eps=COSINE_EPS).mean()
