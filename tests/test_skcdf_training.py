@@ -193,7 +193,7 @@ def test_gradient_routing():
 
     for which in ("sup", "u"):
         net.zero_grad(set_to_none=True)
-        terms = tr.compute_losses(net(batch["data"], batch["unlabeled"]["data"]), y, 2)
+        terms = tr.terms_from_outputs(net(batch["data"], batch["unlabeled"]["data"]), y, 2)
         loss = terms["sup_main"] + terms["sup_aux"] if which == "sup" else terms["u_main"] + terms["u_aux"]
         loss.backward()
         assert nonzero(grads(net.encoder)) and nonzero(grads(net.skcm))

@@ -32,6 +32,7 @@ from torch._dynamo import OptimizedModule
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
 
 from nnunetv2_semisup.data.preprocess_unlabeled import stale_preprocessing_problem, unlabeled_folder_name
 from nnunetv2_semisup.data.unlabeled_loader import AugmentedStream, SemiSupBatchIterator
@@ -188,6 +189,54 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                                                       wait_time=0.002)
         _ = next(mt_gen_val)
         return SemiSupBatchIterator(self._labeled_stream, self._unlabeled_stream), mt_gen_val
+
+    # ------------------------------------------------------------------ the training step
+    # The contract (DESIGN.md): batch to the device → before_step() → zero_grad → compute_losses() under autocast →
+    # one backward-and-step with ``grad_clip`` → after_step() → logged values. A method implements compute_losses
+    # and, if it needs them, the two hooks; a method with several optimisers (M&N) writes its own train_step from
+    # the same pieces (batch_to_device, autocast, backward_and_step, log_values).
+    grad_clip: Optional[float] = 12.0  # nnU-Net's gradient-norm clipping; None = off
+
+    def train_step(self, batch: dict) -> dict:
+        x_l, y_l, x_u = self.batch_to_device(batch)
+        self.before_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            terms = self.compute_losses(x_l, y_l, x_u)
+        self.backward_and_step(terms["loss"], self.optimizer, self.grad_scaler, self.network.parameters(),
+                               self.grad_clip, terms=terms)
+        self.after_step(terms)
+        return self.log_values(terms)
+
+    def compute_losses(self, x_l: Optional[torch.Tensor], y_l, x_u: Optional[torch.Tensor]) -> dict:
+        """The method's loss terms for one batch: a dict holding the total under ``"loss"`` (a tensor to
+        backpropagate) and any named terms or monitored values (tensors or floats) to log."""
+        raise NotImplementedError(f"{self.__class__.__name__} must implement compute_losses (or train_step)")
+
+    def before_step(self) -> None:
+        """Hook before the forward pass of each iteration (e.g. SKCDF's EMA transfer, a per-iteration LR)."""
+
+    def after_step(self, terms: dict) -> None:
+        """Hook after the optimiser step (EMA teachers, counters)."""
+
+    def batch_to_device(self, batch: dict):
+        """(x_l, y_l, x_u) on the device; y_l keeps nnU-Net's form (a list of deep-supervision targets or one
+        tensor); None for a part the batch does not hold."""
+        def move(t):
+            return None if t is None else t.to(self.device, non_blocking=True)
+        y_l = batch.get("target")
+        y_l = [move(t) for t in y_l] if isinstance(y_l, (list, tuple)) else move(y_l)
+        x_u = batch["unlabeled"]["data"] if "unlabeled" in batch else None
+        return move(batch.get("data")), y_l, move(x_u)
+
+    def autocast(self):
+        """nnU-Net's mixed precision: autocast on CUDA, nothing elsewhere."""
+        return torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    @staticmethod
+    def log_values(terms: dict) -> dict:
+        """``train_step`` outputs must be numpy/float (nnU-Net averages them per epoch)."""
+        return {k: v.detach().cpu().numpy() if torch.is_tensor(v) else np.float64(v) for k, v in terms.items()}
 
     # ------------------------------------------------------------------ optimisation
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, grad_scaler, parameters,

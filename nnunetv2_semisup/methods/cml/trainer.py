@@ -28,10 +28,8 @@ import math
 from typing import List, Optional, Tuple
 
 import torch
-from torch import autocast
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.utilities.helpers import dummy_context
 
 from nnunetv2_semisup.methods.cml.cutmix import cutmix_box_mask, cutmix_pairs, ds_targets, heterogeneous_targets
 from nnunetv2_semisup.methods.cml.losses import CMLSupLoss, cml_sup_loss, feature_discrepancy
@@ -184,67 +182,62 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
             return self._cml_sup(outputs, targets)
         return cml_sup_loss(outputs[0], targets[0])
 
-    def train_step(self, batch: dict) -> dict:
+    @property
+    def grad_clip(self) -> Optional[float]:
+        return self.cml_grad_clip
+
+    def before_step(self) -> None:
+        lr = self.cml_iteration_lr()
+        if lr is not None:
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+
+    def compute_losses(self, x_l, y_l, x_u) -> dict:
         dev = self.device
-        x_l = batch["data"].to(dev, non_blocking=True)
-        target = batch["target"]
-        y_l = (target[0] if isinstance(target, (list, tuple)) else target).to(dev, non_blocking=True)
+        y_l = y_l[0] if isinstance(y_l, (list, tuple)) else y_l
         ds_scales = self._get_deep_supervision_scales()
-        selftrain = self.cml_stage == SELFTRAIN and "unlabeled" in batch and self.uses_unlabeled()
+        selftrain = self.cml_stage == SELFTRAIN and x_u is not None and self.uses_unlabeled()
         with_unsup = selftrain and self.cml_lambda1 != 0
 
         m_l = self._draw_mask(x_l.shape[2:], dev)
         x_lmix = cutmix_pairs(x_l, m_l)
         t_l = ds_targets(cutmix_pairs(y_l, m_l), ds_scales)
         h = x_lmix.shape[0]
-        out = {}
+        out = {"stage": float(self.cml_stage == SELFTRAIN)}
+        x = x_lmix
+        if selftrain:
+            m_u = self._draw_mask(x_u.shape[2:], dev)
+            x = torch.cat((x_lmix, cutmix_pairs(x_u, m_u)))
+            if with_unsup:
+                with torch.no_grad():  # pseudo-labels of the unmixed batch, network left in its current mode
+                    p1, p2, _, _ = self.network(x_u, return_all=True)
+                pl1, r1 = cml_pseudo_labels(_full_res(p1), self.cml_lcc, self.cml_binary_threshold)
+                pl2, r2 = cml_pseudo_labels(_full_res(p2), self.cml_lcc, self.cml_binary_threshold)
+                t1, t2 = heterogeneous_targets(pl1, pl2, m_u)
+                t_u1, t_u2 = ds_targets(t1[:, None], ds_scales), ds_targets(t2[:, None], ds_scales)
+                out["lcc_removed"] = (r1 + r2) / 2
+        o1, o2, f1, f2 = self.network(x, return_all=True)
+        o1, o2 = _as_list(o1), _as_list(o2)
 
-        lr = self.cml_iteration_lr()
-        if lr is not None:
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast(dev.type, enabled=True) if dev.type == "cuda" else dummy_context():
-            x = x_lmix
-            if selftrain:
-                x_u = batch["unlabeled"]["data"].to(dev, non_blocking=True)
-                m_u = self._draw_mask(x_u.shape[2:], dev)
-                x = torch.cat((x_lmix, cutmix_pairs(x_u, m_u)))
-                if with_unsup:
-                    with torch.no_grad():  # pseudo-labels of the unmixed batch, network left in its current mode
-                        p1, p2, _, _ = self.network(x_u, return_all=True)
-                    pl1, r1 = cml_pseudo_labels(_full_res(p1), self.cml_lcc, self.cml_binary_threshold)
-                    pl2, r2 = cml_pseudo_labels(_full_res(p2), self.cml_lcc, self.cml_binary_threshold)
-                    t1, t2 = heterogeneous_targets(pl1, pl2, m_u)
-                    t_u1, t_u2 = ds_targets(t1[:, None], ds_scales), ds_targets(t2[:, None], ds_scales)
-                    out["lcc_removed"] = (r1 + r2) / 2
-            o1, o2, f1, f2 = self.network(x, return_all=True)
-            o1, o2 = _as_list(o1), _as_list(o2)
+        sup_l1 = self._sup([o[:h] for o in o1], t_l)
+        sup_l2 = self._sup([o[:h] for o in o2], t_l)
+        dis_l = feature_discrepancy(f1[:h], f2[:h]) + feature_discrepancy(f2[:h], f1[:h])
+        loss = self.cml_labeled_weight * (sup_l1 + sup_l2) + self.cml_lambda2 * dis_l
+        out.update(sup_l1=sup_l1, sup_l2=sup_l2, dis_l=dis_l)
+        if selftrain:
+            dis_u = feature_discrepancy(f1[h:], f2[h:]) + feature_discrepancy(f2[h:], f1[h:])
+            loss = loss + self.cml_lambda2 * dis_u
+            out["dis_u"] = dis_u
+            if with_unsup:
+                sup_u1 = self._sup([o[h:] for o in o1], t_u1)
+                sup_u2 = self._sup([o[h:] for o in o2], t_u2)
+                loss = loss + self.cml_lambda1 * (sup_u1 + sup_u2)
+                out.update(sup_u1=sup_u1, sup_u2=sup_u2)
+        return {"loss": loss, **out}
 
-            sup_l1 = self._sup([o[:h] for o in o1], t_l)
-            sup_l2 = self._sup([o[:h] for o in o2], t_l)
-            dis_l = feature_discrepancy(f1[:h], f2[:h]) + feature_discrepancy(f2[:h], f1[:h])
-            loss = self.cml_labeled_weight * (sup_l1 + sup_l2) + self.cml_lambda2 * dis_l
-            out.update(sup_l1=sup_l1, sup_l2=sup_l2, dis_l=dis_l)
-            if selftrain:
-                dis_u = feature_discrepancy(f1[h:], f2[h:]) + feature_discrepancy(f2[h:], f1[h:])
-                loss = loss + self.cml_lambda2 * dis_u
-                out["dis_u"] = dis_u
-                if with_unsup:
-                    sup_u1 = self._sup([o[h:] for o in o1], t_u1)
-                    sup_u2 = self._sup([o[h:] for o in o2], t_u2)
-                    loss = loss + self.cml_lambda1 * (sup_u1 + sup_u2)
-                    out.update(sup_u1=sup_u1, sup_u2=sup_u2)
-
-        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.cml_grad_clip,
-                               terms={k: v for k, v in out.items() if torch.is_tensor(v)})
+    def after_step(self, terms: dict) -> None:
         if self.cml_stage == SELFTRAIN:
             self.cml_selftrain_iterations += 1
-
-        result = {"loss": loss.detach().cpu().numpy(), "stage": float(self.cml_stage == SELFTRAIN)}
-        for k, v in out.items():
-            result[k] = v.detach().cpu().numpy() if torch.is_tensor(v) else float(v)
-        return result
 
 
 def _as_list(output) -> list:

@@ -13,9 +13,6 @@ nnU-Net's network, as used for 3D segmentation by UA-MT (Yu et al., MICCAI 2019)
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import autocast
-
-from nnunetv2.utilities.helpers import dummy_context
 
 from nnunetv2_semisup.training.ema import ema_update
 from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
@@ -74,34 +71,21 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSup):
         super().set_method_state(state)
         self.mt_global_step = state["mt_global_step"]
 
-    def train_step(self, batch: dict) -> dict:
-        x_l = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else target.to(self.device, non_blocking=True)
-        x_u = batch["unlabeled"]["data"].to(self.device, non_blocking=True) if "unlabeled" in batch else None
+    def compute_losses(self, x_l, target, x_u) -> dict:
         b_l = x_l.shape[0]
-        weight = self.consistency_weight()
+        output = self.network(x_l if x_u is None else torch.cat((x_l, x_u)))
+        outputs = output if isinstance(output, (list, tuple)) else [output]
+        sup_out = [o[:b_l] for o in outputs]
+        l_sup = self.loss(sup_out if isinstance(output, (list, tuple)) else sup_out[0], target)
+        if x_u is not None:
+            with torch.no_grad():
+                noise = torch.clamp(torch.randn_like(x_u) * self.mt_noise_std, -self.mt_noise_clip, self.mt_noise_clip)
+                teacher_out = self.teacher(x_u + noise)
+            l_cons = softmax_mse(outputs[0][b_l:], teacher_out)
+        else:
+            l_cons = torch.zeros((), device=self.device)
+        return {"loss": l_sup + self.consistency_weight() * l_cons, "sup": l_sup, "cons": l_cons}
 
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output = self.network(x_l if x_u is None else torch.cat((x_l, x_u)))
-            outputs = output if isinstance(output, (list, tuple)) else [output]
-            sup_out = [o[:b_l] for o in outputs]
-            l_sup = self.loss(sup_out if isinstance(output, (list, tuple)) else sup_out[0], target)
-            if x_u is not None:
-                with torch.no_grad():
-                    noise = torch.clamp(torch.randn_like(x_u) * self.mt_noise_std, -self.mt_noise_clip,
-                                        self.mt_noise_clip)
-                    teacher_out = self.teacher(x_u + noise)
-                l_cons = softmax_mse(outputs[0][b_l:], teacher_out)
-            else:
-                l_cons = torch.zeros((), device=self.device)
-            loss = l_sup + weight * l_cons
-
-        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), 12,
-                               terms={"sup": l_sup, "cons": l_cons})
+    def after_step(self, terms: dict) -> None:
         ema_update(self.teacher, unwrap(self.network), mean_teacher_ema_decay(self.mt_global_step, self.mt_ema_decay))
         self.mt_global_step += 1
-        return {"loss": loss.detach().cpu().numpy(), "sup": l_sup.detach().cpu().numpy(),
-                "cons": l_cons.detach().cpu().numpy()}

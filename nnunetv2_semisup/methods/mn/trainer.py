@@ -29,11 +29,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from torch import autocast
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.utilities.helpers import dummy_context
 
 from nnunetv2_semisup.methods.mn.losses import (MNLoss, build_targets, deep_supervision_loss,
                                              nnunet_deep_supervision_weights, scale_factors)
@@ -291,7 +289,7 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         was_training = model.training
         model.eval()
         try:
-            with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            with self.autocast():
                 logits = model(x)
             return torch.softmax(logits.float(), 1)
         finally:
@@ -304,7 +302,7 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         was_training = model.training
         model.eval()
         try:
-            with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            with self.autocast():
                 out = model(x)
             out = out[0] if isinstance(out, (list, tuple)) else out
             return torch.softmax(out.float(), 1)
@@ -317,13 +315,12 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         x = torch.cat([t for t in (x_u, x_l) if t is not None])
         targets = build_targets(soft_u, targets_l, self.label_manager.num_segmentation_heads, self.mn_ds_factors)
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with self.autocast():
             output = self.network(x)
             loss, dice, kl = deep_supervision_loss(self.mn_loss, output, targets, self.mn_ds_weights)
         self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.mn_3d_grad_clip,
                                free_gradients=True, terms={"dice_3d": dice, "kl_3d": kl})
-        return {"3d": loss.detach().cpu().numpy(), "dice_3d": dice.detach().cpu().numpy(),
-                "kl_3d": kl.detach().cpu().numpy()}
+        return self.log_values({"3d": loss, "dice_3d": dice, "kl_3d": kl})
 
     def step_2d(self, x_u, soft_u, x_l, target_l) -> dict:
         """One 2D student step (slice by slice, full resolution only) on the concatenated batch."""
@@ -331,15 +328,14 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         target = build_targets(soft_u, None if target_l is None else [target_l],
                                self.label_manager.num_segmentation_heads, [(1, 1, 1)])[0]
         self.optimizer_2d.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with self.autocast():
             logits = self.network_2d(x)
             dice, kl = self.mn_loss.components(logits, target)
             loss = self.mn_loss.weight_dice * dice + self.mn_loss.weight_kl * kl
         params = [p for p in self.network_2d.parameters() if p.requires_grad]
         self.backward_and_step(loss, self.optimizer_2d, self.grad_scaler_2d, params, self.mn_2d_grad_clip,
                                free_gradients=True, terms={"dice_2d": dice, "kl_2d": kl})
-        return {"2d": loss.detach().cpu().numpy(), "dice_2d": dice.detach().cpu().numpy(),
-                "kl_2d": kl.detach().cpu().numpy()}
+        return self.log_values({"2d": loss, "dice_2d": dice, "kl_2d": kl})
 
     def train_step(self, batch: dict) -> dict:
         x_l = batch.get("data")

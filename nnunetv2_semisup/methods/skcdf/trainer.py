@@ -28,10 +28,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch import autocast
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.utilities.helpers import dummy_context
 
 from nnunetv2_semisup.methods.skcdf.losses import (MASK_MODES, balanced_probabilities, bernoulli_mask,
                                                   class_voxel_counts, dcce_terms, masked_dcce_terms,
@@ -212,7 +210,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
     def knowledge_transfer(self) -> None:
         knowledge_transfer(unwrap(self.network), self.skcdf_ema_omega, heads=self.skcdf_use_aux)
 
-    def compute_losses(self, out: SKCDFTrainOutput, y: torch.Tensor, b: int) -> dict:
+    def terms_from_outputs(self, out: SKCDFTrainOutput, y: torch.Tensor, b: int) -> dict:
         """All loss terms of spec §1.4 steps 3, 4, 6, 7 from the network outputs of one iteration."""
         zero = out.labeled_main.new_zeros((), dtype=torch.float32)
         ce, dc = dcce_terms(out.labeled_main[:b], y)
@@ -236,31 +234,30 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         return {"loss": loss, "sup_main": sup_main, "sup_aux": sup_aux, "u_main": u_main, "u_aux": u_aux,
                 "w_u": w, "mask_l": frac_l, "mask_u": frac_u}
 
-    def train_step(self, batch: dict) -> dict:
+    @property
+    def grad_clip(self) -> Optional[float]:
+        return self.skcdf_grad_clip
+
+    def batch_to_device(self, batch: dict):
         if "data" not in batch or "unlabeled" not in batch:
             raise RuntimeError(f"{self.__class__.__name__} needs labeled and unlabeled samples in every batch "
                                f"(got b_l={batch.get('b_l')}, b_u={batch.get('b_u')}); run "
                                f"nnUNetv2_semisup_preprocess for the unlabeled scans.")
-        x_l = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = target[0] if isinstance(target, (list, tuple)) else target
-        y = target.to(self.device, non_blocking=True)[:, 0].long()
-        x_u = batch["unlabeled"]["data"].to(self.device, non_blocking=True)
-        b = x_l.shape[0]
-        if x_u.shape[0] != b:
+        x_l, y_l, x_u = super().batch_to_device(batch)
+        if x_u.shape[0] != x_l.shape[0]:
             raise ValueError(f"{self.__class__.__name__}: B_l = B_u is required (SKCM cross attention pairs the "
-                             f"two flows), got B_l={b}, B_u={x_u.shape[0]}. Set skcdf_batch_size instead of "
-                             f"changing get_batch_composition.")
+                             f"two flows), got B_l={x_l.shape[0]}, B_u={x_u.shape[0]}. Set skcdf_batch_size instead "
+                             f"of changing get_batch_composition.")
+        return x_l, y_l, x_u
 
+    def before_step(self) -> None:
         if self.skcdf_use_ema:
             self.knowledge_transfer()  # spec §1.5: every iteration, before the forward
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            out = self.network(x_l, x_u)
-        terms = self.compute_losses(out, y, b)
-        loss = terms["loss"]
-        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.skcdf_grad_clip,
-                               terms=terms)
+
+    def compute_losses(self, x_l, y_l, x_u) -> dict:
+        y = (y_l[0] if isinstance(y_l, (list, tuple)) else y_l)[:, 0].long()
+        return self.terms_from_outputs(self.network(x_l, x_u), y, x_l.shape[0])
+
+    def after_step(self, terms: dict) -> None:
         self.skcdf_iterations += 1
         self.skcdf_last_ramp_weight = terms["w_u"]
-        return {k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.float64(v)) for k, v in terms.items()}
