@@ -1,6 +1,6 @@
 """Dataset converters (installed as nnunetv2_semisup_conversion).
 
 Console commands: nnUNetv2_semisup_convert_LA, nnUNetv2_semisup_convert_Pancreas, nnUNetv2_semisup_convert_Synapse,
-nnUNetv2_semisup_convert_own and nnUNetv2_semisup_add_unlabeled. Contract: shared/spec/datasets.md; user
+nnUNetv2_semisup_convert_own and nnUNetv2_semisup_add_unlabeled. Contract: docs/datasets.md; user
 documentation: docs/datasets.md.
 """

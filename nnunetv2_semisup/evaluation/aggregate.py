@@ -1,4 +1,4 @@
-"""Aggregation over cases, labels and runs (spec/metrics.md §5).
+"""Aggregation over cases, labels and runs (docs/evaluation.md §5).
 
 - per label: mean, std (ddof 0), median over cases, NaN excluded; ``n_nan`` = number of cases with at least one
   NaN metric (an integer, as in spec §6), ``n_nan_per_metric`` = the NaN count of each metric;

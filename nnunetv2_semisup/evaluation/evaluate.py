@@ -1,4 +1,4 @@
-"""Folder evaluation: match cases, read label maps, check them, compute and aggregate metrics (spec/metrics.md).
+"""Folder evaluation: match cases, read label maps, check them, compute and aggregate metrics (docs/evaluation.md).
 
 The Python API behind ``nnUNetv2_semisup_evaluate``:
 

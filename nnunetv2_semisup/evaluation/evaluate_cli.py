@@ -1,4 +1,4 @@
-"""``nnUNetv2_semisup_evaluate``: Dice, Jaccard, HD95 and ASD/ASSD per case and label (spec/metrics.md).
+"""``nnUNetv2_semisup_evaluate``: Dice, Jaccard, HD95 and ASD/ASSD per case and label (docs/evaluation.md).
 
 Examples::
 

@@ -1,4 +1,4 @@
-"""Overlap and surface-distance metrics for binary masks, in ``mm`` and ``paper`` mode (spec/metrics.md §2-§4).
+"""Overlap and surface-distance metrics for binary masks, in ``mm`` and ``paper`` mode (docs/evaluation.md §2-§4).
 
 Implemented on :mod:`scipy.ndimage` only (binary erosion, Euclidean distance transform, connected components).
 medpy is GPL-3.0 and deliberately not imported here; the tests check that ``paper`` mode reproduces medpy 0.5.2.

@@ -1,7 +1,7 @@
-"""Published result rows for ``--compare-paper DATASET/SETTING`` (spec/mn.md §6, skcdf.md §6, cml.md §6).
+"""Published result rows for ``--compare-paper DATASET/SETTING`` (docs/mn.md §6, skcdf.md §6, cml.md §6).
 
 Values are copied verbatim from the spec documents (which copy the papers). Dice/Jaccard in %, distances in
-voxels of each paper's evaluation grid; which convention each table uses is spec/metrics.md §7 and is printed with
+voxels of each paper's evaluation grid; which convention each table uses is docs/evaluation.md §7 and is printed with
 every table. Rows marked ``quoted`` were not measured under the citing paper's own protocol.
 
 Main tables are keyed ``DATASET/SETTING`` (``LA/8``); the papers' ablation tables are keyed
@@ -220,7 +220,7 @@ _SKCDF_T2 = PublishedTable(
 # ----------------------------------------------------------------------------------------------- ablation tables
 _MN_ABL = ("medpy Dice/Jaccard %, HD95 pooled P95 and ASD directed pred->gt in voxels; all rows are M&N's own runs: "
            "LA 8 labeled, last checkpoint, no post-processing, raw LA challenge Testing Set at native 0.625 mm "
-           "(voxels x 0.625 = mm); port variants from spec mn.md §4")
+           "(voxels x 0.625 = mm); port variants from docs/mn.md §4")
 
 _MN_T4 = PublishedTable("M&N Table 4 (ablations, LA, 8 labeled)", _MN_ABL, "medpy",
                         METRICS, (
@@ -236,7 +236,7 @@ _MN_T4 = PublishedTable("M&N Table 4 (ablations, LA, 8 labeled)", _MN_ABL, "medp
 
 _CML_ABL = ("LA columns: " + _CML_CONV + "; 10 % labeled = 8 LA volumes. ACDC columns: 2D slices stacked per volume, "
             "medpy mean over RV/Myo/LV, 7 labeled, for reference only (not reproducible by the 3D port). Port "
-            "variants: spec cml.md §4 (_noDis) and methods/cml/variants.py (_noUnsup, _supOnly)")
+            "variants: docs/cml.md §4 (_noDis) and methods/cml/variants.py (_noUnsup, _supOnly)")
 
 _CML_T4 = PublishedTable("CML Table 4 (loss ablation, 10 % labeled)", _CML_ABL, "uamt_lcc",
                          ("dice", "jaccard", "hd95", "asd", "ACDC Dice", "ACDC 95HD", "ACDC ASD"), (
@@ -250,7 +250,7 @@ _SKCDF_ABL = _SKCDF_CONV.format(runs="mean ± std over 3 seeds (0, 1, 666)")
 
 _SKCDF_T3 = PublishedTable(
     "SKCDF Table 3 (component ablation, Synapse 20 %; DF = decoupled decoders, ABSH = auxiliary balanced heads)",
-    _SKCDF_ABL + "; port variants from spec skcdf.md §4 / Table 3", "dhc", _SYN, (
+    _SKCDF_ABL + "; port variants from docs/skcdf.md §4 / Table 3", "dhc", _SYN, (
         _syn("pseudo-label baseline", "44.66 ± 2.5", "33.46 ± 1.99",
              "66.5 62.2 47.7 41.8 0.0 91.6 52.5 81.7 74.0 31.9 30.8 0.0 0.0", OWN),
         _syn("+ DF", "57.4 ± 0.9", "13.0 ± 2.08",
@@ -267,7 +267,7 @@ _SKCDF_T3 = PublishedTable(
 
 _SKCDF_T4 = PublishedTable(
     "SKCDF Table 4 (inference decoder and decoder EMA, Synapse 20 %, DF-only setting)",
-    _SKCDF_ABL + "; port variants: the DF-only classes of methods/skcdf/variants.py (spec skcdf.md §4 names "
+    _SKCDF_ABL + "; port variants: the DF-only classes of methods/skcdf/variants.py (docs/skcdf.md §4 names "
     "nnUNetTrainerSKCDF_noEMA, the full model without any transfer, for 'w/o EMA')", "dhc",
     METRICS, (
         _dice_asd("inference decoder labeled, decoder EMA no", "53.71 ± 1.64", "11.39 ± 0.04", note=OWN),

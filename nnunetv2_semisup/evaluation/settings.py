@@ -1,4 +1,4 @@
-"""Evaluation settings: modes, empty-mask policies and paper presets (spec/metrics.md §3, §4).
+"""Evaluation settings: modes, empty-mask policies and paper presets (docs/evaluation.md §3, §4).
 
 One job: turn the user's choice of ``mode`` / ``preset`` / ``empty_policy`` / ``lcc`` into one consistent,
 validated :class:`EvalSettings`, so that the metric code never has to guess and every output can state exactly

@@ -1,4 +1,4 @@
-"""Console tables: the evaluation summary, the run aggregate and ``--compare-paper`` (spec/metrics.md §5-§7).
+"""Console tables: the evaluation summary, the run aggregate and ``--compare-paper`` (docs/evaluation.md §5-§7).
 
 Dice and Jaccard are stored as fractions and printed ×100 with a % sign (§5); distances are printed with their
 unit. Pure formatting: every function returns a string.

@@ -1,4 +1,4 @@
-"""CML's CutMix (spec cml.md §1.4, §3.3).
+"""CML's CutMix (docs/cml.md).
 
 - ``cutmix_box_mask``: ones everywhere except one zero box with side ⌊β·s_i⌋ per patch axis, at a uniformly random
   corner in {0, …, s_i − ⌊β·s_i⌋} (the port includes the last position; the reference's exclusive upper bound fails

@@ -1,4 +1,4 @@
-"""CML losses (spec cml.md §1.3, §3.2).
+"""CML losses (docs/cml.md).
 
 - ``cml_sup_loss``: sup(z, y) = ½·(CE(z, y) + Dice_ps(z, y)) with a hard label map y. CE is the mean over all
   voxels; Dice_ps = 1 − mean over samples n and classes c (background included) of
@@ -40,7 +40,7 @@ def dice_ps_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def cml_sup_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """sup(z, y) = ½·(CE(z, y) + Dice_ps(z, y)), float32 (spec §1.3)."""
+    """sup(z, y) = ½·(CE(z, y) + Dice_ps(z, y)), float32 (docs/cml.md)."""
     logits = logits.float()
     y = _hard_labels(target, logits)
     return 0.5 * (F.cross_entropy(logits, y) + dice_ps_loss(logits, y))
@@ -54,7 +54,7 @@ class CMLSupLoss(nn.Module):
 
 
 def feature_discrepancy(f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
-    """dis(f_a, f_b) = 1 + mean_{n, voxels} cos(f_a[n, :, v], stopgrad(f_b)[n, :, v]) ∈ [0, 2] (spec §1.3).
+    """dis(f_a, f_b) = 1 + mean_{n, voxels} cos(f_a[n, :, v], stopgrad(f_b)[n, :, v]) ∈ [0, 2] (docs/cml.md).
 
     Minimising it pushes f_a away from a frozen copy of f_b; no gradient reaches f_b.
     """

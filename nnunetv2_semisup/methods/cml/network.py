@@ -1,4 +1,4 @@
-"""CML's two-subnet network (spec cml.md §1.2, §3.1, §3.5).
+"""CML's two-subnet network (docs/cml.md).
 
 - ``CMLDualNetwork`` holds two independent nnU-Net networks built from the plans (same architecture, separate
   random initialisation, no shared parameters). ``forward(x)`` is the inference path: the average of the two

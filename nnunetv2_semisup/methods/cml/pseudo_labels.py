@@ -1,4 +1,4 @@
-"""CML's hard pseudo-labels (spec cml.md §1.5, §3.3): one subnet's logits → labels cleaned by the
+"""CML's hard pseudo-labels (docs/cml.md): one subnet's logits → labels cleaned by the
 largest-connected-component filter (the paper's "NMS").
 
 C = 2: foreground where p₁ ≥ threshold, else argmax; then, per patch and per foreground class, only its largest

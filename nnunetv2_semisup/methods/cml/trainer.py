@@ -1,4 +1,4 @@
-"""``nnUNetTrainerCML``: Cross-View Mutual Learning (Wu et al., ACM MM 2024) on nnU-Net (spec cml.md §3).
+"""``nnUNetTrainerCML``: Cross-View Mutual Learning (Wu et al., ACM MM 2024) on nnU-Net (docs/cml.md).
 
 Two independent nnU-Net networks (``CMLDualNetwork``); by default subnet 2 upsamples by interpolation + conv like
 the reference's heterogeneous VNet pair (``_identical``: two subnets of the same architecture).
@@ -41,7 +41,7 @@ PRETRAIN, SELFTRAIN = "pretrain", "selftrain"
 
 
 def resolve_pair_batch_size(planned: int, override: Optional[int] = None) -> Tuple[int, Optional[str]]:
-    """(B, note): B_l = B_u for CML (spec §3.3). Planned odd sizes round down to pairs (minimum 2), with a note to
+    """(B, note): B_l = B_u for CML (docs/cml.md). Planned odd sizes round down to pairs (minimum 2), with a note to
     log; an explicit ``cml_batch_size`` must be an even number ≥ 2."""
     if override is not None:
         if int(override) != override or override < 2 or override % 2:

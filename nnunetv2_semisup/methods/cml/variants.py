@@ -1,4 +1,4 @@
-"""CML trainer variants (spec cml.md §4 and the paper's Table 4 ablation), as tiny attribute-changing subclasses.
+"""CML trainer variants (docs/cml.md and the paper's Table 4 ablation), as tiny attribute-changing subclasses.
 
 | class | differs from ``nnUNetTrainerCML`` by |
 |---|---|

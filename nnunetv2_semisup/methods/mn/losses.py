@@ -1,4 +1,4 @@
-"""The M&N loss: L(z, y) = Dice_sq(z, y) + KL_mean(z, y) (spec §1.4), and its deep-supervision form (§3.4).
+"""The M&N loss: L(z, y) = Dice_sq(z, y) + KL_mean(z, y) (docs/mn.md), and its deep-supervision form.
 
 - ``dice_sq``: V-Net squared-denominator soft Dice, **batch-global** (sums over all samples and voxels together),
   background included, no smoothing: dice_c = 2 Σ p_c y_c / max(Σ p_c² + Σ y_c², 1e-6); loss = 1 − mean_c dice_c.
@@ -56,7 +56,7 @@ def kl_mean(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class MNLoss(nn.Module):
-    """Dice_sq + KL_mean with weights 1 and 1 (§1.4). ``forward`` returns the total, ``components`` (dice, kl)."""
+    """Dice_sq + KL_mean with weights 1 and 1. ``forward`` returns the total, ``components`` (dice, kl)."""
 
     def __init__(self, weight_dice: float = 1.0, weight_kl: float = 1.0):
         super().__init__()
@@ -81,7 +81,7 @@ def nnunet_deep_supervision_weights(num_scales: int, ddp_without_compile: bool =
 
 def pool_soft_target(target: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:
     """Average-pool a full-resolution probability target with kernel = stride = ``factor`` (integer per spatial
-    axis); per-voxel sums of 1 are preserved (§3.4)."""
+    axis); per-voxel sums of 1 are preserved."""
     factor = tuple(int(f) for f in factor)
     if all(f == 1 for f in factor):
         return target

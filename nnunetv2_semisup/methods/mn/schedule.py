@@ -1,10 +1,9 @@
 """M&N epoch bookkeeping, learning-rate schedules and pseudo-label refresh points (LRG is in ``lrg.py``).
 
-Spec: ``shared/spec/mn.md`` §1.6 (reference composite schedule), §1.7 (LRG), §3.3 (port schedules, epoch plan),
-§3.5 (LRG modes). Everything here is a pure function of epoch counters, so resuming (``--c``) only needs the
+Documentation: docs/mn.md (epochs, schedules, the reference's composite schedule). Everything here is a pure function of epoch counters, so resuming (``--c``) only needs the
 global epoch and the stored counters.
 
-Epoch plan (§3.3): global epochs e = 0 .. E−1; warm-up stage e < W (both models trained on labeled batches);
+Epoch plan: global epochs e = 0 .. E−1; warm-up stage e < W (both models trained on labeled batches);
 co-training epoch j = e − W + 1: odd j trains the 3D model, even j the 2D model (without co-training, every
 co-training epoch trains 3D). Each model m has its own epoch counter e_m (epochs in which m was trained so far)
 and its own schedule length T_3D = W + ⌈(E − W)/2⌉, T_2D = W + ⌊(E − W)/2⌋ (no co-training: T_3D = E, T_2D = W).
@@ -39,7 +38,7 @@ def warmup_stage_epochs(num_epochs: int, fraction: float = 0.125, absolute: Opti
 
 @dataclass(frozen=True)
 class MNEpochPlan:
-    """Which model trains in global epoch e, and each model's own epoch counter and schedule length (§3.3)."""
+    """Which model trains in global epoch e, and each model's own epoch counter and schedule length."""
     num_epochs: int
     warmup_epochs: int
     cotraining: bool = True
@@ -93,7 +92,7 @@ class PolySchedule:
 
 
 class WarmupCosineSchedule:
-    """Port 2D schedule (§3.3): linear warm-up 0.01·η₀ → η₀ over w epochs, then cosine η₀ → 0 until T."""
+    """Port 2D schedule: linear warm-up 0.01·η₀ → η₀ over w epochs, then cosine η₀ → 0 until T."""
 
     def __init__(self, initial_lr: float, total: int, warmup: int):
         if warmup < 1 or total < 1:
@@ -108,7 +107,7 @@ class WarmupCosineSchedule:
 
 
 class ReferenceCompositeSchedule:
-    """The reference's composite schedule (§1.6), generalised: linear warm-up 0.01·η₀ → η₀ over w epochs, cosine
+    """The reference's composite schedule, generalised: linear warm-up 0.01·η₀ → η₀ over w epochs, cosine
     η₀ → 0 until the end of the supervised stage W, then a **restart** at η₀ with cosine → 0 until T.
     With w = 50, W = 500, T = 4000 this is exactly the reference's ``SequentialLR``."""
 
@@ -170,7 +169,7 @@ class ModelLRScheduler:
 
 # ---------------------------------------------------------------------------------------------- pseudo refresh
 def due_pseudo_label_refreshes(e: int, plan: MNEpochPlan, fractions, done) -> list:
-    """Refresh points due at the start of global epoch e (§3.2): 'warmup' at e = W, and each fraction f at the
+    """Refresh points due at the start of global epoch e: 'warmup' at e = W, and each fraction f at the
     first 3D epoch whose own counter is ≥ ⌈f·T_3D⌉. ``done`` holds points already served; points falling on the
     same epoch are served by one refresh."""
     due = []

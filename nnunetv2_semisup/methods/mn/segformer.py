@@ -1,4 +1,4 @@
-"""The M&N 2D model: Hugging Face SegFormer wrapped as in the reference (spec §1.2, §3.1).
+"""The M&N 2D model: Hugging Face SegFormer wrapped as in the reference (docs/mn.md).
 
 ``SegFormer2D`` = (input adapter) → ``SegformerForSemanticSegmentation`` with the classifier replaced by identity
 (its "logits" are the fused decode-head features: ``decoder_hidden_size`` channels at ⌈H/4⌉ × ⌈W/4⌉) →
@@ -210,7 +210,7 @@ def resolve_lora_targets(model: nn.Module, targets: Iterable[str]) -> list:
 
 
 def expected_trainable(wrapper: SegFormer2D, mode: str) -> Set[str]:
-    """Names of the parameters that must be trainable in ``mode`` (spec §3.1, property 16)."""
+    """Names of the parameters that must be trainable in ``mode`` (docs/mn.md, property 16)."""
     names = [n for n, _ in wrapper.named_parameters()]
     if mode == "whole":
         return set(names)
@@ -251,7 +251,7 @@ def build_segformer_2d(checkpoint: str, in_channels: int, num_classes: int, fine
                        lora_targets: Sequence[str] = REFERENCE_LORA_TARGETS,
                        log: Callable[[str], None] = print, config: Optional[dict] = None,
                        pretrained: bool = True, imagenet_normalization: bool = False) -> SegFormer2D:
-    """Load the SegFormer from ``checkpoint``, wrap it (§1.2) and set up ``finetune``
+    """Load the SegFormer from ``checkpoint``, wrap it and set up ``finetune``
     ('lora'/'whole'/'decoder'/'freeze').
 
     ``config`` (a ``SegformerConfig`` dict): build the architecture only, with random weights, for a caller that

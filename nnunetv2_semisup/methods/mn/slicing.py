@@ -1,11 +1,11 @@
-"""3D ↔ 2D slicing for the M&N 2D model (spec §1.8, §3.1).
+"""3D ↔ 2D slicing for the M&N 2D model (docs/mn.md).
 
 A batch (N, C, S0, S1, S2) is cut along spatial axis ``axis`` (0, 1 or 2; nnU-Net's first spatial axis is
 normally the through-plane one) into N·S_axis slices (N·S_axis, C, ·, ·); slice n·S_axis + k is index k of
 sample n. ``from_slices`` is the inverse. ``slicewise_forward`` runs a 2D model over the slices in chunks of
 ``chunk_size`` (bounded memory), optionally with activation checkpointing per chunk when gradients are needed.
 
-Deviation (accepted in §3.1): in train mode, BatchNorm layers see per-chunk batch statistics. With
+Deviation (accepted, docs/mn.md): in train mode, BatchNorm layers see per-chunk batch statistics. With
 checkpointing, the recomputation in the backward pass runs with BatchNorm momentum 0 so running statistics are
 updated exactly once per chunk (as without checkpointing).
 """
@@ -93,7 +93,7 @@ class SliceWiseModel(nn.Module):
     One module call per training step, so DDP can wrap it (chunking and checkpointing happen inside).
 
     ``unit_range``: map every patch (per sample and channel, over the whole 3D patch so all its slices share one
-    mapping) to [0, 1] first (``segformer2d.patch_to_unit_range``), the range a model pretrained on natural images
+    mapping) to [0, 1] first (``segformer.patch_to_unit_range``), the range a model pretrained on natural images
     expects instead of nnU-Net's z-scores.
     """
 

@@ -1,24 +1,24 @@
 """``nnUNetTrainerMN``: M&N (Yeung et al., MLMI 2025) — a 2D SegFormer pretrained on natural images (LoRA
 fine-tuned, slice by slice) and nnU-Net's 3D network co-train with soft pseudo-masks and learning-rate-guided
-sampling. Contract: ``shared/spec/mn.md``; user documentation: ``docs/mn.md``.
+sampling. Documentation (and every deviation from the reference code): docs/mn.md.
 
-Epochs (§3.3, ``mn_schedule.MNEpochPlan``): a supervised warm-up stage of W epochs in which both models take one
+Epochs (``schedule.MNEpochPlan``): a supervised warm-up stage of W epochs in which both models take one
 step per iteration on the same labeled batch, then alternating co-training epochs — odd j = e − W + 1 trains the
 3D model with the 2D model's soft pseudo-masks, even j trains the 2D model with the 3D model's. The teacher runs
 in eval mode under no_grad on the same augmented patches as the student. Each model has its own optimiser, its
 own epoch counter and its own schedule (3D: nnU-Net SGD + poly; 2D: AdamW, linear warm-up + cosine).
 
-Loss (§1.4, §3.4): Dice_sq + KL_mean on the concatenated batch (unlabeled with soft teacher targets first, then
+Loss: Dice_sq + KL_mean on the concatenated batch (unlabeled with soft teacher targets first, then
 labeled with one-hot targets); the 3D student keeps nnU-Net deep supervision with average-pooled soft targets.
 
-Batch composition (§3.5, docs/mn.md "Learning-rate-guided sampling"): the unlabeled share of a co-training epoch
+Batch composition (docs/mn.md "Learning-rate-guided sampling"): the unlabeled share of a co-training epoch
 is s = ⌊r·B_LRG⌋/B_LRG with r = (η_peak − η)/(η_peak − η_final) of the trained model (paper eq. 10, measured from
 the LR at which the model's co-training starts, as the paper's restart schedule does) or the reference's linear
 r, and B_LRG = ``mn_lrg_batch_size`` (5, the paper's B). Each iteration holds B patches of which
 ⌊(i+1)·s·B⌋ − ⌊i·s·B⌋ are unlabeled, so every epoch has the paper's share at nnU-Net's batch size, B = 2
 included, with no extra GPU memory. ``"uniform"`` draws b_u ~ Binomial(B, |U|/(|L|+|U|)); warm-up: b_u = 0.
 
-Pseudo-labels (§3.2): the 3D model's hard predictions of the unlabeled cases (class locations for
+Pseudo-labels: the 3D model's hard predictions of the unlabeled cases (class locations for
 foreground-aware unlabeled crops, NIfTI export) at the end of warm-up and at 25/37.5/50/75 % of T_3D.
 
 Inference uses only the 3D network: ``network_weights`` is nnU-Net's planned network, so stock
@@ -52,7 +52,7 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        # --- hyperparameters (spec §3.7; variants change them) ---
+        # --- hyperparameters (docs/mn.md; variants change them) ---
         self.mn_segformer_checkpoint = segformer_checkpoint_from_env()
         self.mn_2d_finetune = "lora"
         self.mn_lora_r, self.mn_lora_alpha, self.mn_lora_dropout = 64, 64, 0.1
@@ -72,7 +72,7 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         self.mn_pseudo_refresh_fractions = (0.25, 0.375, 0.5, 0.75)
         self.mn_export_pseudo_labels = True  # NIfTI of every refresh under <fold>/pseudo_labels/round_k/
         self.mn_unlabeled_oversample: Optional[float] = None  # None: = oversample_foreground_percent
-        self.mn_schedule = "nnunet"  # "nnunet" (poly 3D, warm-up + cosine 2D) | "reference" (§1.6, both)
+        self.mn_schedule = "nnunet"  # "nnunet" (poly 3D, warm-up + cosine 2D) | "reference" (both)
         self.mn_batch_size: Optional[int] = None  # None: the plans' batch size
         self.mn_uniform_seed = 12345
         self.loss_terms = ("3d", "2d", "dice_3d", "kl_3d", "dice_2d", "kl_2d")
@@ -283,22 +283,10 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
 
     # ------------------------------------------------------------------ teachers
     @torch.no_grad()
-    def soft_targets_2d(self, x: torch.Tensor) -> torch.Tensor:
-        """2D teacher (eval mode, no_grad, slice by slice): softmax probabilities (N, C, Z, Y, X), float32."""
-        model = unwrap(self.network_2d)
-        was_training = model.training
-        model.eval()
-        try:
-            with self.autocast():
-                logits = model(x)
-            return torch.softmax(logits.float(), 1)
-        finally:
-            model.train(was_training)
-
-    @torch.no_grad()
-    def soft_targets_3d(self, x: torch.Tensor) -> torch.Tensor:
-        """3D teacher (eval mode, no_grad; full-resolution output): softmax probabilities, float32."""
-        model = unwrap(self.network)
+    def teacher_softmax(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A teacher's soft targets: eval mode (restored afterwards), no_grad, full-resolution output (index 0 of
+        deep supervision), softmax in float32."""
+        model = unwrap(model)
         was_training = model.training
         model.eval()
         try:
@@ -308,6 +296,14 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
             return torch.softmax(out.float(), 1)
         finally:
             model.train(was_training)
+
+    def soft_targets_2d(self, x: torch.Tensor) -> torch.Tensor:
+        """2D teacher (slice by slice): softmax probabilities (N, C, Z, Y, X)."""
+        return self.teacher_softmax(self.network_2d, x)
+
+    def soft_targets_3d(self, x: torch.Tensor) -> torch.Tensor:
+        """3D teacher: softmax probabilities of the full-resolution output."""
+        return self.teacher_softmax(self.network, x)
 
     # ------------------------------------------------------------------ steps
     def step_3d(self, x_u, soft_u, x_l, targets_l) -> dict:

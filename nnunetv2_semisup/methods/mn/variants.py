@@ -1,4 +1,4 @@
-"""M&N trainer variants (spec §4): tiny subclasses that change attributes, as nnU-Net's own variants do.
+"""M&N trainer variants (docs/mn.md): tiny subclasses that change attributes, as nnU-Net's own variants do.
 
 - ``nnUNetTrainerMN_whole``: whole SegFormer trainable, no LoRA (Table 4 "Whole").
 - ``nnUNetTrainerMN_decoder``: SegFormer encoder frozen; decode head, output head, adapter trainable
@@ -79,7 +79,7 @@ class nnUNetTrainerMN_fixedpseudo(nnUNetTrainerMN):
 
 
 class nnUNetTrainerMN_paper(nnUNetTrainerMN):
-    """Reference hyperparameters (spec §1.1, §4). E = 7500 global epochs = W + 2·3500, so each model runs
+    """Reference hyperparameters (docs/mn.md). E = 7500 global epochs = W + 2·3500, so each model runs
     4000 own epochs; pseudo-label refreshes at own 3D epochs 500, 1000, 1500, 2000, 3000."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

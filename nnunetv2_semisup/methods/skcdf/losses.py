@@ -1,4 +1,4 @@
-"""SKCDF losses and class-balanced Bernoulli masks (spec ``skcdf.md`` §1.6, §3.2).
+"""SKCDF losses and class-balanced Bernoulli masks (docs/skcdf.md).
 
 - ``dcce``: DCCE(z, y) = CE(z, y) + SoftDice(softmax(z), y) — a *sum* (the paper writes ½(Dice + CE)); CE is the
   mean over all voxels of the batch; the Dice is a batch Dice over foreground classes with smooth 1 (+1e-8 in

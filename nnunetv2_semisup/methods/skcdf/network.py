@@ -1,10 +1,10 @@
-"""SKCDF network (Zhang et al., CVPR 2025; spec ``skcdf.md`` §1.2, §1.3, §3.1): nnU-Net encoder from the plans,
+"""SKCDF network (Zhang et al., CVPR 2025; docs/skcdf.md): nnU-Net encoder from the plans,
 the Semantic Knowledge Complementarity Module (SKCM) at the bottleneck, and two nnU-Net decoders (D_l for labeled
 data, D_u for unlabeled data) that each end in a main head and an auxiliary class-balanced head.
 
 Forward paths
 - ``forward(x)`` (eval *and* train mode): encoder → SKCM self mode → D_u → main head. One logits tensor, so stock
-  ``nnUNetv2_predict`` and nnU-Net's validation work unchanged (spec §3.4).
+  ``nnUNetv2_predict`` and nnU-Net's validation work unchanged (docs/skcdf.md).
 - ``forward(x_l, x_u)``: the two training passes of one iteration in one call (so DDP sees a single forward):
   labeled mode cat(x_l, x_u) → encoder → SKCM cross mode → D_l, and unlabeled mode x_u → encoder → SKCM self mode
   → D_u. Returns ``SKCDFTrainOutput``.
@@ -76,7 +76,7 @@ def conv_output_size(size: int, kernel: int, stride: int) -> int:
 
 
 class SKCDFNet(nn.Module):
-    """Encoder (nnU-Net ``PlainConvEncoder`` from the plans) + SKCM + D_l + D_u (spec §3.1).
+    """Encoder (nnU-Net ``PlainConvEncoder`` from the plans) + SKCM + D_l + D_u (docs/skcdf.md).
 
     ``patch_size`` fixes the bottleneck shape (the global token learner is a dense map over it). ``use_skcm``
     False replaces the SKCM by the identity (ablation ``_noSKCM``/``_DF``); ``use_aux`` False builds no auxiliary

@@ -1,5 +1,5 @@
-"""Semantic Knowledge Complementarity Module (SKCM) of SKCDF (Zhang et al., CVPR 2025; spec ``skcdf.md`` §1.3,
-§3.1; docs/skcdf.md): a local block (token learner Conv3d(1 → P³, kernel = stride = P) per channel, attention
+"""Semantic Knowledge Complementarity Module (SKCM) of SKCDF (Zhang et al., CVPR 2025;
+docs/skcdf.md): a local block (token learner Conv3d(1 → P³, kernel = stride = P) per channel, attention
 inside each P×P×P patch) followed by a global block (dense channel-shared token learner R^{|S|} → R^{|S|},
 attention over the whole bottleneck). Each block: t = token learner, e = LN(t), x = LN(Attn(e) + t),
 out = GELU(Conv1×1(x)); no outer residual. Attention is *channel* attention: the affinity is Qᵀ·K (C' × C'),
@@ -131,7 +131,7 @@ class LocalSKCMBlock(_SKCMBlock):
 
     Token learner = Conv3d(1 → P³, kernel = stride = P) applied to each channel separately: the P³ outputs of patch
     n are placed back at the patch's voxels in raster order (z, y, x). Sides that are not a multiple of P are
-    zero-padded at the end before the block and cropped after it (port decision, spec §3.1).
+    zero-padded at the end before the block and cropped after it (port decision, docs/skcdf.md).
     """
 
     def __init__(self, channels: int, patch: int = 2, num_heads: int = 2, dropout: float = 0.1):
@@ -181,7 +181,7 @@ class GlobalSKCMBlock(_SKCMBlock):
 
 
 class SKCM(nn.Module):
-    """Semantic Knowledge Complementarity Module: local block then global block, no outer residual (spec §1.3).
+    """Semantic Knowledge Complementarity Module: local block then global block, no outer residual (docs/skcdf.md).
 
     ``forward(h, mode)``: mode "self" (unlabeled pass, inference; samples independent) or "cross" (labeled pass on
     [labeled; unlabeled] halves of equal size).

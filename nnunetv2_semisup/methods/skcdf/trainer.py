@@ -1,8 +1,7 @@
 """``nnUNetTrainerSKCDF``: Semantic Knowledge Complementarity based Decoupling Framework (Zhang et al., CVPR 2025),
-ported to nnU-Net as specified in ``skcdf.md`` (§1.4 training iteration, §1.5 EMA transfer, §1.6 losses/masks,
-§3 port decisions).
+ported to nnU-Net; user documentation and every deviation from the reference code: docs/skcdf.md.
 
-One iteration (spec §1.4):
+One iteration (docs/skcdf.md):
 1. EMA "knowledge transfer" head(l) → decoder(u ← l) → head(u) on parameter values, ω = 0.99, before the forward.
 2. labeled mode on cat(x_l, x_u) (SKCM cross attention, D_l) → (o_A, o_A^a).
 3. L_sup = DCCE(o_A[:B], y) + masked DCCE(o_A^a[:B], y, M_l), M_l ~ Bernoulli(p[y]).
@@ -11,7 +10,7 @@ One iteration (spec §1.4):
 6. L_u = DCCE(o_u, ŷ) + masked DCCE(o_u^a, ŷ^a, M_u), M_u ~ Bernoulli(q(e)[ŷ^a]).
 7. loss = L_sup + w(e)·L_u, one backward, SGD step (nnU-Net optimiser and clipping by default).
 
-Port decisions (spec §3): nnU-Net encoder/decoders from the plans; batch = B labeled + B unlabeled with B the
+Port decisions (docs/skcdf.md): nnU-Net encoder/decoders from the plans; batch = B labeled + B unlabeled with B the
 planned batch size (``skcdf_batch_size`` overrides; B_l ≠ B_u is an error); deep supervision off; nnU-Net's
 optimiser/schedule; p_c counted over all labeled training cases of the fold (absent classes → p_c = 1 with a
 warning); ramp without the reference's one-epoch lag; ``network_weights`` = the whole SKCDF module, whose
@@ -45,7 +44,7 @@ def _lerp_(target: torch.Tensor, source: torch.Tensor, omega: float) -> None:
 
 @torch.no_grad()
 def knowledge_transfer(net: SKCDFNet, omega: float, heads: bool = True) -> None:
-    """EMA transfers of spec §1.5 in the order H → D → H, on parameter values only:
+    """EMA transfers of docs/skcdf.md in the order H → D → H, on parameter values only:
     1. D_l.main ← ω·D_l.main + (1 − ω)·D_l.aux                       (skipped when ``heads`` is False)
     2. θ_u ← ω·θ_u + (1 − ω)·θ_l for every parameter of D_u (stages, norms, both heads), same-named D_l parameter
     3. D_u.main ← ω·D_u.main + (1 − ω)·D_u.aux                       (skipped when ``heads`` is False)
@@ -100,7 +99,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        # --- hyperparameters (spec §3.5) ---
+        # --- hyperparameters (docs/skcdf.md) ---
         self.skcdf_lambda_u = 10.0
         self.skcdf_rampup = True
         self.skcdf_ema_omega = 0.99
@@ -123,7 +122,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = False) -> SKCDFNet:
         """The full SKCDF module (encoder, SKCM, D_l, D_u, all heads); ``forward(x)`` = inference path. Deep
-        supervision is not supported (spec §3.3)."""
+        supervision is not supported (docs/skcdf.md)."""
         if enable_deep_supervision:
             raise ValueError(f"{cls.__name__} does not support deep supervision (the method's losses and EMA are "
                              f"defined on the full-resolution heads); keep enable_deep_supervision = False.")
@@ -211,7 +210,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         knowledge_transfer(unwrap(self.network), self.skcdf_ema_omega, heads=self.skcdf_use_aux)
 
     def terms_from_outputs(self, out: SKCDFTrainOutput, y: torch.Tensor, b: int) -> dict:
-        """All loss terms of spec §1.4 steps 3, 4, 6, 7 from the network outputs of one iteration."""
+        """All loss terms of docs/skcdf.md steps 3, 4, 6, 7 from the network outputs of one iteration."""
         zero = out.labeled_main.new_zeros((), dtype=torch.float32)
         ce, dc = dcce_terms(out.labeled_main[:b], y)
         sup_main, sup_aux, u_aux = ce + dc, zero, zero
@@ -252,7 +251,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
 
     def before_step(self) -> None:
         if self.skcdf_use_ema:
-            self.knowledge_transfer()  # spec §1.5: every iteration, before the forward
+            self.knowledge_transfer()  # docs/skcdf.md: every iteration, before the forward
 
     def compute_losses(self, x_l, y_l, x_u) -> dict:
         y = (y_l[0] if isinstance(y_l, (list, tuple)) else y_l)[:, 0].long()

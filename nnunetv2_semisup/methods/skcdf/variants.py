@@ -1,4 +1,4 @@
-"""SKCDF trainer variants (spec ``skcdf.md`` §4): tiny subclasses that change attributes, nnU-Net style.
+"""SKCDF trainer variants (docs/skcdf.md): tiny subclasses that change attributes, nnU-Net style.
 
 | class | differs from ``nnUNetTrainerSKCDF`` by | paper |
 |---|---|---|
@@ -28,7 +28,7 @@ class nnUNetTrainerSKCDF_truemask(nnUNetTrainerSKCDF):
 
 
 class nnUNetTrainerSKCDF_paper(nnUNetTrainerSKCDF):
-    """Reference hyperparameters (spec §1.1). lr 0.3 is the Synapse value; use 0.1 for AMOS-like data
+    """Reference hyperparameters (docs/skcdf.md). lr 0.3 is the Synapse value; use 0.1 for AMOS-like data
     (subclass and set ``initial_lr``)."""
     skcdf_dropout_p = 0.5
 
