@@ -196,3 +196,48 @@ def test_on_train_end_stops_the_unlabeled_workers(planned_dataset, monkeypatch):
         p.join(timeout=10)
     assert not any(p.is_alive() for p in workers)
     assert streams.labeled.augmenter is None and streams.unlabeled.augmenter is None
+
+
+def test_checkpoint_keys_are_nnunets_plus_the_extras(started_trainer, tmp_path):
+    """The checkpoint dict is written by our atomic save_checkpoint (nnU-Net's own writes in place): its nnU-Net part
+    must stay exactly what nnU-Net 2.8 writes — same keys, same network weights — so stock prediction and --c keep
+    working when nnU-Net changes its key list."""
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2_semisup.training.semisup_base import NNUNET_CHECKPOINT_KEYS
+    trainer = started_trainer
+    ours, stock = str(tmp_path / "ours.pth"), str(tmp_path / "stock.pth")
+    trainer.save_checkpoint(ours)
+    nnUNetTrainer.save_checkpoint(trainer, stock)
+    a = torch.load(ours, map_location="cpu", weights_only=False)
+    b = torch.load(stock, map_location="cpu", weights_only=False)
+    assert set(b) == set(NNUNET_CHECKPOINT_KEYS)
+    assert set(a) == set(b) | set(trainer.extra_checkpoint_objects) | {"semisup_state"}
+    for k in b:
+        if k == "network_weights":
+            assert all(torch.equal(a[k][n], b[k][n]) for n in b[k])
+        elif k not in ("optimizer_state", "logging"):
+            assert a[k] == b[k], k
+
+
+@pytest.mark.parametrize("name,regions,ignore,dims,match", [
+    ("nnUNetTrainerCML", True, False, 3, "label-based datasets only; dataset D is region-based"),
+    ("nnUNetTrainerSKCDF", False, True, 3, "without an ignore label; dataset D has ignore label 4"),
+    ("nnUNetTrainerMN", False, False, 2, "needs a 3D configuration .*'2d' has a 2D patch"),
+    ("nnUNetTrainerSKCDF", False, False, 2, "needs a 3D configuration"),
+    ("nnUNetTrainerMeanTeacher", True, True, 2, None),
+    ("nnUNetTrainerCML", False, False, 2, None)])
+def test_capabilities_are_class_attributes_checked_by_the_base(name, regions, ignore, dims, match):
+    import types
+    from nnunetv2_semisup.training import trainer_registry
+    cls = getattr(trainer_registry, name)
+    tr = cls.__new__(cls)
+    tr.label_manager = types.SimpleNamespace(has_regions=regions, has_ignore_label=ignore, ignore_label=4)
+    tr.plans_manager = types.SimpleNamespace(dataset_name="D")
+    tr.configuration_manager = types.SimpleNamespace(patch_size=[8] * dims)
+    tr.configuration_name = "2d" if dims == 2 else "3d_fullres"
+    if match is None:
+        tr.check_capabilities()
+    else:
+        with pytest.raises(ValueError, match=match):
+            tr.check_capabilities()

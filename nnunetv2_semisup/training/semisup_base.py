@@ -87,7 +87,31 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         self.logger.local_logger = SemiSupLocalLogger()
 
     # ------------------------------------------------------------------ setup
+    # capabilities: a method that cannot handle something restricts it here (class attributes, checked once at
+    # initialisation, with one message for all methods)
+    supports_regions = True
+    supports_ignore_label = True
+    supported_patch_dims: Tuple[int, ...] = (2, 3)
+
+    def check_capabilities(self) -> None:
+        name, lm = self.__class__.__name__, self.label_manager
+        dataset = self.plans_manager.dataset_name
+        if lm.has_regions and not self.supports_regions:
+            raise ValueError(f"{name} supports label-based datasets only; dataset {dataset} is region-based (regions "
+                             f"in dataset.json labels), and the method's losses and pseudo-labels need a softmax over "
+                             f"classes. Train it with nnU-Net's region-based trainers or convert it to plain labels.")
+        if lm.has_ignore_label and not self.supports_ignore_label:
+            raise ValueError(f"{name} supports label-based datasets only, without an ignore label; dataset {dataset} "
+                             f"has ignore label {lm.ignore_label}, and the method's pseudo-labels and losses assume "
+                             f"dense labels. Remove 'ignore' from dataset.json labels.")
+        dims = len(self.configuration_manager.patch_size)
+        if dims not in self.supported_patch_dims:
+            wanted = " or ".join(f"{d}D" for d in self.supported_patch_dims)
+            raise ValueError(f"{name} needs a {wanted} configuration (3D: 3d_fullres/3d_lowres, 2D: 2d); "
+                             f"'{self.configuration_name}' has a {dims}D patch.")
+
     def initialize(self):
+        self.check_capabilities()
         check_ext_trainer_env(self)
         super().initialize()
         self.logger.local_logger.register(["batch_labeled", "batch_unlabeled"] +

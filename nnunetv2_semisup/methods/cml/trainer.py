@@ -79,6 +79,7 @@ class _CMLState:
 
 
 class nnUNetTrainerCML(nnUNetTrainerSemiSup):
+    supports_regions = supports_ignore_label = False  # hard pseudo-labels and CutMix of label maps
     # class attribute: read by the (class-level) build_network_architecture, which nnUNetv2_predict calls.
     # True = the reference's heterogeneous pair (subnet 2 upsamples by interpolation + conv); _identical: False
     cml_hetero = True
@@ -119,11 +120,6 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
 
     def initialize(self):
         self.refuse_instance_overrides(("cml_hetero",))
-        lm = self.label_manager
-        if lm.has_regions or lm.has_ignore_label:
-            raise ValueError(f"{self.__class__.__name__} supports label-based datasets only (no regions, no ignore "
-                             f"label), but dataset.json of {self.plans_manager.dataset_name} defines "
-                             f"{'regions' if lm.has_regions else 'an ignore label'}. Use a dataset with plain labels.")
         super().initialize()
         # sup applied per DS output with nnU-Net's own DS weights (those of self.loss)
         self._cml_sup = DeepSupervisionWrapper(CMLSupLoss(), self.loss.weight_factors) \

@@ -49,6 +49,10 @@ PHASE_CODE = {WARMUP: 0, TRAIN_2D: 2, TRAIN_3D: 3}  # logged per epoch as 'mn_tr
 
 
 class nnUNetTrainerMN(nnUNetTrainerSemiSup):
+    # the loss needs a softmax probability simplex and one-hot targets; the 2D model slices 3D patches
+    supports_regions = supports_ignore_label = False
+    supported_patch_dims = (3,)
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -92,16 +96,6 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
 
     # ------------------------------------------------------------------ setup
     def _check_supported(self):
-        lm = self.label_manager
-        if lm.has_regions or lm.has_ignore_label:
-            raise ValueError(f"{self.__class__.__name__}: M&N supports label-based datasets only (its loss needs a "
-                             f"softmax probability simplex and one-hot targets); dataset "
-                             f"{self.plans_manager.dataset_name} uses "
-                             f"{'region-based training' if lm.has_regions else 'an ignore label'}. Remove the "
-                             f"regions/ignore label from dataset.json or use another trainer.")
-        if len(self.configuration_manager.patch_size) != 3:
-            raise ValueError(f"{self.__class__.__name__} needs a 3D configuration (3d_fullres/3d_lowres); "
-                             f"'{self.configuration_name}' has a {len(self.configuration_manager.patch_size)}D patch")
         if self.mn_lrg_mode not in ("paper", "linear", "uniform"):
             raise ValueError(f"mn_lrg_mode must be 'paper', 'linear' or 'uniform', got '{self.mn_lrg_mode}'")
         if self.mn_lrg_batch_size is not None and int(self.mn_lrg_batch_size) < 1:

@@ -87,6 +87,10 @@ ARCHITECTURE_ATTRIBUTES = ("skcdf_use_skcm", "skcdf_use_aux", "skcdf_num_heads",
 
 
 class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
+    # balanced masks and pseudo-labels assume dense labels; the SKCM is built for 3D bottlenecks
+    supports_regions = supports_ignore_label = False
+    supported_patch_dims = (3,)
+
     # --- architecture (class attributes: read by build_network_architecture at prediction time too) ---
     skcdf_use_skcm = True
     skcdf_use_aux = True
@@ -138,15 +142,6 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
 
     def initialize(self):
         self.refuse_instance_overrides(ARCHITECTURE_ATTRIBUTES)
-        lm = self.label_manager
-        if lm.has_regions:
-            raise ValueError(f"{self.__class__.__name__} supports label-based datasets only; dataset "
-                             f"{self.plans_manager.dataset_name} is region-based (regions in dataset.json labels). "
-                             f"Train it with nnU-Net's region-based trainers or convert it to plain labels.")
-        if lm.has_ignore_label:
-            raise ValueError(f"{self.__class__.__name__} does not support the ignore label ({lm.ignore_label}) of "
-                             f"dataset {self.plans_manager.dataset_name}: the balanced masks and pseudo-labels "
-                             f"assume dense labels. Remove 'ignore' from dataset.json labels.")
         if self.skcdf_mask_mode not in MASK_MODES:
             raise ValueError(f"skcdf_mask_mode must be one of {MASK_MODES}, got {self.skcdf_mask_mode!r}")
         if self.enable_deep_supervision:
