@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from nnunetv2_semisup.training.ema import ema_update
+from nnunetv2_semisup.training.helpers import ema_update
 from nnunetv2_semisup.methods.mean_teacher.trainer import mean_teacher_ema_decay, sigmoid_rampup, softmax_mse
 
 

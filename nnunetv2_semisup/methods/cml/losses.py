@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunetv2_semisup.training.helpers import one_hot
+
 DICE_SMOOTH = 1e-5
 COSINE_EPS = 1e-6
 
@@ -32,7 +34,7 @@ def dice_ps_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     y = _hard_labels(target, logits)
     p = torch.softmax(logits, 1)
-    onehot = F.one_hot(y, logits.shape[1]).movedim(-1, 1).to(p.dtype)
+    onehot = one_hot(y, logits.shape[1], p.dtype)
     axes = tuple(range(2, logits.ndim))
     intersect = (p * onehot).sum(axes)
     dice = (2 * intersect + DICE_SMOOTH) / (p.sum(axes) + onehot.sum(axes) + DICE_SMOOTH)

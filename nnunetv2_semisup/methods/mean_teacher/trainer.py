@@ -10,20 +10,11 @@ nnU-Net's network, as used for 3D segmentation by UA-MT (Yu et al., MICCAI 2019)
 - ``network_weights`` in the checkpoint = the student (what ``nnUNetv2_predict`` uses); the teacher is saved
   under ``mt_teacher_weights``.
 """
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_semisup.training.ema import ema_update
+from nnunetv2_semisup.training.helpers import ema_update, sigmoid_rampup  # noqa: F401 (re-exported)
 from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
-
-
-def sigmoid_rampup(current: float, rampup_length: float) -> float:
-    """exp(−5 (1 − t)²) with t = clip(current / rampup_length, 0, 1) (Laine & Aila 2017); 1 if length is 0."""
-    if rampup_length <= 0:
-        return 1.0
-    t = float(np.clip(current / rampup_length, 0.0, 1.0))
-    return float(np.exp(-5.0 * (1.0 - t) ** 2))
 
 
 def mean_teacher_ema_decay(step: int, decay: float) -> float:

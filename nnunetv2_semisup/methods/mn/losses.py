@@ -18,29 +18,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 → float32; float32/float64 unchanged."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+from nnunetv2_semisup.training import helpers
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(N, 1, ...) label map (any dtype holding integers) → (N, C, ...) float32 one-hot."""
-    labels = labels.long()
-    out = torch.zeros((labels.shape[0], num_classes, *labels.shape[2:]), device=labels.device, dtype=torch.float32)
-    return out.scatter_(1, labels, 1.0)
+    """(N, 1, ...) label map (nnU-Net's target layout, any dtype holding integers) → (N, C, ...) float32 one-hot."""
+    return helpers.one_hot(labels[:, 0], num_classes, torch.float32)
 
 
 def as_probabilities(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     if target.shape[1] == 1 and num_classes > 1:
         return one_hot(target, num_classes)
-    return _at_least_f32(target)
+    return helpers.at_least_fp32(target)
 
 
 def dice_sq(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """1 − mean_c 2Σp_c y_c / max(Σp_c² + Σy_c², eps); sums over batch and space together, all C channels."""
-    p = torch.softmax(_at_least_f32(logits), 1)
-    y = _at_least_f32(target)
+    p = torch.softmax(helpers.at_least_fp32(logits), 1)
+    y = helpers.at_least_fp32(target)
     axes = [0] + list(range(2, p.ndim))
     intersection = (p * y).sum(axes)
     denominator = (p * p).sum(axes) + (y * y).sum(axes)
@@ -51,8 +46,8 @@ def dice_sq(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> to
 def kl_mean(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``nn.KLDivLoss(reduction='mean')(log_softmax(z), y)``: element-wise mean of y·(log y − log p)."""
     # = reduction='mean' (sum / number of elements), written out to avoid PyTorch's deprecation warning for 'mean'
-    y = _at_least_f32(target)
-    return F.kl_div(torch.log_softmax(_at_least_f32(logits), 1), y, reduction="sum") / y.numel()
+    y = helpers.at_least_fp32(target)
+    return F.kl_div(torch.log_softmax(helpers.at_least_fp32(logits), 1), y, reduction="sum") / y.numel()
 
 
 class MNLoss(nn.Module):

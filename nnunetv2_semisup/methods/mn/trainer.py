@@ -43,6 +43,7 @@ from nnunetv2_semisup.methods.mn.schedule import (TRAIN_2D, TRAIN_3D, WARMUP, MN
                                                   due_pseudo_label_refreshes, lr_warmup_epochs, warmup_stage_epochs)
 from nnunetv2_semisup.methods.mn.lrg import (cotraining_lr_peak, epoch_composition, iteration_unlabeled, lrg_ratio,
                                              lrg_uniform, unlabeled_share)
+from nnunetv2_semisup.training.helpers import eval_mode
 from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
 
 PHASE_CODE = {WARMUP: 0, TRAIN_2D: 2, TRAIN_3D: 3}  # logged per epoch as 'mn_trained_model'
@@ -280,16 +281,10 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
     def teacher_softmax(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A teacher's soft targets: eval mode (restored afterwards), no_grad, full-resolution output (index 0 of
         deep supervision), softmax in float32."""
-        model = unwrap(model)
-        was_training = model.training
-        model.eval()
-        try:
-            with self.autocast():
-                out = model(x)
-            out = out[0] if isinstance(out, (list, tuple)) else out
-            return torch.softmax(out.float(), 1)
-        finally:
-            model.train(was_training)
+        with eval_mode(unwrap(model)) as teacher, self.autocast():
+            out = teacher(x)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        return torch.softmax(out.float(), 1)
 
     def soft_targets_2d(self, x: torch.Tensor) -> torch.Tensor:
         """2D teacher (slice by slice): softmax probabilities (N, C, Z, Y, X)."""

@@ -22,19 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnunetv2_semisup.training.helpers import at_least_fp32, one_hot, sigmoid_rampup
+
 DICE_SMOOTH = 1.0
 DICE_EPS = 1e-8
 MASK_MODES = ("reference", "true")
-
-
-def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    """Half-precision logits (autocast) are promoted to float32; float32/float64 stay as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _onehot(target: torch.Tensor, num_classes: int, dtype) -> torch.Tensor:
-    """(B, *spatial) integer labels → (B, C, *spatial) one-hot."""
-    return F.one_hot(target.long(), num_classes).movedim(-1, 1).to(dtype)
 
 
 def _check_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -62,9 +54,9 @@ def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, weight: Optional[t
 def dcce_terms(logits: torch.Tensor, target: torch.Tensor):
     """(CE, Dice term) of DCCE for logits (B, C, ...) and integer labels (B, ...) or (B, 1, ...)."""
     target = _check_target(logits, target)
-    logits = _at_least_fp32(logits)
+    logits = at_least_fp32(logits)
     ce = F.cross_entropy(logits, target)
-    dice = soft_dice_loss(torch.softmax(logits, 1), _onehot(target, logits.shape[1], logits.dtype))
+    dice = soft_dice_loss(torch.softmax(logits, 1), one_hot(target, logits.shape[1], logits.dtype))
     return ce, dice
 
 
@@ -79,7 +71,7 @@ def masked_dcce_terms(logits: torch.Tensor, target: torch.Tensor, mask: torch.Te
     if mode not in MASK_MODES:
         raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
     target = _check_target(logits, target)
-    logits = _at_least_fp32(logits)
+    logits = at_least_fp32(logits)
     mask = mask.to(logits.dtype)
     if mask.ndim == logits.ndim - 1:
         mask = mask[:, None]
@@ -90,7 +82,7 @@ def masked_dcce_terms(logits: torch.Tensor, target: torch.Tensor, mask: torch.Te
         zero = (logits * 0).sum()  # keeps the graph (zero gradient) for the backward pass
         return zero, zero
     ce = (F.cross_entropy(logits, target, reduction="none") * mask[:, 0]).sum() / selected.clamp_min(1)
-    dice = soft_dice_loss(torch.softmax(logits, 1), _onehot(target, logits.shape[1], logits.dtype), weight=mask)
+    dice = soft_dice_loss(torch.softmax(logits, 1), one_hot(target, logits.shape[1], logits.dtype), weight=mask)
     return ce, dice
 
 
@@ -146,8 +138,4 @@ def bernoulli_mask(probabilities, labels: torch.Tensor, generator: Optional[torc
 
 def sigmoid_rampup_weight(epoch: int, num_epochs: int, lambda_u: float = 10.0) -> float:
     """w(e) = λ_u·exp(−5(1 − min(e, R)/R)²), R = E − 1 (the reference's one-epoch lag is dropped); λ_u if R = 0."""
-    r = num_epochs - 1
-    if r <= 0:
-        return float(lambda_u)
-    t = min(max(epoch, 0), r) / r
-    return float(lambda_u * np.exp(-5.0 * (1.0 - t) ** 2))
+    return float(lambda_u * sigmoid_rampup(max(epoch, 0), num_epochs - 1))

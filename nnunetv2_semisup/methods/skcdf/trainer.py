@@ -34,12 +34,8 @@ from nnunetv2_semisup.methods.skcdf.losses import (MASK_MODES, balanced_probabil
                                                   class_voxel_counts, dcce_terms, masked_dcce_terms,
                                                   sigmoid_rampup_weight, unlabeled_probabilities)
 from nnunetv2_semisup.methods.skcdf.network import SKCDFNet, SKCDFTrainOutput, skcdf_net_from_plans
+from nnunetv2_semisup.training.helpers import ema_
 from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
-
-
-@torch.no_grad()
-def _lerp_(target: torch.Tensor, source: torch.Tensor, omega: float) -> None:
-    target.mul_(omega).add_(source.to(target.dtype), alpha=1.0 - omega)
 
 
 @torch.no_grad()
@@ -53,13 +49,13 @@ def knowledge_transfer(net: SKCDFNet, omega: float, heads: bool = True) -> None:
     heads = heads and dl.head_aux is not None and du.head_aux is not None
     if heads:
         for a, b in zip(dl.head_main.parameters(), dl.head_aux.parameters()):
-            _lerp_(a, b, omega)
+            ema_(a, b, omega)
     src = dict(dl.named_parameters())
     for name, p in du.named_parameters():
-        _lerp_(p, src[name], omega)
+        ema_(p, src[name], omega)
     if heads:
         for a, b in zip(du.head_main.parameters(), du.head_aux.parameters()):
-            _lerp_(a, b, omega)
+            ema_(a, b, omega)
 
 
 class _SKCDFStateHolder:
