@@ -191,7 +191,7 @@ def test_checkpoint_restores_both_subnets_stage_and_optimizer(cml_run):
     assert any(k.startswith("net1.") for k in weights) and any(k.startswith("net2.") for k in weights)
     # property 13 through the real loop: epoch 0 pretraining without unlabeled patches, epoch 1 self-training
     log = ckpt["logging"]
-    assert log["batch_unlabeled"][:2] == [0, 2] and log["loss_stage"][:2] == [0.0, 1.0]
+    assert log["batch_unlabeled"][:2] == [0, 2] and log["monitor_stage"][:2] == [0.0, 1.0]
     assert np.isnan(log["loss_sup_u1"][0]) and np.isfinite(log["loss_sup_u1"][1])
 
     t = make_trainer()

@@ -1,7 +1,8 @@
 """nnU-Net's local logger extended with per-epoch series for each loss term and the batch composition.
 
 nnU-Net's ``LocalLogger`` only accepts pre-registered keys and its ``progress.png`` shows its own series; this
-subclass registers extra series and draws them in a fourth panel of the same ``progress.png``.
+subclass registers extra series and draws the loss terms (``loss_*``) and the batch composition in a fourth panel
+and monitored values that are not losses (``monitor_*``) in a fifth panel of the same ``progress.png``.
 """
 from typing import Iterable
 
@@ -42,7 +43,8 @@ class SemiSupLocalLogger(LocalLogger):
         if epoch < 0:
             return
         x = list(range(epoch + 1))
-        fig, axes = plt.subplots(4, 1, figsize=(16, 28))
+        monitored = [k for k in self.extra_keys if k.startswith("monitor_")]
+        fig, axes = plt.subplots(5 if monitored else 4, 1, figsize=(16, 35 if monitored else 28))
         ax = axes[0]
         ax2 = ax.twinx()
         ax.plot(x, logs["train_losses"][:epoch + 1], color="b", label="loss_tr", linewidth=3)
@@ -68,6 +70,10 @@ class SemiSupLocalLogger(LocalLogger):
                 ax3.step(x, logs[k][:epoch + 1], ls=style, color="k", label=k, where="post")
         ax3.set_ylabel("samples per batch")
         ax.legend(loc=(0, 1)), ax3.legend(loc=(0.5, 1))
+        if monitored:  # values that are not losses (weights, mask fractions, stages)
+            for k in monitored:
+                axes[4].plot(x, logs[k][:epoch + 1], label=k, linewidth=3)
+            axes[4].set_xlabel("epoch"), axes[4].set_ylabel("monitored value"), axes[4].legend(loc=(0, 1))
         plt.tight_layout()
         fig.savefig(join(output_folder, "progress.png"))
         plt.close(fig)

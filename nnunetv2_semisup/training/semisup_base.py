@@ -12,10 +12,11 @@
   only on some devices, such as a CUDA GradScaler) under their own top-level keys, and
   ``get_method_state()``/``set_method_state()`` for plain values. Checkpoint writes are atomic. ``--c`` restores
   everything.
-- Each loss term named in ``self.loss_terms`` and returned by ``train_step`` is logged per epoch (log file and a
-  fourth panel of ``progress.png``), as are ``b_l`` and ``b_u``.
+- Each loss term named in ``self.loss_terms`` and returned by ``train_step`` is logged per epoch as ``loss_<term>``
+  (log file and a fourth panel of ``progress.png``), as are ``b_l`` and ``b_u``; values that are not losses (weights,
+  mask fractions, stages) go in ``self.monitored_values``, logged as ``monitor_<name>`` in a fifth panel.
 
-Subclasses implement ``train_step`` (and their networks in ``initialize``), set hyperparameters as attributes in
+Subclasses implement ``compute_losses`` (the training-step contract below) or ``train_step`` (and their networks in ``initialize``), set hyperparameters as attributes in
 ``__init__`` and keep the exact 5-argument constructor signature nnU-Net introspects.
 """
 import os
@@ -72,7 +73,8 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         # unlabeled crops are foreground-forced with this probability once pseudo-label locations exist
         self.unlabeled_oversample_foreground_percent = self.oversample_foreground_percent
         # names of the loss terms train_step returns (besides 'loss'); logged per epoch as 'loss_<name>'
-        self.loss_terms: Tuple[str, ...] = ()
+        self.loss_terms: Tuple[str, ...] = ()  # logged as loss_<term>
+        self.monitored_values: Tuple[str, ...] = ()  # not losses (weights, fractions, stages): monitor_<name>
 
         # --- state ---
         self.unlabeled_preprocessed_folder = join(self.preprocessed_dataset_folder_base, unlabeled_folder_name(
@@ -114,8 +116,11 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         self.check_capabilities()
         check_ext_trainer_env(self)
         super().initialize()
-        self.logger.local_logger.register(["batch_labeled", "batch_unlabeled"] +
-                                          [f"loss_{t}" for t in self.loss_terms])
+        self.logger.local_logger.register(self._logged_series())
+
+    def _logged_series(self) -> List[str]:
+        return (["batch_labeled", "batch_unlabeled"] + [f"loss_{t}" for t in self.loss_terms]
+                + [f"monitor_{m}" for m in self.monitored_values])
 
     def refuse_instance_overrides(self, class_attributes: Tuple[str, ...]) -> None:
         """Architecture switches must be class attributes: ``nnUNetv2_predict`` builds the network from the class
@@ -329,17 +334,19 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
-        for term in self.loss_terms:
-            values = [float(np.mean(o[term])) for o in train_outputs if term in o]
-            value = float(np.mean(values)) if values else float("nan")
-            if self.is_ddp:
-                gathered = [None] * dist.get_world_size()
-                dist.all_gather_object(gathered, value)
-                value = float(np.nanmean(gathered)) if not np.all(np.isnan(gathered)) else float("nan")
-            self.logger.log(f"loss_{term}", value, self.current_epoch)
-        if self.loss_terms:
-            self.print_to_log_file("loss terms: " + ", ".join(
-                f"{t}={self.logger.get_value(f'loss_{t}', step=-1):.4f}" for t in self.loss_terms))
+        for prefix, names, title in (("loss_", self.loss_terms, "loss terms"),
+                                     ("monitor_", self.monitored_values, "monitored")):
+            for name in names:
+                values = [float(np.mean(o[name])) for o in train_outputs if name in o]
+                value = float(np.mean(values)) if values else float("nan")
+                if self.is_ddp:
+                    gathered = [None] * dist.get_world_size()
+                    dist.all_gather_object(gathered, value)
+                    value = float(np.nanmean(gathered)) if not np.all(np.isnan(gathered)) else float("nan")
+                self.logger.log(prefix + name, value, self.current_epoch)
+            if names:
+                self.print_to_log_file(f"{title}: " + ", ".join(
+                    f"{n}={self.logger.get_value(prefix + n, step=-1):.4f}" for n in names))
 
     def on_train_end(self):
         super().on_train_end()
@@ -456,8 +463,12 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                                    f"crops are uniform until the next refresh.")
             self.class_locations_file = None
         self.set_method_state(state["method"])
-        self.logger.local_logger.register(["batch_labeled", "batch_unlabeled"] +
-                                          [f"loss_{t}" for t in self.loss_terms])
+        logs = self.logger.local_logger.my_fantastic_logging
+        for m in self.monitored_values:  # checkpoints written before monitored values had their own series
+            if f"loss_{m}" in logs and f"monitor_{m}" not in logs:
+                logs[f"monitor_{m}"] = logs.pop(f"loss_{m}")
+        self.logger.local_logger.extra_keys = [k for k in self.logger.local_logger.extra_keys if k in logs]
+        self.logger.local_logger.register(self._logged_series())
 
 
 def check_ext_trainer_env(trainer) -> None:

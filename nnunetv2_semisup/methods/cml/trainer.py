@@ -99,7 +99,8 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
             # the paper's 2D (ACDC) recipe; 3D (LA, BraTS) uses the values above. Variants set theirs after this.
             self.cml_lambda1, self.cml_lambda2, self.cml_beta = 0.5, 0.1, 1 / 2
         self.cml_grad_clip: Optional[float] = 12.0  # nnU-Net's clipping; None = off (_paper)
-        self.loss_terms = ("sup_l1", "sup_l2", "sup_u1", "sup_u2", "dis_l", "dis_u", "stage", "lcc_removed")
+        self.loss_terms = ("sup_l1", "sup_l2", "sup_u1", "sup_u2", "dis_l", "dis_u")
+        self.monitored_values = ("stage", "lcc_removed")
         # state (checkpointed under 'cml_state')
         self.cml_stage = PRETRAIN
         self.cml_pretrain_epochs: Optional[int] = None

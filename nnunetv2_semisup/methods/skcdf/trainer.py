@@ -109,8 +109,8 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         self.skcdf_momentum = 0.99       # nnU-Net's SGD momentum (_paper: 0.9)
         self.skcdf_grad_clip: Optional[float] = 12.0  # nnU-Net's clipping (_paper: None)
         self.enable_deep_supervision = False
-        self.loss_terms = ("sup_main", "sup_aux", "u_main", "u_aux", "w_u", "mask_l", "mask_u") \
-            if self.skcdf_use_aux else ("sup_main", "u_main", "w_u")
+        self.loss_terms = ("sup_main", "sup_aux", "u_main", "u_aux") if self.skcdf_use_aux else ("sup_main", "u_main")
+        self.monitored_values = ("w_u", "mask_l", "mask_u") if self.skcdf_use_aux else ("w_u",)
         # --- state ---
         self.skcdf_class_counts: Optional[np.ndarray] = None
         self.skcdf_p: Optional[np.ndarray] = None
