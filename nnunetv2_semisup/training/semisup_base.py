@@ -395,6 +395,10 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                                                                 rebuild_command=current.rebuild_command))
 
     # ------------------------------------------------------------------ checkpoints
+    # where get_method_state() is stored: None = checkpoint["semisup_state"]["method"]; a name = that top-level key
+    # (SKCDF and CML keep the keys their first checkpoints used)
+    method_state_key: Optional[str] = None
+
     def get_method_state(self) -> dict:
         """Plain (picklable) method state saved in the checkpoint; override and call super()."""
         return {}
@@ -421,15 +425,18 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
         }
         for key, obj in self.extra_checkpoint_objects.items():
-            if key in NNUNET_CHECKPOINT_KEYS or key == "semisup_state":
+            if key in NNUNET_CHECKPOINT_KEYS or key in ("semisup_state", self.method_state_key):
                 raise KeyError(f"extra checkpoint key '{key}' collides with nnU-Net's own keys")
             checkpoint[key] = None if obj is None else \
                 (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).state_dict()
+        method = self.get_method_state()
+        if self.method_state_key is not None:
+            checkpoint[self.method_state_key], method = method, {}
         checkpoint["semisup_state"] = {
             "format_version": 1,
             "class_locations_file": self.class_locations_file,
             "pseudo_label_round": self.pseudo_label_round,
-            "method": self.get_method_state(),
+            "method": method,
         }
         tmp = filename + ".tmp"
         torch.save(checkpoint, tmp)
@@ -462,7 +469,7 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
             self.print_to_log_file(f"WARNING: pseudo-label store {self.class_locations_file} is gone; unlabeled "
                                    f"crops are uniform until the next refresh.")
             self.class_locations_file = None
-        self.set_method_state(state["method"])
+        self.set_method_state(state["method"] if self.method_state_key is None else checkpoint[self.method_state_key])
         logs = self.logger.local_logger.my_fantastic_logging
         for m in self.monitored_values:  # checkpoints written before monitored values had their own series
             if f"loss_{m}" in logs and f"monitor_{m}" not in logs:

@@ -59,27 +59,9 @@ def pretrain_epochs_for(num_epochs: int, fraction: float) -> int:
     return int(math.floor(fraction * num_epochs + 0.5))
 
 
-class _CMLState:
-    """Adapter so the base class saves/restores CML's plain state under the top-level checkpoint key ``cml_state``."""
-
-    def __init__(self, trainer: "nnUNetTrainerCML"):
-        self.trainer = trainer
-
-    def state_dict(self) -> dict:
-        t = self.trainer
-        return {"stage": t.cml_stage, "pretrain_epochs": t.cml_pretrain_epochs, "mask_draws": t.cml_mask_draws,
-                "selftrain_iterations": t.cml_selftrain_iterations}
-
-    def load_state_dict(self, state: dict) -> None:
-        t = self.trainer
-        t.cml_stage = state["stage"]
-        t.cml_pretrain_epochs = state["pretrain_epochs"]
-        t.cml_mask_draws = state["mask_draws"]
-        t.cml_selftrain_iterations = state["selftrain_iterations"]
-
-
 class nnUNetTrainerCML(nnUNetTrainerSemiSup):
     supports_regions = supports_ignore_label = False  # hard pseudo-labels and CutMix of label maps
+    method_state_key = "cml_state"
     # class attribute: read by the (class-level) build_network_architecture, which nnUNetv2_predict calls.
     # True = the reference's heterogeneous pair (subnet 2 upsamples by interpolation + conv); _identical: False
     cml_hetero = True
@@ -125,7 +107,6 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
         # sup applied per DS output with nnU-Net's own DS weights (those of self.loss)
         self._cml_sup = DeepSupervisionWrapper(CMLSupLoss(), self.loss.weight_factors) \
             if isinstance(self.loss, DeepSupervisionWrapper) else CMLSupLoss()
-        self.extra_checkpoint_objects["cml_state"] = _CMLState(self)
         if self.cml_pretrain_epochs is None:
             self.cml_pretrain_epochs = pretrain_epochs_for(self.num_epochs, self.cml_pretrain_fraction)
         resolve_pair_batch_size(self.batch_size, self.cml_batch_size)  # refuse a bad override before training
@@ -133,6 +114,15 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
                                f"lambda1={self.cml_lambda1}, lambda2={self.cml_lambda2}, "
                                f"labeled weight={self.cml_labeled_weight}, beta={self.cml_beta:.4g} "
                                f"({len(self.configuration_manager.patch_size)}D configuration)")
+
+    def get_method_state(self) -> dict:
+        return {**super().get_method_state(), "stage": self.cml_stage, "pretrain_epochs": self.cml_pretrain_epochs,
+                "mask_draws": self.cml_mask_draws, "selftrain_iterations": self.cml_selftrain_iterations}
+
+    def set_method_state(self, state: dict) -> None:
+        super().set_method_state(state)
+        self.cml_stage, self.cml_pretrain_epochs = state["stage"], state["pretrain_epochs"]
+        self.cml_mask_draws, self.cml_selftrain_iterations = state["mask_draws"], state["selftrain_iterations"]
 
     # ------------------------------------------------------------------ stages and batches
     def cml_stage_for_epoch(self, epoch: int) -> str:

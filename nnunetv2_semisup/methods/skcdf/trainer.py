@@ -58,26 +58,6 @@ def knowledge_transfer(net: SKCDFNet, omega: float, heads: bool = True) -> None:
             ema_(a, b, omega)
 
 
-class _SKCDFStateHolder:
-    """Exposes the trainer's SKCDF state under the top-level checkpoint key ``skcdf_state``."""
-
-    def __init__(self, trainer: "nnUNetTrainerSKCDF"):
-        self.trainer = trainer
-
-    def state_dict(self) -> dict:
-        t = self.trainer
-        return {"class_counts": None if t.skcdf_class_counts is None else np.asarray(t.skcdf_class_counts).copy(),
-                "p": None if t.skcdf_p is None else np.asarray(t.skcdf_p).copy(),
-                "last_ramp_weight": t.skcdf_last_ramp_weight, "iterations": t.skcdf_iterations}
-
-    def load_state_dict(self, state: dict) -> None:
-        t = self.trainer
-        t.skcdf_class_counts = None if state["class_counts"] is None else np.asarray(state["class_counts"])
-        t.skcdf_p = None if state["p"] is None else np.asarray(state["p"], dtype=np.float64)
-        t.skcdf_last_ramp_weight = state["last_ramp_weight"]
-        t.skcdf_iterations = int(state["iterations"])
-
-
 ARCHITECTURE_ATTRIBUTES = ("skcdf_use_skcm", "skcdf_use_aux", "skcdf_num_heads", "skcdf_local_patch",
                            "skcdf_attn_dropout", "skcdf_dropout_p", "skcdf_inference_decoder")
 
@@ -86,6 +66,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
     # balanced masks and pseudo-labels assume dense labels; the SKCM is built for 3D bottlenecks
     supports_regions = supports_ignore_label = False
     supported_patch_dims = (3,)
+    method_state_key = "skcdf_state"
 
     # --- architecture (class attributes: read by build_network_architecture at prediction time too) ---
     skcdf_use_skcm = True
@@ -143,7 +124,6 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         if self.enable_deep_supervision:
             raise ValueError(f"{self.__class__.__name__} does not support deep supervision.")
         super().initialize()
-        self.extra_checkpoint_objects["skcdf_state"] = _SKCDFStateHolder(self)
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
@@ -197,6 +177,19 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         return sigmoid_rampup_weight(epoch, self.num_epochs, self.skcdf_lambda_u)
 
     # ------------------------------------------------------------------ training
+    def get_method_state(self) -> dict:
+        return {**super().get_method_state(),
+                "class_counts": None if self.skcdf_class_counts is None else np.asarray(self.skcdf_class_counts).copy(),
+                "p": None if self.skcdf_p is None else np.asarray(self.skcdf_p).copy(),
+                "last_ramp_weight": self.skcdf_last_ramp_weight, "iterations": self.skcdf_iterations}
+
+    def set_method_state(self, state: dict) -> None:
+        super().set_method_state(state)
+        self.skcdf_class_counts = None if state["class_counts"] is None else np.asarray(state["class_counts"])
+        self.skcdf_p = None if state["p"] is None else np.asarray(state["p"], dtype=np.float64)
+        self.skcdf_last_ramp_weight = state["last_ramp_weight"]
+        self.skcdf_iterations = int(state["iterations"])
+
     def knowledge_transfer(self) -> None:
         knowledge_transfer(unwrap(self.network), self.skcdf_ema_omega, heads=self.skcdf_use_aux)
 
