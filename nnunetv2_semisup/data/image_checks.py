@@ -93,12 +93,6 @@ def grid_mismatch(reference: dict, other: dict, rtol: float = 1e-3) -> Optional[
     return None
 
 
-def sitk_grid(image) -> dict:
-    """Grid of a SimpleITK image (shape in numpy z, y, x order)."""
-    return {"shape": tuple(reversed(image.GetSize())), "spacing": image.GetSpacing(), "origin": image.GetOrigin(),
-            "direction": image.GetDirection()}
-
-
 def sitk_image_problems(image) -> List[str]:
     """``array_problems`` and ``direction_problem`` of a SimpleITK image."""
     import SimpleITK as sitk

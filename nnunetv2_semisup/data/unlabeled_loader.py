@@ -21,7 +21,7 @@ class AugmentedStream:
 
     def __init__(self, dataset, initial_patch_size, final_patch_size, label_manager, transforms,
                  oversample_foreground_percent: float, probabilistic_oversampling: bool, num_processes: int,
-                 pin_memory: bool):
+                 pin_memory: bool, num_cached: Optional[int] = None):
         self.dataset = dataset
         self.initial_patch_size = initial_patch_size
         self.final_patch_size = final_patch_size
@@ -31,6 +31,7 @@ class AugmentedStream:
         self.probabilistic_oversampling = probabilistic_oversampling
         self.num_processes = num_processes
         self.pin_memory = pin_memory
+        self.num_cached = num_cached if num_cached is not None else max(6, num_processes // 2)  # nnU-Net's values
         self.batch_size = 0
         self._augmenters: "OrderedDict[int, object]" = OrderedDict()
 
@@ -47,7 +48,7 @@ class AugmentedStream:
         if self.num_processes == 0:
             return SingleThreadedAugmenter(loader, None)
         return NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=self.num_processes,
-                                            num_cached=max(6, self.num_processes // 2), seeds=None,
+                                            num_cached=self.num_cached, seeds=None,
                                             pin_memory=self.pin_memory, wait_time=0.002)
 
     def set_batch_size(self, batch_size: int) -> bool:

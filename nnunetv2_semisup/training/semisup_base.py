@@ -24,13 +24,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import join
 from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
@@ -174,7 +172,11 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                                 class_locations_file=self.class_locations_file, rebuild_command=cmd)
 
     def get_dataloaders(self):
-        """Labeled + unlabeled training streams (``SemiSupBatchIterator``) and nnU-Net's validation loader."""
+        """Labeled + unlabeled training streams (``SemiSupBatchIterator``) and nnU-Net's validation loader, built
+        like nnU-Net's ``get_dataloaders`` (same transforms, datasets and loader; its code has no hook for a second
+        stream or a batch size that changes per epoch)."""
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         patch_size = self.configuration_manager.patch_size
         ds_scales = self._get_deep_supervision_scales()
         rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, mirror_axes = \
@@ -205,17 +207,11 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
             self._unlabeled_stream = AugmentedStream(
                 unlabeled_dataset, initial_patch_size, patch_size, self.label_manager,
                 self.get_unlabeled_transforms(), self.unlabeled_oversample_foreground_percent, True, n_train, pin)
-        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, self.label_manager,
-                                  oversample_foreground_percent=self.oversample_foreground_percent,
-                                  sampling_probabilities=None, pad_sides=None, transforms=val_transforms,
-                                  probabilistic_oversampling=self.probabilistic_oversampling)
-        if n_proc == 0:
-            mt_gen_val = SingleThreadedAugmenter(dl_val, None)
-        else:
-            mt_gen_val = NonDetMultiThreadedAugmenter(data_loader=dl_val, transform=None,
-                                                      num_processes=max(1, n_proc // 2),
-                                                      num_cached=max(3, n_proc // 4), seeds=None, pin_memory=pin,
-                                                      wait_time=0.002)
+        val_stream = AugmentedStream(dataset_val, patch_size, patch_size, self.label_manager, val_transforms,
+                                     self.oversample_foreground_percent, self.probabilistic_oversampling,
+                                     max(1, n_proc // 2) if n_proc else 0, pin, num_cached=max(3, n_proc // 4))
+        val_stream.set_batch_size(self.batch_size)
+        mt_gen_val = val_stream.augmenter
         _ = next(mt_gen_val)
         return SemiSupBatchIterator(self._labeled_stream, self._unlabeled_stream), mt_gen_val
 
