@@ -86,6 +86,8 @@ def test_setup(trainer):
     assert isinstance(trainer.optimizer, torch.optim.SGD) and isinstance(trainer.optimizer_2d, torch.optim.AdamW)
     assert trainer.optimizer_2d.defaults["weight_decay"] == 0.01 and trainer.mn_2d_lr == 1e-3
     assert trainer.mn_ds_factors == [(1, 1, 1), (1, 2, 2), (2, 4, 4)]
+    assert np.allclose(trainer.mn_ds_weights, [2 / 3, 1 / 3, 0])  # nnU-Net's 1, 1/2, 0 normalised
+    assert trainer.mn_ds_weights == list(trainer.loss.weight_factors)
 
 
 def test_soft_targets_from_teachers_in_eval_mode(trainer):  # property 13

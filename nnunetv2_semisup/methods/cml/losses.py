@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunetv2.training.loss.dice import SoftDiceLoss
+
 from nnunetv2_semisup.training.helpers import one_hot
 
 DICE_SMOOTH = 1e-5
@@ -29,16 +31,17 @@ def _hard_labels(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return target.long()
 
 
+# nnU-Net's soft Dice with the reference's settings: per sample, background included, smooth 1e-5
+_PER_SAMPLE_DICE = SoftDiceLoss(apply_nonlin=None, batch_dice=False, do_bg=True, smooth=DICE_SMOOTH, ddp=False)
+
+
 def dice_ps_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 − mean_{n,c} (2·Σ p·y + 1e-5)/(Σ p + Σ y + 1e-5), per sample and class, background included."""
+    """1 − mean_{n,c} (2·Σ p·y + 1e-5)/(Σ p + Σ y + 1e-5), per sample and class, background included = 1 + nnU-Net's
+    ``SoftDiceLoss`` (2tp + fp + fn = Σ p + Σ y)."""
     logits = logits.float()
     y = _hard_labels(target, logits)
     p = torch.softmax(logits, 1)
-    onehot = one_hot(y, logits.shape[1], p.dtype)
-    axes = tuple(range(2, logits.ndim))
-    intersect = (p * onehot).sum(axes)
-    dice = (2 * intersect + DICE_SMOOTH) / (p.sum(axes) + onehot.sum(axes) + DICE_SMOOTH)
-    return 1 - dice.mean()
+    return 1 + _PER_SAMPLE_DICE(p, one_hot(y, logits.shape[1], p.dtype))
 
 
 def cml_sup_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ reference: one loss over the concatenated batch.
 """
 from typing import List, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,14 +63,6 @@ class MNLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         d, k = self.components(logits, target)
         return self.weight_dice * d + self.weight_kl * k
-
-
-def nnunet_deep_supervision_weights(num_scales: int, ddp_without_compile: bool = False) -> np.ndarray:
-    """nnU-Net's DS weights (``nnUNetTrainer._build_loss``): 1/2^i, lowest scale 0 (1e-6 under DDP without
-    compile), normalised to sum 1."""
-    weights = np.array([1 / (2 ** i) for i in range(num_scales)])
-    weights[-1] = 1e-6 if ddp_without_compile else 0
-    return weights / weights.sum()
 
 
 def pool_soft_target(target: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
 from nnunetv2_semisup.methods.mn.losses import (MNLoss, build_targets, deep_supervision_loss,
-                                             nnunet_deep_supervision_weights, scale_factors)
+                                             scale_factors)
 from nnunetv2_semisup.methods.mn.segformer import (INPUT_MAPPINGS, REFERENCE_LORA_TARGETS, build_segformer_2d,
                                                    check_slice_size, segformer_checkpoint_from_env)
 from nnunetv2_semisup.methods.mn.slicing import SliceWiseModel
@@ -213,8 +213,7 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
             return self.mn_loss
         scales = self._get_deep_supervision_scales()
         self.mn_ds_factors = scale_factors(scales)
-        self.mn_ds_weights = list(nnunet_deep_supervision_weights(
-            len(scales), self.is_ddp and not self._do_i_compile()))
+        self.mn_ds_weights = list(super()._build_loss().weight_factors)  # nnU-Net's own deep-supervision weights
         return DeepSupervisionWrapper(self.mn_loss, self.mn_ds_weights)
 
     # ------------------------------------------------------------------ epochs

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnunetv2.training.loss.dice import SoftDiceLoss
+
 from nnunetv2_semisup.training.helpers import at_least_fp32, one_hot, sigmoid_rampup
 
 DICE_SMOOTH = 1.0
-DICE_EPS = 1e-8
 MASK_MODES = ("reference", "true")
 
 
@@ -39,16 +40,16 @@ def _check_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return target.long()
 
 
+# nnU-Net's soft Dice with the reference's settings: batch Dice, background excluded, smooth 1 (the reference adds
+# 1e-8 to the denominator, nnU-Net clips it at 1e-8; with smooth 1 the two differ by < 1e-8 relative)
+_BATCH_DICE_NO_BG = SoftDiceLoss(apply_nonlin=None, batch_dice=True, do_bg=False, smooth=DICE_SMOOTH, ddp=False)
+
+
 def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """1 − mean_{c ≥ 1} (2tp + 1) / (2tp + fp + fn + 1 + 1e-8), sums over batch and voxels (batch Dice, background
-    excluded). ``weight`` (B, 1, ...) restricts the sums to selected voxels (true-mask mode)."""
-    axes = [0] + list(range(2, probs.ndim))
-    w = 1.0 if weight is None else weight
-    tp = (w * probs * onehot).sum(axes)
-    fp = (w * probs * (1 - onehot)).sum(axes)
-    fn = (w * (1 - probs) * onehot).sum(axes)
-    dc = (2 * tp + DICE_SMOOTH) / (2 * tp + fp + fn + DICE_SMOOTH + DICE_EPS)
-    return 1 - dc[1:].mean()
+    """1 − mean_{c ≥ 1} (2tp + 1) / (2tp + fp + fn + 1), sums over batch and voxels (batch Dice, background
+    excluded) = 1 + nnU-Net's ``SoftDiceLoss``. ``weight`` (B, 1, ...) restricts the sums to selected voxels
+    (true-mask mode; nnU-Net's loss mask)."""
+    return 1 + _BATCH_DICE_NO_BG(probs, onehot, loss_mask=weight)
 
 
 def dcce_terms(logits: torch.Tensor, target: torch.Tensor):
