@@ -19,23 +19,25 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2_semisup.evaluation.pictures import write_png
 
 
-def predict_class_locations(trainer, network: torch.nn.Module, dataset, export_folder: Optional[str] = None
-                            ) -> Dict[str, dict]:
-    """``{case: class_locations}`` of the argmax of ``network`` on every case of ``dataset``."""
+def predict_class_locations(network: torch.nn.Module, dataset, plans_manager, configuration_manager,
+                            dataset_json: dict, device: torch.device, export_folder: Optional[str] = None,
+                            trainer_name: str = "", show_progress: bool = True) -> Dict[str, dict]:
+    """``{case: class_locations}`` of the argmax of ``network`` (eval mode, nnU-Net's sliding window, no TTA) on
+    every case of ``dataset``; with ``export_folder`` also each hard pseudo-label as an image in the original
+    geometry and a PNG."""
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=trainer.device.type == "cuda", device=trainer.device,
+                                perform_everything_on_device=device.type == "cuda", device=device,
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager, None,
-                                    trainer.dataset_json, trainer.__class__.__name__, None)
-    label_manager = trainer.label_manager
+    predictor.manual_initialization(network, plans_manager, configuration_manager, None, dataset_json, trainer_name,
+                                    None)
+    label_manager = plans_manager.get_label_manager(dataset_json)
     if label_manager.has_regions:
         raise NotImplementedError("pseudo-label class locations are not supported for region-based training")
     if export_folder is not None:
         os.makedirs(export_folder, exist_ok=True)
     locations = {}
     from tqdm import tqdm
-    for case in tqdm(dataset.identifiers, desc="pseudo-labels", unit="case", disable=None if trainer.local_rank == 0
-                     else True):
+    for case in tqdm(dataset.identifiers, desc="pseudo-labels", unit="case", disable=None if show_progress else True):
         data, _, _, properties = dataset.load_case(case)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -44,9 +46,8 @@ def predict_class_locations(trainer, network: torch.nn.Module, dataset, export_f
         locations[case] = DefaultPreprocessor._sample_foreground_locations(
             seg[None], label_manager.foreground_labels, seed=1234)
         if export_folder is not None:
-            export_prediction_from_logits(logits, properties, trainer.configuration_manager, trainer.plans_manager,
-                                          trainer.dataset_json, os.path.join(export_folder, case), False,
-                                          num_threads_torch=1)
+            export_prediction_from_logits(logits, properties, configuration_manager, plans_manager, dataset_json,
+                                          os.path.join(export_folder, case), False, num_threads_torch=1)
             # image | pseudo-label outlines, in the preprocessed grid (docs: "Pictures")
             write_png(os.path.join(export_folder, "png", f"{case}.png"), np.asarray(data[0]), [None, seg])
     return locations

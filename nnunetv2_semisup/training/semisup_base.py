@@ -369,8 +369,9 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
             was_training = network.training
             try:
                 export = join(self.pseudo_label_folder, f"round_{self.pseudo_label_round}") if export_nifti else None
-                locations = predict_class_locations(self, unwrap(network), self._unlabeled_stream.dataset.inner,
-                                                    export)
+                locations = predict_class_locations(
+                    unwrap(network), self._unlabeled_stream.dataset.inner, self.plans_manager,
+                    self.configuration_manager, self.dataset_json, self.device, export, self.__class__.__name__)
             finally:
                 network.train(was_training)
                 if own:
@@ -438,11 +439,18 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         torch.save(checkpoint, tmp)
         os.replace(tmp, filename)
 
+    def before_resume_initialize(self, checkpoint: dict) -> None:
+        """Hook for ``--c``: nnU-Net initialises the trainer inside ``load_checkpoint``; a method that builds parts
+        of itself from the checkpoint (M&N's SegFormer config) reads them here."""
+
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not isinstance(filename_or_checkpoint, str):
             raise TypeError("nnUNetTrainerSemiSup.load_checkpoint expects a checkpoint file path")
-        super().load_checkpoint(filename_or_checkpoint)
+        # read once here (nnU-Net reads the file once more itself: its load_checkpoint takes only a path in 2.8)
         checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        if not self.was_initialized:
+            self.before_resume_initialize(checkpoint)
+        super().load_checkpoint(filename_or_checkpoint)
         if "semisup_state" not in checkpoint:
             raise RuntimeError(f"{filename_or_checkpoint} was not written by a nnunetv2_semisup trainer (no "
                                f"'semisup_state'); it cannot be resumed with {self.__class__.__name__}. Use "

@@ -408,13 +408,11 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         self.mn_rng.bit_generator.state = state["uniform_rng"]
         self.mn_refreshes = [tuple(r) for r in state["refreshes"]]
 
+    def before_resume_initialize(self, checkpoint: dict) -> None:
+        # build the 2D model from the saved config (its complete weights are in the checkpoint) instead of from
+        # nnUNet_semisup_segformer: resuming needs no hub
+        self._mn_resume_segformer_config = checkpoint.get("semisup_state", {}).get("method", {}).get("segformer_config")
+
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        if not self.was_initialized and isinstance(filename_or_checkpoint, str):
-            # --c: nnU-Net initialises the trainer inside load_checkpoint; build the 2D model from the saved config
-            # (its complete weights are in the checkpoint) instead of from nnUNet_semisup_segformer
-            checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
-            method = checkpoint.get("semisup_state", {}).get("method", {})
-            self._mn_resume_segformer_config = method.get("segformer_config")
-            del checkpoint
         super().load_checkpoint(filename_or_checkpoint)
         self._register_mn_series()
