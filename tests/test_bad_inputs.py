@@ -186,19 +186,21 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(copied, tmp_path)
 def test_truncated_preprocessed_case_is_named_and_redone(copied):
     env, raw, pp = copied
     out = os.path.join(pp, UNLABELED_PP)
-    data_files = sorted(f for f in os.listdir(out) if f.endswith(".b2nd") and not f.endswith("_seg.b2nd"))
-    victim = os.path.join(out, data_files[0])
-    intact = open(victim, "rb").read()
-    with open(victim, "r+b") as f:
-        f.truncate(len(intact) // 3)  # an interrupted copy
-    env = {**env, "nnUNet_semisup_short_epochs": "1", "nnUNet_semisup_short_iterations": "8"}
+    data_files = sorted(os.path.join(out, f) for f in os.listdir(out)
+                        if f.endswith(".b2nd") and not f.endswith("_seg.b2nd"))
+    intact = {f: open(f, "rb").read() for f in data_files}
+    for f in data_files:  # an interrupted copy of every case, so the first unlabeled patch drawn hits one
+        with open(f, "r+b") as fh:
+            fh.truncate(len(intact[f]) // 3)
+    env = {**env, "nnUNet_semisup_short_epochs": "1", "nnUNet_semisup_short_iterations": "2"}
     proc = run_cli(["nnUNetv2_train", COPY_ID, "3d_fullres", "all", "-tr", "nnUNetTrainerMeanTeacher_short",
                     "-device", "cpu"], env, expect_ok=False)
     assert proc.returncode != 0
     err = proc.stdout + proc.stderr
-    assert "cannot be read" in err and victim in err, err[-3000:]
+    assert "cannot be read" in err and any(f in err for f in data_files), err[-3000:]
     assert f"nnUNetv2_semisup_preprocess -d {COPY_NAME} -c 3d_fullres" in err
-    # a normal re-run (no --overwrite) finds the unreadable case and preprocesses it again
+    # a normal re-run (no --overwrite) finds the unreadable cases and preprocesses them again
     proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1], env)
-    assert "1 unreadable" in proc.stdout and "1 to preprocess" in proc.stdout, proc.stdout
-    assert open(victim, "rb").read() == intact
+    n = len(data_files)
+    assert f"{n} unreadable" in proc.stdout and f"{n} to preprocess" in proc.stdout, proc.stdout
+    assert all(open(f, "rb").read() == intact[f] for f in data_files)
