@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunetv2_semisup.data.image_checks import FIX_HINT, sitk_image_problems
+from nnunetv2_semisup.progress import progress
 
 from .errors import ConversionError
 from .splits import Split, custom_split, select_cases
@@ -319,12 +320,6 @@ def add_common_options(p: argparse.ArgumentParser, splits: Sequence[str], defaul
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder with this ID")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it is also off when output is not a "
                                                         "terminal)")
-
-
-def progress(iterable, total: Optional[int] = None, desc: str = "", quiet: bool = False):
-    """nnU-Net's tqdm habit: a progress bar on a terminal, nothing when quiet or when output is redirected."""
-    from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, unit="case", disable=True if quiet else None)
 
 
 def check_variant(variant: str, variants: Sequence[str]) -> None:

@@ -25,6 +25,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json, save
 
 from nnunetv2_semisup.data.image_checks import FIX_HINT, case_channel_problems
 from nnunetv2_semisup.data.unlabeled_raw import UnlabeledDataError, find_unlabeled_cases
+from nnunetv2_semisup.progress import progress
 from nnunetv2_semisup.trainer_dir import ext_trainer_env_problem
 
 STATE_FILE = "semisup_preprocess.json"
@@ -149,12 +150,6 @@ def read_problem(output_folder: str, dataset_class, case: str) -> Optional[str]:
     return None
 
 
-def progress(iterable, total: Optional[int] = None, desc: str = "", quiet: bool = False):
-    """nnU-Net's tqdm habit: a bar on a terminal, nothing when quiet or when output is redirected."""
-    from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, unit="case", disable=True if quiet else None)
-
-
 def _remove_case(output_folder: str, dataset_class, case: str) -> None:
     for f in _dataset_class_files(dataset_class, case):
         p = os.path.join(output_folder, f)
@@ -249,7 +244,7 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
                   f"{f' ({len(unreadable)} unreadable removed)' if unreadable else ''}, {len(todo)} to preprocess "
                   f"-> {out}")
         args = [(c, cases[c], out, plans, configuration, dataset_json, dataset_class) for c in todo]
-        bar = progress(total=len(args), iterable=None, desc=f"{configuration}: preprocessing", quiet=not verbose)
+        bar = progress(total=len(args), desc=f"{configuration}: preprocessing", quiet=not verbose)
         if num_processes <= 1 or len(args) <= 1:
             for a in args:
                 preprocess_unlabeled_case(*a)

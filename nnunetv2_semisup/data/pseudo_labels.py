@@ -17,6 +17,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
 from nnunetv2_semisup.evaluation.pictures import write_png
+from nnunetv2_semisup.progress import progress
 
 
 def predict_class_locations(network: torch.nn.Module, dataset, plans_manager, configuration_manager,
@@ -36,8 +37,7 @@ def predict_class_locations(network: torch.nn.Module, dataset, plans_manager, co
     if export_folder is not None:
         os.makedirs(export_folder, exist_ok=True)
     locations = {}
-    from tqdm import tqdm
-    for case in tqdm(dataset.identifiers, desc="pseudo-labels", unit="case", disable=None if show_progress else True):
+    for case in progress(dataset.identifiers, desc="pseudo-labels", quiet=not show_progress):
         data, _, _, properties = dataset.load_case(case)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from nnunetv2_semisup.progress import progress as progress_bar
 from nnunetv2_semisup.evaluation.aggregate import aggregate_rows
 from nnunetv2_semisup.evaluation.metrics import EmptyMaskError, label_map_metrics
 from nnunetv2_semisup.evaluation.settings import PRESETS, EvalSettings, resolve_settings
@@ -265,8 +266,7 @@ def evaluate_folders(ref_folder: str, pred_folder: str, labels: Optional[Sequenc
         warnings.warn(f"{len(unmatched)} predictions have no reference in {ref_folder} and are not evaluated: "
                       f"{', '.join(unmatched)}", stacklevel=2)
     jobs = [(c, refs[c], preds.get(c), eval_labels, allowed, settings, crop) for c in sorted(refs)]
-    from tqdm import tqdm
-    bar = tqdm(total=len(jobs), desc="evaluating", unit="case", disable=None if progress else True)
+    bar = progress_bar(total=len(jobs), desc="evaluating", quiet=not progress)
     if num_processes > 1 and len(jobs) > 1:
         with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
             per_case = []

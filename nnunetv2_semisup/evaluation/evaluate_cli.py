@@ -24,6 +24,7 @@ from nnunetv2_semisup.evaluation.evaluate import (EvaluationError, nan_to_none, 
 from nnunetv2_semisup.evaluation.published import COMPARISONS
 from nnunetv2_semisup.evaluation.settings import EMPTY_POLICIES, MODES, PRESETS, SettingsError, resolve_settings
 from nnunetv2_semisup.evaluation.tables import format_comparison, format_runs, format_summary
+from nnunetv2_semisup.progress import progress
 
 RUNS_JSON = "summary_runs.json"
 
@@ -127,7 +128,6 @@ def write_case_pictures(summary: dict, out_dir: str, images: Optional[str], whic
     channel from ``images`` if given."""
     import numpy as np
     import SimpleITK as sitk
-    from tqdm import tqdm
 
     from nnunetv2_semisup.evaluation.evaluate import file_ending_from_dataset_json, list_cases
     from nnunetv2_semisup.evaluation.pictures import select_cases, write_png
@@ -139,7 +139,7 @@ def write_case_pictures(summary: dict, out_dir: str, images: Optional[str], whic
         dice.setdefault(r["case"], []).append(r["dice"] if r["dice"] is not None else float("nan"))
     per_case = {c: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for c, v in dice.items()}
     written = []
-    for case in tqdm(select_cases(per_case, which, n), desc="pictures", unit="case", disable=True if quiet else None):
+    for case in progress(select_cases(per_case, which, n), desc="pictures", quiet=quiet):
         ref = sitk.GetArrayFromImage(sitk.ReadImage(refs[case]))
         pred = sitk.GetArrayFromImage(sitk.ReadImage(preds[case])) if case in preds else np.zeros_like(ref)
         image = None
