@@ -85,6 +85,25 @@ def shrink_plans(plans_file: str, features=TINY_FEATURES) -> None:
         json.dump(plans, f, indent=2)
 
 
+def copy_planned_dataset(ds: PlannedDataset, dataset_id: int, name: str):
+    """Raw and preprocessed copy of ``ds`` as Dataset<dataset_id>_<name> (for tests that break or resume data);
+    returns (raw folder, preprocessed folder)."""
+    import shutil
+    full = f"Dataset{dataset_id}_{name}"
+    raw, pp = os.path.join(ds.raw, full), os.path.join(ds.preprocessed, full)
+    for d in (raw, pp, os.path.join(ds.results, full)):
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(ds.raw_folder, raw)
+    shutil.copytree(ds.preprocessed_folder, pp)
+    plans_file = os.path.join(pp, "nnUNetPlans.json")
+    with open(plans_file) as f:
+        plans = json.load(f)
+    plans["dataset_name"] = full
+    with open(plans_file, "w") as f:
+        json.dump(plans, f, indent=2)
+    return raw, pp
+
+
 @pytest.fixture(scope="session")
 def planned_dataset(nnunet_env) -> PlannedDataset:
     """Synthetic dataset 990 (4 labeled, 6 unlabeled, 3 test; 16x32x32): planned and preprocessed by stock

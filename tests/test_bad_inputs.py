@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import DATASET_ID, DATASET_NAME, run_cli
+from conftest import copy_planned_dataset, run_cli
 
 from nnunetv2_semisup.data.image_checks import array_problems, direction_problem, grid_mismatch
 
@@ -26,19 +26,8 @@ UNLABELED_PP = "nnUNetPlans_3d_fullres_unlabeled"
 @pytest.fixture()
 def copied(planned_dataset):
     """Raw and preprocessed copy of dataset 990 as 981 (fresh for every test)."""
-    ds = planned_dataset
-    raw, pp = os.path.join(ds.raw, COPY_NAME), os.path.join(ds.preprocessed, COPY_NAME)
-    for d in (raw, pp, os.path.join(ds.results, COPY_NAME)):
-        shutil.rmtree(d, ignore_errors=True)
-    shutil.copytree(ds.raw_folder, raw)
-    shutil.copytree(ds.preprocessed_folder, pp)
-    plans_file = os.path.join(pp, "nnUNetPlans.json")
-    with open(plans_file) as f:
-        plans = json.load(f)
-    plans["dataset_name"] = COPY_NAME
-    with open(plans_file, "w") as f:
-        json.dump(plans, f, indent=2)
-    return ds.env, raw, pp
+    raw, pp = copy_planned_dataset(planned_dataset, COPY_ID, "BadInputs")
+    return planned_dataset.env, raw, pp
 
 
 def _unlabeled_files(raw):

@@ -2,14 +2,13 @@
 layout before the one-folder-per-method refactor (tests/data/legacy_checkpoints/) resume with the stock
 ``nnUNetv2_train --c`` (every extra module and the method state load; M&N without the hub) and the final model
 predicts with the stock ``nnUNetv2_predict``."""
-import json
 import os
 import shutil
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import copy_planned_dataset, run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LEGACY = os.path.join(HERE, "data", "legacy_checkpoints")
@@ -21,19 +20,8 @@ TRAINERS = ["nnUNetTrainerMeanTeacher_short", "nnUNetTrainerMN_short", "nnUNetTr
 
 @pytest.fixture(scope="module")
 def compat_dataset(planned_dataset):
-    ds = planned_dataset
-    raw, pp = os.path.join(ds.raw, COPY_NAME), os.path.join(ds.preprocessed, COPY_NAME)
-    for d in (raw, pp, os.path.join(ds.results, COPY_NAME)):
-        shutil.rmtree(d, ignore_errors=True)
-    shutil.copytree(ds.raw_folder, raw)
-    shutil.copytree(ds.preprocessed_folder, pp)
-    plans_file = os.path.join(pp, "nnUNetPlans.json")
-    with open(plans_file) as f:
-        plans = json.load(f)
-    plans["dataset_name"] = COPY_NAME
-    with open(plans_file, "w") as f:
-        json.dump(plans, f, indent=2)
-    return ds, raw
+    raw, _ = copy_planned_dataset(planned_dataset, COPY_ID, "Compat")
+    return planned_dataset, raw
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
