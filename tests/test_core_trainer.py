@@ -242,3 +242,31 @@ def test_capabilities_are_class_attributes_checked_by_the_base(name, regions, ig
     else:
         with pytest.raises(ValueError, match=match):
             tr.check_capabilities()
+
+
+@pytest.mark.parametrize("monitored", [False, True])
+def test_progress_png_is_nnunets_plot_with_our_panels_below(tmp_path, monkeypatch, monitored):
+    """progress.png is drawn by nnU-Net's own plot_progress_png (its three panels, its panel size) with the loss
+    terms + batch composition (and monitored values, if any) as extra rows of the same figure."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+    from nnunetv2_semisup.training.progress_plot import SemiSupLocalLogger
+    saved = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), real_savefig(fig, *a, **k)))
+    logger = SemiSupLocalLogger()
+    logger.register(["batch_labeled", "batch_unlabeled", "loss_sup", "loss_unsup"] + (["monitor_w"] if monitored else []))
+    for e in range(4):
+        for k in logger.my_fantastic_logging:
+            logger.log(k, [0.5] if k == "dice_per_class_or_region" else 0.1 * e, e)
+    logger.plot_progress_png(str(tmp_path))
+    rows = 5 if monitored else 4
+    width, height = Image.open(tmp_path / "progress.png").size
+    assert height / width == pytest.approx(54 / 30 * rows / 3)  # nnU-Net's 30 x 54 inch figure holds 3 rows
+    ylabels = [ax.get_ylabel() for ax in saved[0].axes]
+    expected = ["loss", "time [s]", "learning rate", "loss term"] + (["monitored value"] if monitored else [])
+    assert [y for y in ylabels if y in expected + ["monitored value"]] == expected
+    assert {"pseudo dice", "samples per batch"} <= set(ylabels)  # the twin axes of panels 1 and 4
+    legend = [t.get_text() for ax in saved[0].axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert {"loss_tr", "loss_val", "epoch duration", "loss_sup", "loss_unsup", "batch_unlabeled"} <= set(legend)
+    assert ("monitor_w" in legend) == monitored

@@ -335,3 +335,29 @@ def test_train_step_uses_the_iterations_share_of_an_over_delivered_batch(trainer
         del t.step_3d
         assert t.step_3d == orig
         t.mn_phase, t.mn_unlabeled_share, t._mn_iteration, t._mn_batch_unlabeled, t.batch_size = saved
+
+
+def test_uniform_mode_draws_an_epoch_at_its_start_and_loads_only_what_it_uses(mn_env):
+    """'No LRG' ablation: b_u ~ Binomial(B, |U|/(|L|+|U|)) per iteration. The epoch's draws are made at its start
+    (the same sequence from the same seed as one draw per step), the loaders deliver (B − min b_u, max b_u), and
+    iteration i uses exactly draw i."""
+    t = make_trainer(mn_env, "nnUNetTrainerMN_uniform")
+    t.initialize()
+    n = 40
+    t.batch_size, t.num_iterations_per_epoch, t._has_unlabeled = 4, n, True
+    t._labeled_stream = type("S", (), {"dataset": type("D", (), {"identifiers": ["a"] * 2})})()
+    t._unlabeled_stream = type("S", (), {"dataset": type("D", (), {"identifiers": ["b"] * 6})})()
+    rng = np.random.default_rng(t.mn_uniform_seed)
+    expected = np.array([rng.binomial(4, 6 / 8) for _ in range(n)])  # Binomial(B, |U|/(|L|+|U|)), drawn here
+    t.current_epoch = next(e for e in range(t.num_epochs) if t.mn_plan.phase(e) == TRAIN_3D)
+    t.mn_phase = TRAIN_3D
+    b_l, b_u = t.get_batch_composition()
+    assert t._mn_uniform_draws == list(expected)
+    assert (b_l, b_u) == (4 - expected.min(), expected.max()) and b_u >= 1
+    seen, t._mn_iteration, t._mn_batch_unlabeled = [], 0, []
+    t.step_3d = lambda x_u, soft, x_l, y: seen.append((0 if x_u is None else len(x_u), 0 if x_l is None else len(x_l))) \
+        or {"3d": np.float32(0), "dice_3d": np.float32(0), "kl_3d": np.float32(0)}
+    t.soft_targets_2d = lambda x: torch.zeros_like(x)
+    for i in range(n):
+        t.train_step(fake_batch(t, b_l=b_l, b_u=b_u, seed=i))
+    assert seen == [(u, 4 - u) for u in expected]

@@ -147,7 +147,7 @@ def format_comparison(summary: dict, key: str, runs: Optional[dict] = None) -> s
             out.append(f"(per-class columns left empty: you evaluated {len(labels)} labels, the table has "
                        f"{table.n_class_columns} classes)")
         if summary["mode"] != "paper":
-            out.append(f"(your HD95/ASD columns are in mm: HD95 max-of-directed, ASD column = symmetric ASSD)")
+            out.append("(your HD95/ASD columns are in mm: HD95 max-of-directed, ASD column = symmetric ASSD)")
         out.append(_render(header, rows, left=(0, -1) if table.variants else (0,)))
         out.append("('own' = measured by the paper under the convention above; 'quoted' = copied by the paper from "
                    "the cited work, protocol not re-measured)")

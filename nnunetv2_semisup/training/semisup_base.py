@@ -5,8 +5,8 @@
   labeled batch dict plus ``batch["unlabeled"]["data"]``.
 - Per-epoch batch composition ``(b_l, b_u)`` from ``get_batch_composition()`` (fixed for most methods, LRG for
   M&N); the streams are resized when it changes.
-- Optional foreground-aware unlabeled sampling from pseudo-label class locations
-  (``refresh_unlabeled_pseudo_labels``), stored next to the training output.
+- Optional foreground-aware unlabeled sampling from pseudo-label class locations (``class_locations_file``, kept in
+  checkpoints; M&N's refreshes in ``methods/mn/pseudo_label_refresh.py`` write them).
 - Extra state in checkpoints: objects registered in ``self.extra_checkpoint_objects`` (modules, optimizers,
   schedulers, grad scalers: anything with ``state_dict``/``load_state_dict``; ``None`` for an object that exists
   only on some devices, such as a CUDA GradScaler) under their own top-level keys, and
@@ -35,7 +35,7 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from nnunetv2_semisup.data.preprocess_unlabeled import stale_preprocessing_problem, unlabeled_folder_name
 from nnunetv2_semisup.data.unlabeled_loader import AugmentedStream, SemiSupBatchIterator
-from nnunetv2_semisup.data.unlabeled_dataset import UnlabeledDataset, write_class_locations
+from nnunetv2_semisup.data.unlabeled_dataset import UnlabeledDataset
 from nnunetv2_semisup.training.progress_plot import SemiSupLocalLogger
 
 # top-level checkpoint keys nnU-Net itself writes; extra objects must not collide with them
@@ -77,8 +77,8 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         # --- state ---
         self.unlabeled_preprocessed_folder = join(self.preprocessed_dataset_folder_base, unlabeled_folder_name(
             self.configuration_manager.data_identifier)) if self.preprocessed_dataset_folder_base else None
-        self.pseudo_label_folder = join(self.output_folder, "pseudo_labels") if self.output_folder else None
         self.extra_checkpoint_objects: Dict[str, object] = {}
+        # foreground-aware unlabeled crops: class locations of pseudo-labels (M&N's refreshes write them)
         self.class_locations_file: Optional[str] = None
         self.pseudo_label_round = 0
         self._labeled_stream = self._unlabeled_stream = None
@@ -348,48 +348,6 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         super().on_train_end()
         if isinstance(self.dataloader_train, SemiSupBatchIterator):
             self.dataloader_train.finish()  # nnU-Net only finishes its own two augmenters
-
-    # ------------------------------------------------------------------ pseudo-label class locations
-    def refresh_unlabeled_pseudo_labels(self, network: Optional[torch.nn.Module] = None,
-                                        export_nifti: bool = True) -> str:
-        """Predict every unlabeled case with ``network`` (default: the nnU-Net network, sliding window, no TTA),
-        store the hard labels' class locations for foreground-aware unlabeled crops, and optionally export the
-        hard pseudo-labels as images in the original geometry to ``<output_folder>/pseudo_labels/round_<k>/``.
-
-        Returns the path of the class-location store. In DDP, rank 0 predicts and the others wait.
-        """
-        from nnunetv2_semisup.data.pseudo_labels import predict_class_locations
-        self.pseudo_label_round += 1
-        filename = join(self.pseudo_label_folder, f"class_locations_round{self.pseudo_label_round}.pkl")
-        if self.local_rank == 0:
-            own = network is None
-            network = self.network if own else network
-            if own:
-                self.set_deep_supervision_enabled(False)
-            was_training = network.training
-            try:
-                export = join(self.pseudo_label_folder, f"round_{self.pseudo_label_round}") if export_nifti else None
-                locations = predict_class_locations(
-                    unwrap(network), self._unlabeled_stream.dataset.inner, self.plans_manager,
-                    self.configuration_manager, self.dataset_json, self.device, export, self.__class__.__name__)
-            finally:
-                network.train(was_training)
-                if own:
-                    self.set_deep_supervision_enabled(self.enable_deep_supervision)
-            write_class_locations(locations, filename)
-            self.print_to_log_file(f"Pseudo-label class locations (round {self.pseudo_label_round}) -> {filename}")
-        if self.is_ddp:
-            dist.barrier()
-        self.set_class_locations_file(filename)
-        return filename
-
-    def set_class_locations_file(self, filename: Optional[str]) -> None:
-        self.class_locations_file = filename
-        if self._unlabeled_stream is not None:
-            current = self._unlabeled_stream.dataset
-            self._unlabeled_stream.set_dataset(UnlabeledDataset(self.dataset_class, self.unlabeled_preprocessed_folder,
-                                                                class_locations_file=filename,
-                                                                rebuild_command=current.rebuild_command))
 
     # ------------------------------------------------------------------ checkpoints
     # where get_method_state() is stored: None = checkpoint["semisup_state"]["method"]; a name = that top-level key

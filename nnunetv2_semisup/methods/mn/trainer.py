@@ -16,7 +16,8 @@ is s = ⌊r·B_LRG⌋/B_LRG with r = (η_peak − η)/(η_peak − η_final) of 
 the LR at which the model's co-training starts, as the paper's restart schedule does) or the reference's linear
 r, and B_LRG = ``mn_lrg_batch_size`` (5, the paper's B). Each iteration holds B patches of which
 ⌊(i+1)·s·B⌋ − ⌊i·s·B⌋ are unlabeled, so every epoch has the paper's share at nnU-Net's batch size, B = 2
-included, with no extra GPU memory. ``"uniform"`` draws b_u ~ Binomial(B, |U|/(|L|+|U|)); warm-up: b_u = 0.
+included, with no extra GPU memory. ``"uniform"`` draws b_u ~ Binomial(B, |U|/(|L|+|U|)) per iteration (all of an epoch's draws at its start, so the
+loaders deliver (B − min b_u, max b_u)); warm-up: b_u = 0.
 
 Pseudo-labels: the 3D model's hard predictions of the unlabeled cases (class locations for
 foreground-aware unlabeled crops, NIfTI export) at the end of warm-up and at 25/37.5/50/75 % of T_3D.
@@ -37,6 +38,7 @@ from nnunetv2_semisup.methods.mn.losses import (MNLoss, build_targets, deep_supe
                                              scale_factors)
 from nnunetv2_semisup.methods.mn.segformer import (INPUT_MAPPINGS, REFERENCE_LORA_TARGETS, build_segformer_2d,
                                                    check_slice_size, segformer_checkpoint_from_env)
+from nnunetv2_semisup.methods.mn.pseudo_label_refresh import PseudoLabelRefreshMixin
 from nnunetv2_semisup.methods.mn.slicing import SliceWiseModel
 from nnunetv2_semisup.methods.mn.schedule import (TRAIN_2D, TRAIN_3D, WARMUP, MNEpochPlan, ModelLRScheduler,
                                                   PolySchedule, ReferenceCompositeSchedule, WarmupCosineSchedule,
@@ -49,7 +51,7 @@ from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
 PHASE_CODE = {WARMUP: 0, TRAIN_2D: 2, TRAIN_3D: 3}  # logged per epoch as 'mn_trained_model'
 
 
-class nnUNetTrainerMN(nnUNetTrainerSemiSup):
+class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
     # the loss needs a softmax probability simplex and one-hot targets; the 2D model slices 3D patches
     supports_regions = supports_ignore_label = False
     supported_patch_dims = (3,)
@@ -92,6 +94,7 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         self.mn_refreshes = []  # [(point, global epoch, round)]
         self.mn_rng: Optional[np.random.Generator] = None  # uniform-mode draws; seeded in initialize
         self._mn_batch_unlabeled = []  # b_u of each iteration of the current epoch
+        self._mn_uniform_draws = []  # uniform mode: the current epoch's b_u per iteration
         self._mn_lr_peaks = {}
         self._mn_resume_segformer_config: Optional[dict] = None
 
@@ -243,16 +246,24 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
     def get_batch_composition(self) -> Tuple[int, int]:
         B = self.batch_size
         phase = self.mn_phase if self.mn_phase is not None else self.mn_plan.phase(self.current_epoch)
-        self.mn_unlabeled_share = 0.0
+        self.mn_unlabeled_share, self._mn_uniform_draws = 0.0, []
         if phase == WARMUP:
             comp = (B, 0)
         elif self.mn_lrg_mode == "uniform":
-            comp = (B, B)  # both streams full; each iteration draws b_u and uses the first b_l / b_u samples
+            # the epoch's b_u of every iteration, drawn now so the loaders deliver only the most either part uses
+            self._mn_uniform_draws = [self.draw_uniform_unlabeled() for _ in range(self.num_iterations_per_epoch)]
+            comp = (B - min(self._mn_uniform_draws), max(self._mn_uniform_draws))
         else:
             self.mn_unlabeled_share = unlabeled_share(self.lrg_ratio(phase), self.lrg_batch_size)
             comp = epoch_composition(self.mn_unlabeled_share, B)
         self.mn_composition = comp
         return comp
+
+    def draw_uniform_unlabeled(self) -> int:
+        """Uniform mode's b_u of one iteration (0 without unlabeled cases)."""
+        n_l, n_u = (0 if s is None else len(s.dataset.identifiers) for s in (self._labeled_stream,
+                                                                            self._unlabeled_stream))
+        return lrg_uniform(self.mn_rng, self.batch_size, n_l, n_u)
 
     def lrg_ratio(self, phase: str) -> float:
         """r of the model trained in this co-training epoch, from its own LR (paper) or epoch counter (linear)."""
@@ -322,33 +333,27 @@ class nnUNetTrainerMN(nnUNetTrainerSemiSup):
         return self.log_values({"2d": loss, "dice_2d": dice, "kl_2d": kl})
 
     def train_step(self, batch: dict) -> dict:
-        x_l = batch.get("data")
-        targets = batch.get("target")
-        if targets is not None and not isinstance(targets, list):
-            targets = [targets]
+        x_l, targets = batch.get("data"), batch.get("target")
+        targets = [targets] if torch.is_tensor(targets) else targets  # one list for deep supervision on or off
         x_u = batch["unlabeled"]["data"] if "unlabeled" in batch else None
-        phase = self.mn_phase
-
-        n_u, n_l, B = (0 if x_u is None else x_u.shape[0]), (0 if x_l is None else x_l.shape[0]), self.batch_size
+        phase, B = self.mn_phase, self.batch_size
+        n_u, n_l = (0 if x is None else x.shape[0] for x in (x_u, x_l))
         if phase != WARMUP and n_u + n_l > B:
-            # the loaders delivered more than B patches: this iteration's b_u of them are used (uniform: drawn;
-            # paper/linear: the epoch's share spread over its iterations)
-            if self.mn_lrg_mode == "uniform":
-                b_u = lrg_uniform(self.mn_rng, B, len(self._labeled_stream.dataset.identifiers),
-                                  len(self._unlabeled_stream.dataset.identifiers))
-            else:
+            # the loaders delivered more than B patches: this iteration's b_u of them are used (uniform: drawn at
+            # the epoch start; paper/linear: the epoch's share spread over its iterations)
+            if self.mn_lrg_mode != "uniform":
                 b_u = iteration_unlabeled(self._mn_iteration, self.mn_unlabeled_share, B)
+            elif self._mn_iteration < len(self._mn_uniform_draws):
+                b_u = self._mn_uniform_draws[self._mn_iteration]
+            else:  # a step outside nnU-Net's epoch loop: draw now
+                b_u = self.draw_uniform_unlabeled()
             b_u = min(max(b_u, B - n_l), n_u)
-            b_l = B - b_u
             x_u = x_u[:b_u] if b_u > 0 else None
-            x_l = x_l[:b_l] if b_l > 0 else None
-            targets = [t[:b_l] for t in targets] if b_l > 0 else None
+            x_l, targets = (x_l[:B - b_u], [t[:B - b_u] for t in targets]) if b_u < B else (None, None)
         self._mn_batch_unlabeled.append(0 if x_u is None else x_u.shape[0])
         self._mn_iteration += 1
         # only the patches used go to the device
-        x_l, x_u = [None if t is None else t.to(self.device, non_blocking=True) for t in (x_l, x_u)]
-        if targets is not None:
-            targets = [t.to(self.device, non_blocking=True) for t in targets]
+        x_l, targets, x_u = self.batch_to_device({"data": x_l, "target": targets, "unlabeled": {"data": x_u}})
 
         out = {}
         if phase == WARMUP:
