@@ -23,14 +23,10 @@ class AugmentedStream:
                  oversample_foreground_percent: float, probabilistic_oversampling: bool, num_processes: int,
                  pin_memory: bool, num_cached: Optional[int] = None):
         self.dataset = dataset
-        self.initial_patch_size = initial_patch_size
-        self.final_patch_size = final_patch_size
-        self.label_manager = label_manager
-        self.transforms = transforms
-        self.oversample_foreground_percent = oversample_foreground_percent
-        self.probabilistic_oversampling = probabilistic_oversampling
-        self.num_processes = num_processes
-        self.pin_memory = pin_memory
+        self.loader_args = dict(patch_size=initial_patch_size, final_patch_size=final_patch_size,
+                                label_manager=label_manager, oversample_foreground_percent=oversample_foreground_percent,
+                                transforms=transforms, probabilistic_oversampling=probabilistic_oversampling)
+        self.num_processes, self.pin_memory = num_processes, pin_memory
         self.num_cached = num_cached if num_cached is not None else max(6, num_processes // 2)  # nnU-Net's values
         self.batch_size = 0
         self._augmenters: "OrderedDict[int, object]" = OrderedDict()
@@ -41,10 +37,7 @@ class AugmentedStream:
         return self._augmenters.get(self.batch_size)
 
     def _build(self):
-        loader = nnUNetDataLoader(self.dataset, self.batch_size, self.initial_patch_size, self.final_patch_size,
-                                  self.label_manager, oversample_foreground_percent=self.oversample_foreground_percent,
-                                  sampling_probabilities=None, pad_sides=None, transforms=self.transforms,
-                                  probabilistic_oversampling=self.probabilistic_oversampling)
+        loader = nnUNetDataLoader(self.dataset, self.batch_size, **self.loader_args)
         if self.num_processes == 0:
             return SingleThreadedAugmenter(loader, None)
         return NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=self.num_processes,

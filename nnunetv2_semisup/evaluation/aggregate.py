@@ -1,7 +1,7 @@
 """Aggregation over cases, labels and runs (docs/evaluation.md §5).
 
 - per label: mean, std (ddof 0), median over cases, NaN excluded; ``n_nan`` = number of cases with at least one
-  NaN metric (an integer, as in spec §6), ``n_nan_per_metric`` = the NaN count of each metric;
+  NaN metric (an integer, docs/evaluation.md §6), ``n_nan_per_metric`` = the NaN count of each metric;
 - ``foreground_mean``: mean over foreground labels of the per-label means (cases first, then classes, as
   DHC/SKCDF); labels whose mean is NaN (every case NaN) are left out of it;
 - runs (seeds): mean and std (ddof 0, as the SKCDF/DHC scripts) over runs of the run-level ``foreground_mean``.
@@ -24,12 +24,12 @@ def _stats(values: Sequence[float]) -> Dict[str, float]:
 
 
 def aggregate_rows(rows: List[dict], labels: Sequence[int], metric_keys: Sequence[str]) -> dict:
-    """Per-label mean/std/median and ``foreground_mean`` from per-case rows (metrics.md §5).
+    """Per-label mean/std/median and ``foreground_mean`` from per-case rows (docs/evaluation.md §5).
 
     Each of ``mean``/``std``/``median`` maps ``str(label)`` to ``{metric: value, "n": cases, "n_nan": int,
     "n_nan_per_metric": {metric: count}}``. ``n_nan`` counts the cases (rows of this label) in which **any** of
     ``metric_keys`` is NaN, i.e. the cases left out of at least one mean; ``n_nan_per_metric`` gives the count for
-    each metric separately (an extension beyond metrics.md §6).
+    each metric separately (an extension beyond docs/evaluation.md §6).
     """
     out = {"mean": {}, "std": {}, "median": {}}
     for k in labels:
@@ -56,7 +56,7 @@ _SAME_KEYS = ("mode", "preset", "empty_policy", "lcc", "units", "hd95_definition
 
 
 def aggregate_runs(summary_files: Sequence[str]) -> dict:
-    """Mean and std (ddof 0) over runs of each run's ``foreground_mean`` and per-label means (metrics.md §5).
+    """Mean and std (ddof 0) over runs of each run's ``foreground_mean`` and per-label means (docs/evaluation.md §5).
 
     All summaries must share mode, preset, empty policy, LCC and labels; otherwise the numbers are not comparable
     and a :class:`RunAggregationError` names the differing key and file.

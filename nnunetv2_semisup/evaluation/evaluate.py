@@ -31,18 +31,18 @@ from nnunetv2_semisup.evaluation.settings import PRESETS, EvalSettings, resolve_
 KNOWN_ENDINGS = (".seg.nrrd", ".gipl.gz", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".tiff",
                  ".tif", ".png", ".bmp", ".hdr", ".vtk")
 
-#: Relative tolerance of the geometry check of mm mode (metrics.md §1).
+#: Relative tolerance of the geometry check of mm mode (docs/evaluation.md §1).
 GEOMETRY_RTOL = 1e-4
 
 PER_CASE_CSV = "metrics_per_case.csv"
 SUMMARY_JSON = "summary.json"
 
-#: summary.json keys written in addition to those of metrics.md §6 (listed in docs/evaluation.md, "Output files").
+#: summary.json keys written in addition to those of docs/evaluation.md §6 (listed in docs/evaluation.md, "Output files").
 SUMMARY_EXTENSION_KEYS = ("metrics", "dataset_json", "std_ddof", "missing_predictions", "unmatched_predictions",
                           "empty_cases", "notes")
 #: Keys of each ``mean``/``std``/``median`` label entry beyond §6 (``hd`` only with ``--hd``).
 LABEL_ENTRY_EXTENSION_KEYS = ("n_nan_per_metric", "hd")
-#: metrics_per_case.csv columns beyond §6 (``hd`` only with ``--hd``); the §6 columns keep the spec's order.
+#: metrics_per_case.csv columns beyond §6 (``hd`` only with ``--hd``); the §6 columns keep docs/evaluation.md's order.
 CSV_EXTENSION_COLUMNS = ("hd", "prediction_missing")
 
 
@@ -61,7 +61,7 @@ def find_dataset_json(ref_folder: str, pred_folder: str) -> Optional[str]:
 
 
 def list_cases(folder: str, file_ending: Optional[str] = None) -> Dict[str, str]:
-    """Map case ID -> file path for the label maps in ``folder`` (metrics.md §1: cases matched by name).
+    """Map case ID -> file path for the label maps in ``folder`` (docs/evaluation.md §1: cases matched by name).
 
     With ``file_ending`` only files with that ending count; otherwise any of :data:`KNOWN_ENDINGS` (other files
     such as ``dataset.json``, ``plans.json`` or ``.npz`` probabilities are ignored). Two files with the same case
@@ -88,7 +88,7 @@ def list_cases(folder: str, file_ending: Optional[str] = None) -> Dict[str, str]
 
 def load_labels(dataset_json: Optional[str], labels: Optional[Sequence[int]]
                 ) -> Tuple[List[int], Dict[int, str], set]:
-    """(labels to evaluate, label names, allowed label values) from dataset.json and/or ``-l`` (metrics.md §1).
+    """(labels to evaluate, label names, allowed label values) from dataset.json and/or ``-l`` (docs/evaluation.md §1).
 
     dataset.json's ``labels`` (``{"background": 0, "left_atrium": 1}``) give names and the allowed value set; ``-l``
     selects which foreground labels to evaluate (defaults to all). Region-based and ignore labels are out of
@@ -102,7 +102,7 @@ def load_labels(dataset_json: Optional[str], labels: Optional[Sequence[int]]
         for name, value in dj.get("labels", {}).items():
             if isinstance(value, (list, tuple)):
                 raise EvaluationError(f"{dataset_json}: label {name!r} is region-based ({value}); region-based "
-                                      f"evaluation is out of scope (metrics.md §1)")
+                                      f"evaluation is out of scope (docs/evaluation.md §1)")
             if name == "ignore":
                 raise EvaluationError(f"{dataset_json}: ignore labels are not supported by nnUNetv2_semisup_evaluate;"
                                       f" use nnUNetv2_evaluate_folder for datasets with an ignore label")
@@ -167,7 +167,7 @@ def _close(a: Sequence[float], b: Sequence[float], rtol: float = GEOMETRY_RTOL) 
 def check_geometry(case: str, ref_geo: dict, pred_geo: dict, mode: str) -> Optional[str]:
     """Fail unless the prediction has the reference's size (both modes) and spacing, origin, direction (mm mode).
 
-    Tolerance: |a − b| ≤ 1e-4 · max(1, |a|, |b|) per component (metrics.md §1). In paper mode a spacing / origin /
+    Tolerance: |a − b| ≤ 1e-4 · max(1, |a|, |b|) per component (docs/evaluation.md §1). In paper mode a spacing / origin /
     direction difference only returns a warning (distances are in voxels of the grid).
     """
     if tuple(ref_geo["size"]) != tuple(pred_geo["size"]):
@@ -180,7 +180,7 @@ def check_geometry(case: str, ref_geo: dict, pred_geo: dict, mode: str) -> Optio
                        f"{tuple(round(v, 6) for v in ref_geo[k])}" for k in bad)
     if mode == "mm":
         raise EvaluationError(f"case {case!r}: prediction geometry differs from the reference ({detail}); mm mode "
-                              f"needs identical geometry (relative tolerance {GEOMETRY_RTOL}, metrics.md §1)")
+                              f"needs identical geometry (relative tolerance {GEOMETRY_RTOL}, docs/evaluation.md §1)")
     return f"case {case!r}: geometry differs from the reference ({detail}); paper mode evaluates the voxel grid anyway"
 
 
@@ -200,7 +200,7 @@ def check_label_values(case: str, which: str, array: np.ndarray, allowed: set) -
 # ----------------------------------------------------------------------------------------------------- one case
 def evaluate_case(case: str, ref_file: str, pred_file: Optional[str], labels: Sequence[int], allowed: set,
                   settings: EvalSettings, crop: bool = True) -> List[dict]:
-    """Rows (one per label) of one case (metrics.md §6). ``pred_file=None`` = missing prediction, evaluated as an
+    """Rows (one per label) of one case (docs/evaluation.md §6). ``pred_file=None`` = missing prediction, evaluated as an
     empty prediction under the empty-mask policy and flagged ``prediction_missing``."""
     ref, ref_geo = read_label_map(ref_file)
     check_label_values(case, "reference", ref, allowed)
@@ -238,7 +238,7 @@ def evaluate_folders(ref_folder: str, pred_folder: str, labels: Optional[Sequenc
                      num_processes: int = 1, output_folder: Optional[str] = None, include_hd: bool = False,
                      crop: bool = True, dataset_json: Optional[str] = None, verbose: bool = False,
                      progress: bool = False) -> dict:
-    """Evaluate every reference case of ``ref_folder`` against ``pred_folder`` (metrics.md §1-§6).
+    """Evaluate every reference case of ``ref_folder`` against ``pred_folder`` (docs/evaluation.md §1-§6).
 
     Returns the summary dict (§6) with an extra key ``"rows"`` (the per-case rows, not written to summary.json).
     If ``output_folder`` is given, writes ``metrics_per_case.csv`` and ``summary.json`` there.
@@ -304,7 +304,7 @@ def _version() -> str:
 
 
 def policy_notes(settings: EvalSettings) -> List[str]:
-    """Human-readable notes stating what the empty-mask policy does (metrics.md §4: every output states it)."""
+    """Human-readable notes stating what the empty-mask policy does (docs/evaluation.md §4: every output states it)."""
     notes = {
         "penalty": "both empty -> all NaN (excluded from means, counted); one empty -> Dice 0, Jaccard 0, distances "
                    "= diagonal of the reference image extent",
@@ -328,7 +328,7 @@ def policy_notes(settings: EvalSettings) -> List[str]:
 def build_summary(rows: List[dict], settings: EvalSettings, names: Dict[int, str], ref_folder: str,
                   pred_folder: str, missing: Sequence[str] = (), unmatched: Sequence[str] = (),
                   dataset_json: Optional[str] = None) -> dict:
-    """The summary.json dict of metrics.md §6 (NaN written as null).
+    """The summary.json dict of docs/evaluation.md §6 (NaN written as null).
 
     Every §6 key is present; the extra keys are :data:`SUMMARY_EXTENSION_KEYS`. Per label, ``n_nan`` is the number
     of cases with at least one NaN metric and ``n_nan_per_metric`` the count per metric. The distance key of the
@@ -359,7 +359,7 @@ def build_summary(rows: List[dict], settings: EvalSettings, names: Dict[int, str
 
 
 def csv_columns(settings: EvalSettings) -> List[str]:
-    """Columns of metrics_per_case.csv (metrics.md §6; ``hd`` only with include_hd, ``prediction_missing`` added)."""
+    """Columns of metrics_per_case.csv (docs/evaluation.md §6; ``hd`` only with include_hd, ``prediction_missing`` added)."""
     return (["case", "label", "label_name", "mode", "preset", "empty_policy"] + list(settings.metric_keys)
             + ["n_ref", "n_pred", "n_ref_surface", "n_pred_surface", "empty_case", "prediction_missing",
                "lcc_applied", "spacing"])
@@ -372,7 +372,7 @@ def _csv_value(v):
 
 
 def write_outputs(output_folder: str, rows: List[dict], summary: dict, settings: EvalSettings) -> None:
-    """Write metrics_per_case.csv and summary.json (metrics.md §6) into ``output_folder``."""
+    """Write metrics_per_case.csv and summary.json (docs/evaluation.md §6) into ``output_folder``."""
     os.makedirs(output_folder, exist_ok=True)
     columns = csv_columns(settings)
     with open(os.path.join(output_folder, PER_CASE_CSV), "w", newline="", encoding="utf-8") as f:

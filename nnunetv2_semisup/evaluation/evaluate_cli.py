@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper-mode preset fixing the empty-mask policy and LCC of a family of paper scripts "
                         "(implies --mode paper)")
     p.add_argument("--empty-policy", choices=EMPTY_POLICIES, default=None,
-                   help="what empty masks give (metrics.md §4); mm: penalty (default) or nan; paper without "
+                   help="what empty masks give (docs/evaluation.md §4); mm: penalty (default) or nan; paper without "
                         "preset: default zeros")
     p.add_argument("--lcc", action="store_const", const=True, default=None,
                    help="paper mode: keep only the largest 26-connected component of each predicted label")

@@ -41,19 +41,19 @@ EMPTY_CASES = ("none", "pred_empty", "ref_empty", "both_empty")
 
 
 class EmptyMaskError(ValueError):
-    """Raised by the ``raise`` (plain medpy) policy when a surface distance is undefined (metrics.md §4)."""
+    """Raised by the ``raise`` (plain medpy) policy when a surface distance is undefined (docs/evaluation.md §4)."""
 
 
 # ----------------------------------------------------------------------------------------------------- overlap
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice = 2|P ∩ G| / (|P| + |G|) (metrics.md §2). NaN when both masks are empty (policies decide, §4)."""
+    """Dice = 2|P ∩ G| / (|P| + |G|) (docs/evaluation.md §2). NaN when both masks are empty (policies decide, §4)."""
     pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
     denom = np.count_nonzero(pred) + np.count_nonzero(ref)
     return float(2.0 * np.count_nonzero(pred & ref) / denom) if denom else math.nan
 
 
 def jaccard(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Jaccard = |P ∩ G| / |P ∪ G| (metrics.md §2). NaN when both masks are empty (policies decide, §4)."""
+    """Jaccard = |P ∩ G| / |P ∪ G| (docs/evaluation.md §2). NaN when both masks are empty (policies decide, §4)."""
     pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
     union = np.count_nonzero(pred | ref)
     return float(np.count_nonzero(pred & ref) / union) if union else math.nan
@@ -96,7 +96,7 @@ def _normalise_spacing(spacing: Optional[Sequence[float]], ndim: int) -> np.ndar
 
 def directed_surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Sequence[float]] = None,
                                crop: bool = True) -> Tuple[np.ndarray, np.ndarray]:
-    """Return (d(P→G), d(G→P)) for two non-empty masks (metrics.md §2).
+    """Return (d(P→G), d(G→P)) for two non-empty masks (docs/evaluation.md §2).
 
     d(P→G) holds, for every surface voxel of P, the Euclidean distance to the nearest surface voxel of G, from
     ``scipy.ndimage.distance_transform_edt`` of the complement of ∂G sampled with ``spacing`` (array axis order;
@@ -146,7 +146,7 @@ def assd_pooled(d_pg: np.ndarray, d_gp: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------------------------------- LCC
 def largest_connected_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest fully connected (26-neighbourhood in 3D) component of ``mask`` (metrics.md §3).
+    """Keep the largest fully connected (26-neighbourhood in 3D) component of ``mask`` (docs/evaluation.md §3).
 
     Ties keep the component with the lowest label index (``scipy.ndimage.label`` raster order, as
     ``np.argmax`` over ``skimage.measure.label`` in the UA-MT/BCP scripts); an empty mask stays empty.
@@ -162,7 +162,7 @@ def largest_connected_component(mask: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------------- policies
 def reference_diagonal(shape: Sequence[int], spacing: Optional[Sequence[float]] = None) -> float:
-    """Diagonal of the image extent √Σ(n_i·s_i)², the ``penalty`` distance (metrics.md §4)."""
+    """Diagonal of the image extent √Σ(n_i·s_i)², the ``penalty`` distance (docs/evaluation.md §4)."""
     s = _normalise_spacing(spacing, len(shape))
     return float(np.sqrt(np.sum((np.asarray(shape, dtype=np.float64) * s) ** 2)))
 
@@ -180,7 +180,7 @@ def classify_empty(n_pred: int, n_ref: int) -> str:
 
 def empty_mask_values(empty_case: str, policy: str, penalty_distance: float = math.nan
                       ) -> Tuple[float, float, float, Optional[str]]:
-    """(dice, jaccard, distance, warning) for a case with an empty mask, per metrics.md §4.
+    """(dice, jaccard, distance, warning) for a case with an empty mask, per docs/evaluation.md §4.
 
     ``distance`` is used for HD95, ASD/ASSD and HD alike. ``penalty_distance`` is the image diagonal
     (:func:`reference_diagonal`) used by the ``penalty`` policy. The ``raise`` policy raises
@@ -215,7 +215,7 @@ def empty_mask_values(empty_case: str, policy: str, penalty_distance: float = ma
 # ----------------------------------------------------------------------------------------------------- one pair
 def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Sequence[float]] = None,
                    settings: EvalSettings = EvalSettings(), crop: bool = True) -> Dict[str, object]:
-    """All metrics of one binary pair under ``settings`` (metrics.md §2-§4).
+    """All metrics of one binary pair under ``settings`` (docs/evaluation.md §2-§4).
 
     ``spacing`` is in array axis order and used only in mm mode (paper mode always uses unit spacing).
     LCC, if enabled in ``settings``, is applied to ``pred`` here. Returns a dict with the metric keys of

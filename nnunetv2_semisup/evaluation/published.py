@@ -1,13 +1,13 @@
-"""Published result rows for ``--compare-paper DATASET/SETTING`` (docs/mn.md §6, skcdf.md §6, cml.md §6).
+"""Published result rows for ``--compare-paper DATASET/SETTING`` (docs/evaluation.md, "--compare-paper").
 
-Values are copied verbatim from the spec documents (which copy the papers). Dice/Jaccard in %, distances in
+Values are copied verbatim from the papers' tables. Dice/Jaccard in %, distances in
 voxels of each paper's evaluation grid; which convention each table uses is docs/evaluation.md §7 and is printed with
 every table. Rows marked ``quoted`` were not measured under the citing paper's own protocol.
 
 Main tables are keyed ``DATASET/SETTING`` (``LA/8``); the papers' ablation tables are keyed
 ``DATASET/SETTING/ablation`` (``LA/8/ablation``: M&N Table 4, CML Table 4; ``Synapse/20/ablation``: SKCDF Tables
-3-5). Ablation rows carry the port's trainer variant that re-runs them (spec §4 of each method and the
-``training/*_variants.py`` modules), so a variant run can be put beside its row.
+3-5). Ablation rows carry the port's trainer variant that re-runs them (docs/<method>.md and
+``methods/<method>/variants.py``), so a variant run can be put beside its row.
 """
 from __future__ import annotations
 

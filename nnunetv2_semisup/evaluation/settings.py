@@ -11,13 +11,13 @@ from typing import Optional
 
 MODES = ("mm", "paper")
 
-#: metrics.md §4. Row semantics are implemented in :func:`nnunetv2_semisup.evaluation.metrics.empty_mask_values`.
+#: docs/evaluation.md §4. Row semantics are implemented in :func:`nnunetv2_semisup.evaluation.metrics.empty_mask_values`.
 EMPTY_POLICIES = ("penalty", "nan", "zeros", "dhc", "raise")
 
-#: Policies allowed in mm mode (metrics.md §3: "penalty (default) or nan").
+#: Policies allowed in mm mode (docs/evaluation.md §3: "penalty (default) or nan").
 MM_POLICIES = ("penalty", "nan")
 
-#: metrics.md §3 "Paper presets": preset -> (empty policy, LCC on/off, what it reproduces).
+#: docs/evaluation.md §3 "Paper presets": preset -> (empty policy, LCC on/off, what it reproduces).
 PRESETS = {
     "uamt": ("zeros", False, "MC-Net / SS-Net / UA-MT-style test scripts (LCC off)"),
     "uamt_lcc": ("zeros", True, "BCP / CML test scripts (largest connected component on)"),
@@ -36,7 +36,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """A validated evaluation convention (metrics.md §3).
+    """A validated evaluation convention (docs/evaluation.md §3).
 
     Attributes
     ----------
@@ -75,16 +75,10 @@ class EvalSettings:
         keys = ("dice", "jaccard", "hd95", self.dist_key)
         return keys + ("hd",) if self.include_hd else keys
 
-    def describe(self) -> str:
-        preset = f", preset {self.preset}" if self.preset else ""
-        return (f"mode {self.mode}{preset} (units {self.units}, HD95 = {self.hd95_definition}, "
-                f"{self.dist_key.upper()} = {self.asd_definition}), empty-mask policy {self.empty_policy}, "
-                f"LCC {'on' if self.lcc else 'off'}")
-
 
 def resolve_settings(mode: Optional[str] = None, preset: Optional[str] = None, empty_policy: Optional[str] = None,
                      lcc: Optional[bool] = None, include_hd: bool = False) -> EvalSettings:
-    """Validate and complete a user's choice (metrics.md §3, §4).
+    """Validate and complete a user's choice (docs/evaluation.md §3, §4).
 
     - A preset implies paper mode and fixes the empty policy and LCC; giving a different ``empty_policy`` or
       ``lcc`` together with a preset is an error (the numbers would no longer reproduce the preset's scripts).
@@ -101,7 +95,7 @@ def resolve_settings(mode: Optional[str] = None, preset: Optional[str] = None, e
         if preset not in PRESETS:
             raise SettingsError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
         if mode == "mm":
-            raise SettingsError(f"preset {preset!r} is a paper-mode preset (metrics.md §3); drop --mode mm "
+            raise SettingsError(f"preset {preset!r} is a paper-mode preset (docs/evaluation.md §3); drop --mode mm "
                                 f"or use --mode paper")
         p_policy, p_lcc, _ = PRESETS[preset]
         if empty_policy is not None and empty_policy != p_policy:
@@ -116,9 +110,9 @@ def resolve_settings(mode: Optional[str] = None, preset: Optional[str] = None, e
         policy = empty_policy or "penalty"
         if policy not in MM_POLICIES:
             raise SettingsError(f"empty-mask policy {policy!r} reproduces a paper script and is only available in "
-                                f"paper mode; mm mode accepts {' or '.join(MM_POLICIES)} (metrics.md §3)")
+                                f"paper mode; mm mode accepts {' or '.join(MM_POLICIES)} (docs/evaluation.md §3)")
         if lcc:
-            raise SettingsError("--lcc is a paper-mode post-processing (metrics.md §3); mm mode evaluates the "
+            raise SettingsError("--lcc is a paper-mode post-processing (docs/evaluation.md §3); mm mode evaluates the "
                                 "prediction as it is. Use --mode paper --lcc or --preset uamt_lcc")
         return EvalSettings("mm", None, policy, False, include_hd)
     return EvalSettings("paper", None, empty_policy or PAPER_DEFAULT_POLICY, bool(lcc), include_hd)

@@ -1,23 +1,17 @@
-"""``nnUNetTrainerSemiSup``: what every semi-supervised method shares, on top of ``nnUNetTrainer``.
+"""``nnUNetTrainerSemiSup``: what every semi-supervised method shares, on top of ``nnUNetTrainer`` (README, "The
+semi-supervised trainer base").
 
-- A second data stream over ``<data_identifier>_unlabeled/`` (nnU-Net's loader and training augmentations, its
-  own workers), joined with the labeled stream by ``SemiSupBatchIterator``: ``train_step`` receives nnU-Net's
-  labeled batch dict plus ``batch["unlabeled"]["data"]``.
-- Per-epoch batch composition ``(b_l, b_u)`` from ``get_batch_composition()`` (fixed for most methods, LRG for
-  M&N); the streams are resized when it changes.
-- Optional foreground-aware unlabeled sampling from pseudo-label class locations (``class_locations_file``, kept in
-  checkpoints; M&N's refreshes in ``methods/mn/pseudo_label_refresh.py`` write them).
-- Extra state in checkpoints: objects registered in ``self.extra_checkpoint_objects`` (modules, optimizers,
-  schedulers, grad scalers: anything with ``state_dict``/``load_state_dict``; ``None`` for an object that exists
-  only on some devices, such as a CUDA GradScaler) under their own top-level keys, and
-  ``get_method_state()``/``set_method_state()`` for plain values. Checkpoint writes are atomic. ``--c`` restores
-  everything.
-- Each loss term named in ``self.loss_terms`` and returned by ``train_step`` is logged per epoch as ``loss_<term>``
-  (log file and a fourth panel of ``progress.png``), as are ``b_l`` and ``b_u``; values that are not losses (weights,
-  mask fractions, stages) go in ``self.monitored_values``, logged as ``monitor_<name>`` in a fifth panel.
+- A second data stream over ``<data_identifier>_unlabeled/`` (nnU-Net's loader and augmentations), joined with the
+  labeled one by ``SemiSupBatchIterator``; the per-epoch composition ``(b_l, b_u)`` comes from
+  ``get_batch_composition()`` and the streams are resized when it changes.
+- The training step contract: ``batch_to_device`` → ``before_step`` → ``compute_losses`` under ``autocast`` →
+  ``backward_and_step`` (one ``grad_clip``) → ``after_step`` → ``log_values``.
+- Checkpoints (atomic writes, restored by ``--c``): nnU-Net's keys, every object in ``extra_checkpoint_objects`` under
+  its own key, ``get/set_method_state`` for plain values.
+- Logging: ``loss_terms`` as ``loss_<term>``, ``monitored_values`` (not losses) as ``monitor_<name>``, and ``b_l``,
+  ``b_u``, in the log file and extra ``progress.png`` panels.
 
-Subclasses implement ``compute_losses`` (the training-step contract below) or ``train_step`` (and their networks in ``initialize``), set hyperparameters as attributes in
-``__init__`` and keep the exact 5-argument constructor signature nnU-Net introspects.
+Subclasses keep nnU-Net's 5-argument constructor and set hyperparameters as attributes in ``__init__``.
 """
 import os
 from typing import Dict, List, Optional, Tuple
@@ -37,6 +31,7 @@ from nnunetv2_semisup.data.preprocess_unlabeled import stale_preprocessing_probl
 from nnunetv2_semisup.data.unlabeled_loader import AugmentedStream, SemiSupBatchIterator
 from nnunetv2_semisup.data.unlabeled_dataset import UnlabeledDataset
 from nnunetv2_semisup.training.progress_plot import SemiSupLocalLogger
+from nnunetv2_semisup.trainer_dir import ext_trainer_env_problem
 
 # top-level checkpoint keys nnU-Net itself writes; extra objects must not collide with them
 NNUNET_CHECKPOINT_KEYS = ("network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema",
@@ -48,7 +43,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class MissingUnlabeledDataError(RuntimeError):
-    pass
+    """No (or stale) preprocessed unlabeled cases; the message names the command that fixes it."""
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -70,8 +65,7 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         self.allow_labeled_only = False
         # unlabeled crops are foreground-forced with this probability once pseudo-label locations exist
         self.unlabeled_oversample_foreground_percent = self.oversample_foreground_percent
-        # names of the loss terms train_step returns (besides 'loss'); logged per epoch as 'loss_<name>'
-        self.loss_terms: Tuple[str, ...] = ()  # logged as loss_<term>
+        self.loss_terms: Tuple[str, ...] = ()  # terms train_step returns besides 'loss': loss_<term> per epoch
         self.monitored_values: Tuple[str, ...] = ()  # not losses (weights, fractions, stages): monitor_<name>
 
         # --- state ---
@@ -83,8 +77,7 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         self.pseudo_label_round = 0
         self._labeled_stream = self._unlabeled_stream = None
         self._has_unlabeled = None
-        # nnU-Net's logger only accepts pre-registered keys; ours can register loss-term series
-        self.logger.local_logger = SemiSupLocalLogger()
+        self.logger.local_logger = SemiSupLocalLogger()  # nnU-Net's only accepts its own keys
 
     # ------------------------------------------------------------------ setup
     # capabilities: a method that cannot handle something restricts it here (class attributes, checked once at
@@ -112,7 +105,9 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
 
     def initialize(self):
         self.check_capabilities()
-        check_ext_trainer_env(self)
+        problem = ext_trainer_env_problem()  # nnU-Net could not find the trainer again for --c, --val or predict
+        if problem:
+            raise RuntimeError(f"{self.__class__.__name__}: {problem}")
         super().initialize()
         self.logger.local_logger.register(self._logged_series())
 
@@ -146,8 +141,7 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
 
     def _unlabeled_available(self) -> bool:
         folder = self.unlabeled_preprocessed_folder
-        return folder is not None and os.path.isdir(folder) and len(
-            self.dataset_class.get_identifiers(folder)) > 0
+        return bool(folder) and os.path.isdir(folder) and len(self.dataset_class.get_identifiers(folder)) > 0
 
     def get_unlabeled_dataset(self) -> Optional[UnlabeledDataset]:
         cmd = (f"nnUNetv2_semisup_preprocess -d {self.plans_manager.dataset_name} -c {self.configuration_name}"
@@ -172,9 +166,8 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                                 class_locations_file=self.class_locations_file, rebuild_command=cmd)
 
     def get_dataloaders(self):
-        """Labeled + unlabeled training streams (``SemiSupBatchIterator``) and nnU-Net's validation loader, built
-        like nnU-Net's ``get_dataloaders`` (same transforms, datasets and loader; its code has no hook for a second
-        stream or a batch size that changes per epoch)."""
+        """Labeled + unlabeled training streams (``SemiSupBatchIterator``) and the validation loader, built like
+        nnU-Net's ``get_dataloaders``, which has no hook for a second stream or a batch size that changes per epoch."""
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         patch_size = self.configuration_manager.patch_size
@@ -216,10 +209,8 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         return SemiSupBatchIterator(self._labeled_stream, self._unlabeled_stream), mt_gen_val
 
     # ------------------------------------------------------------------ the training step
-    # The contract (DESIGN.md): batch to the device → before_step() → zero_grad → compute_losses() under autocast →
-    # one backward-and-step with ``grad_clip`` → after_step() → logged values. A method implements compute_losses
-    # and, if it needs them, the two hooks; a method with several optimisers (M&N) writes its own train_step from
-    # the same pieces (batch_to_device, autocast, backward_and_step, log_values).
+    # The contract (README, "The semi-supervised trainer base"): a method implements compute_losses and, if it needs
+    # them, the two hooks; one with several optimisers (M&N) writes its own train_step from the same pieces.
     grad_clip: Optional[float] = 12.0  # nnU-Net's gradient-norm clipping; None = off
 
     def train_step(self, batch: dict) -> dict:
@@ -439,10 +430,3 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         self.logger.local_logger.extra_keys = [k for k in self.logger.local_logger.extra_keys if k in logs]
         self.logger.local_logger.register(self._logged_series())
 
-
-def check_ext_trainer_env(trainer) -> None:
-    """Refuse to train a plugin trainer that nnU-Net could not find again for --c, --val or nnUNetv2_predict."""
-    from nnunetv2_semisup.trainer_dir import ext_trainer_env_problem
-    problem = ext_trainer_env_problem()
-    if problem:
-        raise RuntimeError(f"{trainer.__class__.__name__}: {problem}")

@@ -1,8 +1,7 @@
 """``nnUNetTrainerCML``: Cross-View Mutual Learning (Wu et al., ACM MM 2024) on nnU-Net (docs/cml.md).
 
-Two independent nnU-Net networks (``CMLDualNetwork``); by default subnet 2 upsamples by interpolation + conv like
-the reference's heterogeneous VNet pair (``_identical``: two subnets of the same architecture).
-
+Two nnU-Net networks (``CMLDualNetwork``); subnet 2 upsamples by interpolation + conv like the reference's
+heterogeneous VNet pair (``_identical``: two subnets of the same architecture).
 - Pretraining, the first round(0.12·E) epochs (round half up; fixed at the first start and restored on ``--c``):
   L_pre = l_w·(sup_DS(o¹(X_l,mix), Y_mix) + sup_DS(o²(X_l,mix), Y_mix)) + λ2·(dis(f¹_l, f²_l) + dis(f²_l, f¹_l));
   the unlabeled stream is idle (b_u = 0, never advanced).
@@ -20,19 +19,16 @@ the reference's heterogeneous VNet pair (``_identical``: two subnets of the same
 - Optimiser: nnU-Net's default over both subnets (one SGD, poly LR over all epochs, clipping at 12).
 - Inference: ``CMLDualNetwork.forward`` = (logits₁ + logits₂)/2; ``network_weights`` holds both subnets.
 - Checkpoint key ``cml_state``: stage, pretraining length, mask draws, self-training iterations.
-
-Deviation: ``cml_hetero`` is a class attribute (not set in ``__init__``) because ``nnUNetv2_predict`` builds the
-network from the trainer class without instantiating it.
 """
 import math
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
 from nnunetv2_semisup.methods.cml.cutmix import cutmix_box_mask, cutmix_pairs, ds_targets, heterogeneous_targets
-from nnunetv2_semisup.methods.cml.losses import CMLSupLoss, cml_sup_loss, feature_discrepancy
+from nnunetv2_semisup.methods.cml.losses import CMLSupLoss, feature_discrepancy
 from nnunetv2_semisup.methods.cml.network import CMLDualNetwork, build_cml_network
 from nnunetv2_semisup.methods.cml.pseudo_labels import cml_pseudo_labels
 from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
@@ -62,8 +58,8 @@ def pretrain_epochs_for(num_epochs: int, fraction: float) -> int:
 class nnUNetTrainerCML(nnUNetTrainerSemiSup):
     supports_regions = supports_ignore_label = False  # hard pseudo-labels and CutMix of label maps
     method_state_key = "cml_state"
-    # class attribute: read by the (class-level) build_network_architecture, which nnUNetv2_predict calls.
-    # True = the reference's heterogeneous pair (subnet 2 upsamples by interpolation + conv); _identical: False
+    # a class attribute: nnUNetv2_predict builds the network from the class (build_network_architecture) without
+    # instantiating it. True = the reference's heterogeneous pair (subnet 2 upsamples by interpolation + conv)
     cml_hetero = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -104,9 +100,9 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
     def initialize(self):
         self.refuse_instance_overrides(("cml_hetero",))
         super().initialize()
-        # sup applied per DS output with nnU-Net's own DS weights (those of self.loss)
-        self._cml_sup = DeepSupervisionWrapper(CMLSupLoss(), self.loss.weight_factors) \
-            if isinstance(self.loss, DeepSupervisionWrapper) else CMLSupLoss()
+        # sup applied per DS output with nnU-Net's own DS weights (those of self.loss); one output without DS
+        self._cml_sup = DeepSupervisionWrapper(CMLSupLoss(), self.loss.weight_factors if isinstance(
+            self.loss, DeepSupervisionWrapper) else [1.0])
         if self.cml_pretrain_epochs is None:
             self.cml_pretrain_epochs = pretrain_epochs_for(self.num_epochs, self.cml_pretrain_fraction)
         resolve_pair_batch_size(self.batch_size, self.cml_batch_size)  # refuse a bad override before training
@@ -164,11 +160,6 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
                                    f"{tuple(patch_size)}: no mixing.")
         return mask
 
-    def _sup(self, outputs: List[torch.Tensor], targets: List[torch.Tensor]) -> torch.Tensor:
-        if isinstance(self._cml_sup, DeepSupervisionWrapper):
-            return self._cml_sup(outputs, targets)
-        return cml_sup_loss(outputs[0], targets[0])
-
     @property
     def grad_clip(self) -> Optional[float]:
         return self.cml_grad_clip
@@ -206,8 +197,8 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
         o1, o2, f1, f2 = self.network(x, return_all=True)
         o1, o2 = _as_list(o1), _as_list(o2)
 
-        sup_l1 = self._sup([o[:h] for o in o1], t_l)
-        sup_l2 = self._sup([o[:h] for o in o2], t_l)
+        sup_l1 = self._cml_sup([o[:h] for o in o1], t_l)
+        sup_l2 = self._cml_sup([o[:h] for o in o2], t_l)
         dis_l = feature_discrepancy(f1[:h], f2[:h]) + feature_discrepancy(f2[:h], f1[:h])
         loss = self.cml_labeled_weight * (sup_l1 + sup_l2) + self.cml_lambda2 * dis_l
         out.update(sup_l1=sup_l1, sup_l2=sup_l2, dis_l=dis_l)
@@ -216,8 +207,8 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
             loss = loss + self.cml_lambda2 * dis_u
             out["dis_u"] = dis_u
             if with_unsup:
-                sup_u1 = self._sup([o[h:] for o in o1], t_u1)
-                sup_u2 = self._sup([o[h:] for o in o2], t_u2)
+                sup_u1 = self._cml_sup([o[h:] for o in o1], t_u1)
+                sup_u2 = self._cml_sup([o[h:] for o in o2], t_u2)
                 loss = loss + self.cml_lambda1 * (sup_u1 + sup_u2)
                 out.update(sup_u1=sup_u1, sup_u2=sup_u2)
         return {"loss": loss, **out}

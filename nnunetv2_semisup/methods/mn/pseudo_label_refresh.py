@@ -1,9 +1,5 @@
-"""M&N's pseudo-label refreshes: the 3D model's hard predictions of every unlabeled case, whose class locations make
-later unlabeled crops foreground-aware (and, optionally, an export for users to inspect). docs/mn.md, "Pseudo-labels".
-
-The base trainer stores the resulting ``class_locations_file`` and ``pseudo_label_round`` in checkpoints and hands
-the file to the unlabeled dataset; producing it is M&N's.
-"""
+"""M&N's pseudo-label refreshes (docs/mn.md): the 3D model's hard predictions of the unlabeled cases make later
+unlabeled crops foreground-aware; the base keeps ``class_locations_file`` and ``pseudo_label_round`` in checkpoints."""
 from typing import Optional
 
 from batchgenerators.utilities.file_and_folder_operations import join
@@ -15,9 +11,7 @@ from nnunetv2_semisup.training.helpers import eval_mode
 from nnunetv2_semisup.training.semisup_base import unwrap
 
 
-class PseudoLabelRefreshMixin:
-    """For a subclass of ``nnUNetTrainerSemiSup``."""
-
+class PseudoLabelRefreshMixin:  # for a subclass of nnUNetTrainerSemiSup
     @property
     def pseudo_label_folder(self) -> str:
         return join(self.output_folder, "pseudo_labels")

@@ -99,14 +99,16 @@ class WarmupCosineSchedule:
             raise ValueError(f"schedule needs total ≥ 1 and warm-up ≥ 1 epochs, got {total} and {warmup}")
         self.initial_lr, self.final_lr, self.total, self.warmup = initial_lr, 0.0, total, warmup
 
+    def cosine(self, e: int, start: int, end: int) -> float:
+        return self.initial_lr * (1 + math.cos(math.pi * (e - start) / max(1, end - start))) / 2
+
     def __call__(self, e: int) -> float:
         if e < self.warmup:
             return self.initial_lr * (0.01 + 0.99 * e / self.warmup)
-        # (a schedule of T ≤ w epochs never gets here)
-        return self.initial_lr * (1 + math.cos(math.pi * (e - self.warmup) / max(1, self.total - self.warmup))) / 2
+        return self.cosine(e, self.warmup, self.total)  # (a schedule of T ≤ w epochs never gets here)
 
 
-class ReferenceCompositeSchedule:
+class ReferenceCompositeSchedule(WarmupCosineSchedule):
     """The reference's composite schedule, generalised: linear warm-up 0.01·η₀ → η₀ over w epochs, cosine
     η₀ → 0 until the end of the supervised stage W, then a **restart** at η₀ with cosine → 0 until T.
     With w = 50, W = 500, T = 4000 this is exactly the reference's ``SequentialLR``."""
@@ -114,15 +116,13 @@ class ReferenceCompositeSchedule:
     def __init__(self, initial_lr: float, total: int, warmup: int, restart: int):
         if not 0 < warmup < restart < total:
             raise ValueError(f"reference schedule needs 0 < warm-up ({warmup}) < restart ({restart}) < total ({total})")
-        self.initial_lr, self.final_lr = initial_lr, 0.0
-        self.total, self.warmup, self.restart = total, warmup, restart
+        super().__init__(initial_lr, total, warmup)
+        self.restart = restart
 
     def __call__(self, e: int) -> float:
-        if e < self.warmup:
-            return self.initial_lr * (0.01 + 0.99 * e / self.warmup)
         if e < self.restart:
-            return self.initial_lr * (1 + math.cos(math.pi * (e - self.warmup) / (self.restart - self.warmup))) / 2
-        return self.initial_lr * (1 + math.cos(math.pi * (e - self.restart) / (self.total - self.restart))) / 2
+            return WarmupCosineSchedule(self.initial_lr, self.restart, self.warmup)(e)
+        return self.cosine(e, self.restart, self.total)
 
 
 def lr_warmup_epochs(total: int, ratio: float) -> int:

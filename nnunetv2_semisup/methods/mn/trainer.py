@@ -1,30 +1,17 @@
-"""``nnUNetTrainerMN``: M&N (Yeung et al., MLMI 2025) — a 2D SegFormer pretrained on natural images (LoRA
-fine-tuned, slice by slice) and nnU-Net's 3D network co-train with soft pseudo-masks and learning-rate-guided
-sampling. Documentation (and every deviation from the reference code): docs/mn.md.
+"""``nnUNetTrainerMN``: M&N (Yeung et al., MLMI 2025) — a 2D SegFormer pretrained on natural images (LoRA,
+slice by slice) and nnU-Net's 3D network co-train with soft pseudo-masks and learning-rate-guided sampling.
+Documentation, and every deviation from the reference code: docs/mn.md.
 
-Epochs (``schedule.MNEpochPlan``): a supervised warm-up stage of W epochs in which both models take one
-step per iteration on the same labeled batch, then alternating co-training epochs — odd j = e − W + 1 trains the
-3D model with the 2D model's soft pseudo-masks, even j trains the 2D model with the 3D model's. The teacher runs
-in eval mode under no_grad on the same augmented patches as the student. Each model has its own optimiser, its
-own epoch counter and its own schedule (3D: nnU-Net SGD + poly; 2D: AdamW, linear warm-up + cosine).
-
-Loss: Dice_sq + KL_mean on the concatenated batch (unlabeled with soft teacher targets first, then
-labeled with one-hot targets); the 3D student keeps nnU-Net deep supervision with average-pooled soft targets.
-
-Batch composition (docs/mn.md "Learning-rate-guided sampling"): the unlabeled share of a co-training epoch
-is s = ⌊r·B_LRG⌋/B_LRG with r = (η_peak − η)/(η_peak − η_final) of the trained model (paper eq. 10, measured from
-the LR at which the model's co-training starts, as the paper's restart schedule does) or the reference's linear
-r, and B_LRG = ``mn_lrg_batch_size`` (5, the paper's B). Each iteration holds B patches of which
-⌊(i+1)·s·B⌋ − ⌊i·s·B⌋ are unlabeled, so every epoch has the paper's share at nnU-Net's batch size, B = 2
-included, with no extra GPU memory. ``"uniform"`` draws b_u ~ Binomial(B, |U|/(|L|+|U|)) per iteration (all of an epoch's draws at its start, so the
-loaders deliver (B − min b_u, max b_u)); warm-up: b_u = 0.
-
-Pseudo-labels: the 3D model's hard predictions of the unlabeled cases (class locations for
-foreground-aware unlabeled crops, NIfTI export) at the end of warm-up and at 25/37.5/50/75 % of T_3D.
-
-Inference uses only the 3D network: ``network_weights`` is nnU-Net's planned network, so stock
-``nnUNetv2_predict`` works; the SegFormer (incl. LoRA), its optimiser, grad scaler and the M&N state live under
-extra checkpoint keys.
+- Epochs (``schedule.MNEpochPlan``): a supervised warm-up of W epochs (both models, same labeled batch), then
+  co-training epochs alternating 3D student / 2D student; the other model is the teacher (eval mode, no_grad, same
+  augmented patches). Each model has its own optimiser, epoch counter and LR schedule.
+- Loss (``losses.py``): Dice_sq + KL_mean on cat(unlabeled with soft teacher targets, labeled with one-hot labels);
+  the 3D student keeps nnU-Net's deep supervision with average-pooled soft targets.
+- Batches (``lrg.py``): a co-training epoch's unlabeled share s = ⌊r·B_LRG⌋/B_LRG from the trained model's LR
+  decay r (eq. 10), spread over its iterations at nnU-Net's batch size B; ``"uniform"`` draws b_u per iteration.
+- Pseudo-label refreshes (``pseudo_label_refresh.py``) at the end of warm-up and at 25/37.5/50/75 % of T_3D.
+- Inference: the 3D network only (``network_weights``, stock ``nnUNetv2_predict``); the SegFormer, its optimiser,
+  grad scaler and the M&N state live under extra checkpoint keys.
 """
 from typing import Optional, Tuple
 
@@ -100,16 +87,13 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
 
     # ------------------------------------------------------------------ setup
     def _check_supported(self):
-        if self.mn_lrg_mode not in ("paper", "linear", "uniform"):
-            raise ValueError(f"mn_lrg_mode must be 'paper', 'linear' or 'uniform', got '{self.mn_lrg_mode}'")
+        choices = {"mn_lrg_mode": ("paper", "linear", "uniform"), "mn_2d_input_mapping": INPUT_MAPPINGS,
+                   "mn_schedule": ("nnunet", "reference"), "mn_slice_axis": (0, 1, 2)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {tuple(allowed)}, got {getattr(self, name)!r}")
         if self.mn_lrg_batch_size is not None and int(self.mn_lrg_batch_size) < 1:
             raise ValueError(f"mn_lrg_batch_size must be a positive integer or None, got {self.mn_lrg_batch_size}")
-        if self.mn_2d_input_mapping not in INPUT_MAPPINGS:
-            raise ValueError(f"mn_2d_input_mapping must be one of {INPUT_MAPPINGS}, got '{self.mn_2d_input_mapping}'")
-        if self.mn_schedule not in ("nnunet", "reference"):
-            raise ValueError(f"mn_schedule must be 'nnunet' or 'reference', got '{self.mn_schedule}'")
-        if self.mn_slice_axis not in (0, 1, 2):
-            raise ValueError(f"mn_slice_axis must be 0, 1 or 2, got {self.mn_slice_axis}")
 
     def initialize(self):
         if self.was_initialized:
@@ -121,13 +105,10 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
             self.unlabeled_oversample_foreground_percent = self.mn_unlabeled_oversample
         super().initialize()  # 3D network, its optimiser (configure_optimizers) and loss (_build_loss)
 
-        if self._mn_resume_segformer_config is None:
-            source = "pretrained weights" if self.mn_2d_pretrained else "its config only, RANDOM initialisation"
-            self.print_to_log_file(f"M&N: 2D model from '{self.mn_segformer_checkpoint}' (nnUNet_semisup_segformer; "
-                                   f"{source}), fine-tuning '{self.mn_2d_finetune}'")
-        else:
-            self.print_to_log_file(f"M&N: 2D model architecture from the checkpoint being resumed (its weights are "
-                                   f"loaded next), fine-tuning '{self.mn_2d_finetune}'")
+        source = (f"'{self.mn_segformer_checkpoint}' (nnUNet_semisup_segformer; " + (
+            "pretrained weights)" if self.mn_2d_pretrained else "its config only, RANDOM initialisation)")) \
+            if self._mn_resume_segformer_config is None else "the checkpoint being resumed (weights loaded next)"
+        self.print_to_log_file(f"M&N: 2D model from {source}, fine-tuning '{self.mn_2d_finetune}'")
         segformer = build_segformer_2d(
             self.mn_segformer_checkpoint, self.num_input_channels, self.label_manager.num_segmentation_heads,
             self.mn_2d_finetune, self.mn_lora_r, self.mn_lora_alpha, self.mn_lora_dropout, self.mn_lora_targets,
@@ -156,7 +137,6 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         # None on CPU: a checkpoint written on one device type resumes on the other
         self.extra_checkpoint_objects["mn_segformer_grad_scaler_state"] = self.grad_scaler_2d
         self.mn_rng = np.random.default_rng(self.mn_uniform_seed)
-        self._register_mn_series()
         p = self.mn_plan
         self.print_to_log_file(f"M&N: E={p.num_epochs}, warm-up W={p.warmup_epochs}, T_3D={p.T_3d}, T_2D={p.T_2d}, "
                                f"LRG '{self.mn_lrg_mode}' (share quantised by {self.lrg_batch_size}), schedule "
@@ -167,8 +147,8 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
     def lrg_batch_size(self) -> int:
         return int(self.mn_lrg_batch_size) if self.mn_lrg_batch_size is not None else self.batch_size
 
-    def _register_mn_series(self):
-        self.logger.local_logger.register(["lr_2d", "mn_trained_model", "mn_mean_batch_unlabeled"])
+    def _logged_series(self):
+        return super()._logged_series() + ["lr_2d", "mn_trained_model", "mn_mean_batch_unlabeled"]
 
     def _schedule(self, model: str, initial_lr: float):
         T = self.mn_plan.schedule_length(model)
@@ -417,7 +397,3 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         # build the 2D model from the saved config (its complete weights are in the checkpoint) instead of from
         # nnUNet_semisup_segformer: resuming needs no hub
         self._mn_resume_segformer_config = checkpoint.get("semisup_state", {}).get("method", {}).get("segformer_config")
-
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        self._register_mn_series()

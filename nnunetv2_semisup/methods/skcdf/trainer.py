@@ -16,11 +16,6 @@ optimiser/schedule; p_c counted over all labeled training cases of the fold (abs
 warning); ramp without the reference's one-epoch lag; ``network_weights`` = the whole SKCDF module, whose
 ``forward`` is the inference path (encoder → SKCM self → D_u main head). Extra checkpoint key ``skcdf_state``
 (class counts, p, last ramp weight). Region-based and ignore-label datasets are rejected.
-
-Architecture switches are *class* attributes (``skcdf_use_skcm``, ``skcdf_use_aux``, ``skcdf_num_heads``,
-``skcdf_local_patch``, ``skcdf_attn_dropout``, ``skcdf_dropout_p``) because nnU-Net rebuilds the network at
-prediction time through the class's ``build_network_architecture`` without creating a trainer; variants override
-them as class attributes.
 """
 import warnings
 from typing import Optional
@@ -121,9 +116,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         self.refuse_instance_overrides(ARCHITECTURE_ATTRIBUTES)
         if self.skcdf_mask_mode not in MASK_MODES:
             raise ValueError(f"skcdf_mask_mode must be one of {MASK_MODES}, got {self.skcdf_mask_mode!r}")
-        if self.enable_deep_supervision:
-            raise ValueError(f"{self.__class__.__name__} does not support deep supervision.")
-        super().initialize()
+        super().initialize()  # build_network_architecture refuses deep supervision
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
