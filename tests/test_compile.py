@@ -75,6 +75,7 @@ CASES = [  # (trainer, predict with stock nnUNetv2_predict)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,predict", CASES)
 def test_compiled_training_resume_and_plain_checkpoints(compile_dataset, compiling, monkeypatch, tmp_path, name,
                                                         predict):

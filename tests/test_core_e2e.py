@@ -117,3 +117,20 @@ def test_resume_with_c_restores_epoch_teacher_and_optimizer(planned_dataset, tmp
     assert final["current_epoch"] == 4
     assert final["semisup_state"]["method"]["mt_global_step"] == 4 * 3  # no step lost or repeated
     assert len(final["logging"]["loss_sup"]) == 4 and len(final["logging"]["train_losses"]) == 4
+
+
+def test_short_stop_after_ends_the_run_like_a_kill_and_c_finishes_it(planned_dataset, tmp_path):
+    """``nnUNet_semisup_short_stop_after=K`` (smoke runs of ``--c``, benchmarks/gpu_check.py): the process exits 0
+    after epoch K with checkpoint_latest.pth of epoch K and no final checkpoint; ``--c`` trains the rest."""
+    ds = planned_dataset
+    env = _env(ds, tmp_path, epochs=3, iterations=2)
+    fold = _fold_dir(env, ds)
+    cmd = ["nnUNetv2_train", ds.dataset_id, "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"]
+    proc = run_cli(cmd, {**env, "nnUNet_semisup_short_stop_after": "2"})
+    assert "Stopping after epoch 2" in proc.stdout
+    assert not os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+    assert torch.load(os.path.join(fold, "checkpoint_latest.pth"), map_location="cpu",
+                      weights_only=False)["current_epoch"] == 2
+    run_cli(cmd + ["--c"], env)
+    final = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 3 and len(final["logging"]["train_losses"]) == 3

@@ -115,6 +115,14 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         return (["batch_labeled", "batch_unlabeled"] + [f"loss_{t}" for t in self.loss_terms]
                 + [f"monitor_{m}" for m in self.monitored_values])
 
+    def wrap_ddp(self, module: torch.nn.Module) -> torch.nn.Module:
+        """An extra trained module in DDP as nnU-Net wraps its network (SyncBatchNorm, the rank's GPU); on the CPU
+        (gloo) without device ids and SyncBatchNorm, which need CUDA."""
+        if self.device.type != "cuda":
+            return torch.nn.parallel.DistributedDataParallel(module)
+        return torch.nn.parallel.DistributedDataParallel(torch.nn.SyncBatchNorm.convert_sync_batchnorm(module),
+                                                         device_ids=[self.local_rank])
+
     def refuse_instance_overrides(self, class_attributes: Tuple[str, ...]) -> None:
         """Architecture switches must be class attributes: ``nnUNetv2_predict`` builds the network from the class
         (static ``build_network_architecture``), so a value set on the instance in ``__init__`` would train one

@@ -4,7 +4,8 @@
 off in training and inference (nnU-Net's final validation otherwise runs 8 mirrored passes in 3D). Epochs and
 iterations can be overridden with ``nnUNet_semisup_short_epochs``, ``nnUNet_semisup_short_iterations`` and
 ``nnUNet_semisup_short_val_iterations``; ``nnUNet_semisup_short_skip_validation=1`` skips nnU-Net's final
-validation , which saves most of a CPU smoke run's time.
+validation, which saves most of a CPU smoke run's time; ``nnUNet_semisup_short_stop_after=K`` ends the process after
+epoch K as if it had been killed (``checkpoint_latest.pth`` kept), to smoke-test ``--c``.
 """
 import os
 import random
@@ -12,7 +13,6 @@ import random
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
 
 
 class ShortScheduleMixin:
@@ -32,6 +32,15 @@ class ShortScheduleMixin:
         self.num_val_iterations_per_epoch = int(os.environ.get("nnUNet_semisup_short_val_iterations",
                                                                self.short_val_iterations))
         self.save_every = 1
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        stop = os.environ.get("nnUNet_semisup_short_stop_after")
+        if stop is not None and self.current_epoch == int(stop) < self.num_epochs:
+            self.print_to_log_file(f"Stopping after epoch {stop} (nnUNet_semisup_short_stop_after); continue with --c")
+            if self.is_ddp:
+                torch.distributed.barrier()
+            raise SystemExit(0)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if os.environ.get("nnUNet_semisup_short_skip_validation", "0") == "1":

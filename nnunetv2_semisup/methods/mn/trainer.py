@@ -17,7 +17,6 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
@@ -130,8 +129,7 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         if self.device.type == "cuda":
             self.grad_scaler_2d = torch.GradScaler("cuda")
         if self.is_ddp:
-            self.network_2d = DDP(torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network_2d),
-                                  device_ids=[self.local_rank])
+            self.network_2d = self.wrap_ddp(self.network_2d)
         self.extra_checkpoint_objects["mn_segformer_state"] = self.network_2d
         self.extra_checkpoint_objects["mn_segformer_optimizer_state"] = self.optimizer_2d
         # None on CPU: a checkpoint written on one device type resumes on the other
