@@ -89,25 +89,12 @@ class DemoConfig:
     dataset_id: int = DATASET_ID
     dataset_name: str = DATASET_NAME
 
-    @property
-    def raw(self) -> str:
-        return os.path.join(self.out, "nnUNet_raw")
-
-    @property
-    def preprocessed(self) -> str:
-        return os.path.join(self.out, "nnUNet_preprocessed")
-
-    @property
-    def results(self) -> str:
-        return os.path.join(self.out, "nnUNet_results")
-
-    @property
-    def raw_dataset(self) -> str:
-        return os.path.join(self.raw, self.dataset_name)
-
-    @property
-    def logs(self) -> str:
-        return os.path.join(self.out, "logs")
+    # the demo's own nnU-Net folders and outputs, all under --out
+    raw = property(lambda self: os.path.join(self.out, "nnUNet_raw"))
+    preprocessed = property(lambda self: os.path.join(self.out, "nnUNet_preprocessed"))
+    results = property(lambda self: os.path.join(self.out, "nnUNet_results"))
+    raw_dataset = property(lambda self: os.path.join(self.raw, self.dataset_name))
+    logs = property(lambda self: os.path.join(self.out, "logs"))
 
     def predictions(self, method: str) -> str:
         return os.path.join(self.out, "predictions", method)

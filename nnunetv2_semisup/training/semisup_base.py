@@ -116,8 +116,7 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                 + [f"monitor_{m}" for m in self.monitored_values])
 
     def wrap_ddp(self, module: torch.nn.Module) -> torch.nn.Module:
-        """An extra trained module in DDP as nnU-Net wraps its network (SyncBatchNorm, the rank's GPU); on the CPU
-        (gloo) without device ids and SyncBatchNorm, which need CUDA."""
+        """DDP as nnU-Net wraps its network (SyncBatchNorm, this rank's GPU); on the CPU (gloo) without either."""
         if self.device.type != "cuda":
             return torch.nn.parallel.DistributedDataParallel(module)
         return torch.nn.parallel.DistributedDataParallel(torch.nn.SyncBatchNorm.convert_sync_batchnorm(module),

@@ -354,19 +354,16 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         plan = self.mn_plan
         done = self.current_epoch + 1  # epochs completed when the checkpoint is written (nnU-Net's convention)
         return {**super().get_method_state(),
-                "segformer_checkpoint": self.mn_segformer_checkpoint,
+                "segformer_checkpoint": self.mn_segformer_checkpoint, "finetune": self.mn_2d_finetune,
                 "segformer_config": unwrap(self.network_2d).model.hf_model().config.to_dict(),
-                "finetune": self.mn_2d_finetune,
                 "num_epochs": plan.num_epochs, "W": plan.warmup_epochs, "T_3d": plan.T_3d, "T_2d": plan.T_2d,
                 "cotraining": plan.cotraining,
                 "epoch_3d": plan.own_epoch(done, TRAIN_3D), "epoch_2d": plan.own_epoch(done, TRAIN_2D),
                 "scheduler_3d": self.lr_scheduler.state_dict(), "scheduler_2d": self.mn_scheduler_2d.state_dict(),
                 "lrg_mode": self.mn_lrg_mode, "schedule": self.mn_schedule,
                 "lrg_batch_size": self.mn_lrg_batch_size, "input_mapping": self.mn_2d_input_mapping,
-                "pretrained_2d": self.mn_2d_pretrained,
-                "composition": tuple(self.mn_composition),
-                "uniform_rng": self.mn_rng.bit_generator.state,
-                "refreshes": list(self.mn_refreshes)}
+                "pretrained_2d": self.mn_2d_pretrained, "composition": tuple(self.mn_composition),
+                "uniform_rng": self.mn_rng.bit_generator.state, "refreshes": list(self.mn_refreshes)}
 
     def set_method_state(self, state: dict) -> None:
         super().set_method_state(state)
