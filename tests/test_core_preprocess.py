@@ -221,3 +221,33 @@ def test_multichannel_dataset_in_2d_3d_fullres_and_3d_lowres(nnunet_env):
         assert any(not torch.equal(a, b) for a, b in zip(teacher_before, trainer.teacher.parameters()))
     finally:
         trainer.dataloader_train.finish()
+
+
+def test_plans_sharing_the_data_identifier_share_the_unlabeled_cases(planned_dataset):
+    """nnU-Net's residual-encoder presets (nnUNetResEncUNet*Plans) reuse nnUNetPlans' preprocessed data (same
+    data_identifier, same preprocessing, another network): the unlabeled cases preprocessed for one serve the other
+    instead of being reported as stale."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2_semisup.data.preprocess_unlabeled import stale_preprocessing_problem
+    ds = planned_dataset
+    plans = load_json(os.path.join(ds.preprocessed_folder, "nnUNetPlans.json"))
+    other = {**plans, "plans_name": "nnUNetResEncUNetMPlans"}
+    other["configurations"] = json.loads(json.dumps(plans["configurations"]))
+    other["configurations"]["3d_fullres"]["batch_size"] = 3  # a network/batch change, no preprocessing change
+    other_file = os.path.join(ds.preprocessed_folder, "nnUNetResEncUNetMPlans.json")
+    with open(other_file, "w") as f:
+        json.dump(other, f)
+    try:
+        conf = PlansManager(other).get_configuration("3d_fullres")
+        folder = os.path.join(ds.preprocessed_folder, "nnUNetPlans_3d_fullres_unlabeled")
+        assert stale_preprocessing_problem(folder, other, conf, "nnUNetResEncUNetMPlans", "3d_fullres") is None
+        proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", ds.dataset_id, "-c", "3d_fullres", "-p",
+                        "nnUNetResEncUNetMPlans", "-np", 1], ds.env)
+        assert "0 to preprocess" in proc.stdout
+        other["configurations"]["3d_fullres"]["spacing"] = [s * 2 for s in plans["configurations"]["3d_fullres"]
+                                                             ["spacing"]]  # preprocessing changed: stale
+        conf = PlansManager(other).get_configuration("3d_fullres")
+        assert "different plans" in stale_preprocessing_problem(folder, other, conf, "nnUNetResEncUNetMPlans",
+                                                                "3d_fullres")
+    finally:
+        os.remove(other_file)

@@ -58,6 +58,11 @@ def _configuration_fingerprint(plans: dict, configuration_manager, plans_identif
             "sha256": hashlib.sha256(blob.encode()).hexdigest()}
 
 
+def _same_preprocessing(saved: dict, current: dict) -> bool:
+    # only what is written counts, not the plans' name: nnU-Net's ResEnc presets reuse nnUNetPlans' data
+    return saved.get("sha256") == current["sha256"]
+
+
 def stale_preprocessing_problem(folder: str, plans: dict, configuration_manager, plans_identifier: str,
                                 configuration: str) -> Optional[str]:
     """Why the unlabeled cases in ``folder`` do not match the current plans (None if they do): a re-planned dataset
@@ -65,8 +70,8 @@ def stale_preprocessing_problem(folder: str, plans: dict, configuration_manager,
     state_file = os.path.join(folder, STATE_FILE)
     if not os.path.isfile(state_file):
         return f"{folder} has no {STATE_FILE} (not written by nnUNetv2_semisup_preprocess)"
-    if load_json(state_file) != _configuration_fingerprint(plans, configuration_manager, plans_identifier,
-                                                           configuration):
+    if not _same_preprocessing(load_json(state_file), _configuration_fingerprint(
+            plans, configuration_manager, plans_identifier, configuration)):
         return (f"{folder} was preprocessed with different plans than the current ones (spacing, normalisation, "
                 f"resampling or intensity statistics of configuration '{configuration}' changed)")
     return None
@@ -217,7 +222,7 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
         if overwrite and os.path.isdir(out):
             shutil.rmtree(out)
         os.makedirs(out, exist_ok=True)
-        if os.path.isfile(state_file) and load_json(state_file) != fingerprint:
+        if os.path.isfile(state_file) and not _same_preprocessing(load_json(state_file), fingerprint):
             raise UnlabeledDataError(
                 f"{out} was preprocessed with different plans than the current {plans_file} (spacing, "
                 f"normalisation, resampling or intensity statistics of configuration '{configuration}' changed). "

@@ -38,8 +38,6 @@ class ShortScheduleMixin:
         stop = os.environ.get("nnUNet_semisup_short_stop_after")
         if stop is not None and self.current_epoch == int(stop) < self.num_epochs:
             self.print_to_log_file(f"Stopping after epoch {stop} (nnUNet_semisup_short_stop_after); continue with --c")
-            if self.is_ddp:
-                torch.distributed.barrier()
             raise SystemExit(0)
 
     def perform_actual_validation(self, save_probabilities: bool = False):

@@ -12,10 +12,6 @@ from nnunetv2_semisup.training.semisup_base import unwrap
 
 
 class PseudoLabelRefreshMixin:  # for a subclass of nnUNetTrainerSemiSup
-    @property
-    def pseudo_label_folder(self) -> str:
-        return join(self.output_folder, "pseudo_labels")
-
     def refresh_unlabeled_pseudo_labels(self, export_nifti: bool = True) -> str:
         """Predict every unlabeled case with the nnU-Net network (sliding window, no TTA, deep supervision off),
         store the hard labels' class locations for foreground-aware unlabeled crops, and optionally export the hard
@@ -23,13 +19,13 @@ class PseudoLabelRefreshMixin:  # for a subclass of nnUNetTrainerSemiSup
 
         Returns the path of the class-location store. In DDP, rank 0 predicts and the others wait."""
         self.pseudo_label_round += 1
-        filename = join(self.pseudo_label_folder, f"class_locations_round{self.pseudo_label_round}.pkl")
+        folder = join(self.output_folder, "pseudo_labels")
+        filename = join(folder, f"class_locations_round{self.pseudo_label_round}.pkl")
         if self.local_rank == 0:
             self.set_deep_supervision_enabled(False)
             try:
                 with eval_mode(self.network):
-                    export = join(self.pseudo_label_folder, f"round_{self.pseudo_label_round}") \
-                        if export_nifti else None
+                    export = join(folder, f"round_{self.pseudo_label_round}") if export_nifti else None
                     locations = predict_class_locations(
                         unwrap(self.network), self._unlabeled_stream.dataset.inner, self.plans_manager,
                         self.configuration_manager, self.dataset_json, self.device, export, type(self).__name__)
