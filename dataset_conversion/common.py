@@ -222,6 +222,42 @@ def label_to_uint8(case: str, label: sitk.Image, allowed: Sequence[int], remap: 
     return out
 
 
+def _check_dtype(case: str, path: str, key: str, arr: np.ndarray, kinds: str) -> None:
+    if arr.dtype.kind not in kinds:
+        want = {"fiu": "a numeric (float or integer) array", "iub": "an integer array"}.get(kinds, kinds)
+        raise ConversionError(f"case {case}: {path} key '{key}' has dtype {arr.dtype}; expected {want}")
+
+
+def read_h5_arrays(case: str, path: str, want_label: bool, order: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """``image`` (and ``label`` if wanted and present) of a community h5 file, checked: keys, 3D, dtypes, equal
+    shapes. ``order`` names the stored axis order in messages ("x, y, z" or "z, y, x")."""
+    import h5py
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ConversionError(f"case {case}: cannot open {path}: {e}")
+    with f:
+        keys = list(f.keys())
+        if "image" not in f:
+            raise ConversionError(f"case {case}: {path} has no 'image' key (keys: {keys}); expected keys image, label")
+        image = np.asarray(f["image"][()])
+        label = np.asarray(f["label"][()]) if want_label and "label" in f else None
+    if image.ndim != 3:
+        raise ConversionError(f"case {case}: {path} image has shape {image.shape}; expected 3D ({order})")
+    _check_dtype(case, path, "image", image, "fiu")
+    if label is not None:
+        if label.dtype.kind == "f" and np.all(np.mod(label, 1) == 0):
+            label = label.astype(np.int64)   # integral floats are a storage accident, not an error
+        _check_dtype(case, path, "label", label, "iub")
+        if label.shape != image.shape:
+            raise ConversionError(f"case {case}: {path} image shape {image.shape} and label shape {label.shape} "
+                                  f"differ; expected identical ({order}) shapes")
+    elif want_label:
+        raise ConversionError(f"case {case}: label missing: {path} has no 'label' key (keys: {keys}); expected keys "
+                              f"image, label")
+    return image, label
+
+
 def h5_source_case(prefix: str, source_id: str, source_name: str, path: str, spacing: Sequence[float],
                    allowed: Sequence[int], remap: Optional[Dict[int, int]] = None,
                    dtype=np.float32, state: Optional[dict] = None) -> "SourceCase":
@@ -231,34 +267,91 @@ def h5_source_case(prefix: str, source_id: str, source_name: str, path: str, spa
     case = f"{prefix}_{source_id}"
 
     def load(with_label: bool) -> CaseData:
-        want_label = with_label or bool(state and state.get("write_unlabeled_labels"))
-        import h5py
-        try:
-            f = h5py.File(path, "r")
-        except OSError as e:
-            raise ConversionError(f"case {case}: cannot open {path}: {e}")
-        with f:
-            keys = list(f.keys())
-            if "image" not in f:
-                raise ConversionError(f"case {case}: {path} has no 'image' key (keys: {keys}); expected keys image, "
-                                      f"label")
-            image = np.asarray(f["image"][()])
-            label = np.asarray(f["label"][()]) if want_label and "label" in f else None
-        if image.ndim != 3:
-            raise ConversionError(f"case {case}: {path} image has shape {image.shape}; expected 3D (x, y, z)")
+        if not with_label and state and state.get("write_unlabeled_labels"):
+            image, label = _optional_label(case, path, "x, y, z")
+        else:
+            image, label = read_h5_arrays(case, path, with_label, "x, y, z")
         img = image_from_array_xyz(image.astype(dtype), spacing)
         if label is None:
-            if with_label:
-                raise ConversionError(f"case {case}: label missing: {path} has no 'label' key (keys: {keys}); "
-                                      f"expected keys image, label")
             return CaseData([img])
-        if label.shape != image.shape:
-            raise ConversionError(f"case {case}: {path} image shape {image.shape} and label shape {label.shape} "
-                                  f"differ; expected identical (x, y, z) shapes")
         lab = label_to_uint8(case, image_from_array_xyz(label, spacing), allowed=allowed, remap=remap)
         return CaseData([img], lab)
 
     return SourceCase(source_id, source_name, load, True, f"key 'label' in {path}")
+
+
+def _optional_label(case: str, path: str, order: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """An unlabeled case with --write-unlabeled-labels: its label is written if the file has one."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        has = "label" in f
+    return read_h5_arrays(case, path, has, order)
+
+
+def npy_release_shape(npy_dir: str, images: Dict[str, str]) -> List[int]:
+    """The one array shape of a shape-resized npy release (DHC Synapse/AMOS); mixed shapes are refused."""
+    shapes: Dict[Tuple[int, ...], List[str]] = {}
+    for sid, path in images.items():
+        try:
+            shapes.setdefault(tuple(np.load(path, mmap_mode="r").shape), []).append(sid)
+        except (ValueError, OSError) as e:
+            raise ConversionError(f"cannot read {path} as a numpy array: {e}")
+    if len(shapes) > 1:
+        desc = "; ".join(f"{list(s)}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}" for s, ids in shapes.items())
+        raise ConversionError(f"{npy_dir} mixes npy volumes of different shapes ({desc}); expected one release "
+                              f"(e.g. all 80 x 160 x 160)")
+    shape = list(next(iter(shapes)))
+    if len(shape) != 3:
+        raise ConversionError(f"{npy_dir}: npy volumes have shape {shape}; expected 3D (z, y, x)")
+    return shape
+
+
+def npy_source_case(case: str, sid: str, image: str, label: Optional[str], geometry, state: dict,
+                    allowed: Sequence[int], on_label: Optional[Callable[[str, np.ndarray], None]] = None) -> SourceCase:
+    """A DHC-style ``<id>_image.npy`` / ``<id>_label.npy`` pair stored (z, y, x); ``geometry(sid, shape)`` gives
+    (spacing, origin, direction). ``on_label(case, array)`` sees every label that is read."""
+
+    def load(with_label: bool) -> CaseData:
+        arr = np.load(image)
+        if arr.dtype.kind not in "fiu":
+            raise ConversionError(f"case {case}: {image} has dtype {arr.dtype}; expected a numeric image array")
+        spacing, origin, direction = geometry(sid, arr.shape)
+        img = image_from_array_zyx(arr.astype(np.float32), spacing, origin, direction)
+        lab = None
+        if label is not None and (with_label or state["write_unlabeled_labels"]):
+            larr = np.load(label)
+            if larr.shape != arr.shape:
+                raise ConversionError(f"case {case}: image shape {arr.shape} and label shape {larr.shape} differ; "
+                                      f"expected identical (z, y, x) shapes ({image}, {label})")
+            lab = label_to_uint8(case, image_from_array_zyx(larr, spacing, origin, direction), allowed=allowed)
+            if on_label is not None:
+                on_label(case, larr)
+        elif with_label:
+            raise ConversionError(f"case {case}: label missing; expected {sid}_label.npy next to {image}")
+        return CaseData([img], lab)
+
+    return SourceCase(sid, os.path.basename(image), load, label is not None, label or f"{sid}_label.npy next to {image}")
+
+
+def derived_npy_geometry(raw_image_of: Callable[[str], Optional[str]], case_of: Callable[[str], str],
+                         derived: Dict[str, List[float]]):
+    """geometry(sid, npy shape) for shape-resized npy volumes: spacing = raw spacing × raw size / npy size per axis,
+    origin and direction copied from the raw header (``derived`` collects the spacings for dataset.json)."""
+
+    def geometry(sid, arr_shape):
+        raw = raw_image_of(sid)
+        if raw is None:
+            raise ConversionError(f"case {case_of(sid)}: --raw-dir has no raw image of this case to derive the spacing "
+                                  f"from")
+        r = sitk.ImageFileReader()
+        r.SetFileName(raw)
+        r.ReadImageInformation()
+        npy_xyz = tuple(arr_shape[::-1])
+        sp = [float(s) * float(n) / float(m) for s, n, m in zip(r.GetSpacing(), r.GetSize(), npy_xyz)]
+        derived[case_of(sid)] = [round(v, 6) for v in sp]
+        return sp, r.GetOrigin(), r.GetDirection()
+
+    return geometry
 
 
 # =================================================================================================== cases and records

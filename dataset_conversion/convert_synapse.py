@@ -19,12 +19,11 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-import SimpleITK as sitk
 
 from .common import (CaseData, DatasetInfo, SourceCase, add_common_options, check_variant, cli, common_split,
-                     converter_record, detect_variant, image_from_array_zyx, label_to_uint8, make_plan, parse_spacing,
-                     put_label_on_image_grid, read_image, require_dir, run_conversion, warn)
+                     converter_record, derived_npy_geometry, detect_variant, label_to_uint8, make_plan,
+                     npy_release_shape, npy_source_case, parse_spacing, put_label_on_image_grid, read_image,
+                     require_dir, run_conversion, warn)
 from .errors import ConversionError
 from .splits import SYNAPSE_SPLITS, normalise_numeric_id, read_id_file, synapse_split
 
@@ -106,26 +105,7 @@ def _raw_case(sid: str, image: str, label: Optional[str], state: dict) -> Source
 
 
 def _npy_case(sid: str, image: str, label: Optional[str], geometry, state: dict) -> SourceCase:
-    case = f"synapse_{sid}"
-
-    def load(with_label: bool) -> CaseData:
-        arr = np.load(image)
-        spacing, origin, direction = geometry(sid, arr.shape)
-        img = image_from_array_zyx(arr.astype(np.float32), spacing, origin, direction)
-        lab = None
-        if label is not None and (with_label or state["write_unlabeled_labels"]):
-            larr = np.load(label)
-            if larr.shape != arr.shape:
-                raise ConversionError(f"case {case}: image shape {arr.shape} and label shape {larr.shape} differ; "
-                                      f"expected identical (z, y, x) shapes ({image}, {label})")
-            lab = label_to_uint8(case, image_from_array_zyx(larr, spacing, origin, direction),
-                                 allowed=tuple(LABELS.values()))
-        elif with_label:
-            raise ConversionError(f"case {case}: label missing; expected {sid}_label.npy next to {image}")
-        return CaseData([img], lab)
-
-    return SourceCase(sid, os.path.basename(image), load, label is not None,
-                      label or f"{sid}_label.npy next to {image}")
+    return npy_source_case(f"synapse_{sid}", sid, image, label, geometry, state, allowed=tuple(LABELS.values()))
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -188,17 +168,7 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
         if npy_dir is None:
             raise ConversionError(f"no *_image.npy files found in {args.npy_dir or os.path.join(input_dir, 'npy')}")
         imgs = _files(npy_dir, RE_NPY_IMG)
-        shapes: Dict[Tuple[int, ...], List[str]] = {}
-        for sid, path in imgs.items():
-            shapes.setdefault(tuple(np.load(path, mmap_mode="r").shape), []).append(sid)
-        if len(shapes) > 1:
-            desc = "; ".join(f"{list(s)}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}"
-                             for s, ids in shapes.items())
-            raise ConversionError(f"{npy_dir} mixes npy volumes of different shapes ({desc}); expected one release "
-                                  f"(e.g. all 80 x 160 x 160)")
-        shape = list(next(iter(shapes)))
-        if len(shape) != 3:
-            raise ConversionError(f"{npy_dir}: npy volumes have shape {shape}; expected 3D (z, y, x)")
+        shape = npy_release_shape(npy_dir, imgs)
         assumed = parse_spacing(args.assume_spacing)
         if args.raw_dir:
             if assumed:
@@ -207,19 +177,7 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
             if not raw_images:
                 raise ConversionError(f"--raw-dir {args.raw_dir}: no raw BTCV images imgXXXX.nii.gz found")
             derived: Dict[str, List[float]] = {}
-
-            def geometry(sid, arr_shape):
-                if sid not in raw_images:
-                    raise ConversionError(f"case synapse_{sid}: --raw-dir has no img{sid}.nii.gz to derive the "
-                                          f"spacing from")
-                r = sitk.ImageFileReader()
-                r.SetFileName(raw_images[sid])
-                r.ReadImageInformation()
-                size_xyz = r.GetSize()
-                npy_xyz = tuple(arr_shape[::-1])
-                sp = [float(s) * float(n) / float(m) for s, n, m in zip(r.GetSpacing(), size_xyz, npy_xyz)]
-                derived[f"synapse_{sid}"] = [round(v, 6) for v in sp]
-                return sp, r.GetOrigin(), r.GetDirection()
+            geometry = derived_npy_geometry(raw_images.get, lambda sid: f"synapse_{sid}", derived)
             record = {"spacing_source": "derived_from_raw", "derived_spacing": derived}
         else:
             spacing = assumed or (1.0, 1.0, 1.0)

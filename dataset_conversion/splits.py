@@ -127,7 +127,7 @@ def select_cases(split: Split, available: Sequence[str], num_labeled: Optional[i
                 f"use --labeled-list FILE (IDs from the train list).")
         labeled, fname = split.labeled_lists[n]
         labeled = list(labeled)
-        selection = f"list:{fname}"
+        selection = fname if ":" in fname else f"list:{fname}"  # e.g. ACDC's "first_patients:7"
     else:
         n = split.default_num_labeled if num_labeled is None else num_labeled
         if n < 1:
@@ -241,3 +241,105 @@ def custom_split(available: Sequence[str], test_list_file: Optional[str], normal
     train = sorted(i for i in available if i not in test_set)
     return Split("custom", train, test, default_num_labeled=0,
                  description="custom: all source cases not in --test-list are training cases (sorted)")
+
+
+# --------------------------------------------------------------------------------------------------- AMOS
+AMOS_MRI_FROM = 500            # AMOS IDs >= 500 are MRI scans (release readme)
+AMOS_LABELED_LISTS = {4: "dhc_labeled_2p.txt", 10: "dhc_labeled_5p.txt", 21: "dhc_labeled_10p.txt"}
+AMOS_BROKEN_20P = 38           # dhc_labeled_20p.txt: drawn from another train list, overlaps eval
+
+
+def normalise_amos_id(raw: str) -> str:
+    """'amos_0078', 'amos_0078.nii.gz', 'amos_0078_image.npy', '78' -> 'amos_0078'."""
+    s = os.path.basename(raw.strip().rstrip("/"))
+    m = re.search(r"(\d{1,4})(?:_image|_label)?(?:\.nii\.gz|\.nii|\.npy)?$", s)
+    if m is None:
+        raise ConversionError(f"cannot read an AMOS case number from ID {raw!r} (expected e.g. amos_0078)")
+    return f"amos_{int(m.group(1)):04d}"
+
+
+def amos_is_mri(case_id: str) -> bool:
+    return int(case_id.split("_")[-1]) >= AMOS_MRI_FROM
+
+
+def amos_split(name: str, ct_only: bool = False) -> Split:
+    """DHC lists (= SKCDF's copies): train 216 / eval 24 / test 120; labeled sets 4, 10, 21 are separate published
+    draws (not nested). ``ct_only`` drops the MRI IDs from every list (a protocol deviation)."""
+    if name != "dhc_amos":
+        raise ConversionError(f"unknown AMOS split {name!r}; choose one of: dhc_amos, custom")
+    keep = (lambda ids: [i for i in ids if not amos_is_mri(i)]) if ct_only else list
+    load = lambda f: keep([normalise_amos_id(i) for i in load_list("AMOS", f)])  # noqa: E731
+    lists = {n: (load(f), f) for n, f in AMOS_LABELED_LISTS.items()}
+    return Split(name, load("dhc_train.txt"), load("dhc_test.txt"), validation=load("dhc_eval.txt"),
+                 default_num_labeled=10, labeled_lists=lists,
+                 description="DHC/SKCDF lists: train 216 / eval 24 / test 120 (official imagesVa); labeled 4/10/21")
+
+
+AMOS_SPLITS = ("dhc_amos",)
+
+
+# --------------------------------------------------------------------------------------------------- BraTS 2019
+def normalise_brats_id(raw: str) -> str:
+    """'BraTS19_CBICA_AAB_1', '.../BraTS19_CBICA_AAB_1.h5', 'brats19_cbica_aab_1' -> 'BraTS19_CBICA_AAB_1'."""
+    s = os.path.basename(raw.strip().rstrip("/"))
+    for suffix in (".h5", ".nii.gz", ".nii"):
+        if s.endswith(suffix):
+            s = s[: -len(suffix)]
+    if not re.fullmatch(r"(?i)brats19_[a-z0-9]+_[a-z0-9]+_\d+", s):
+        raise ConversionError(f"cannot read a BraTS 2019 subject ID from {raw!r} (expected e.g. BraTS19_CBICA_AAB_1)")
+    return "BraTS19_" + s[len("BraTS19_"):].upper()
+
+
+def brats_split(name: str) -> Split:
+    if name != "urpc_brats":
+        raise ConversionError(f"unknown BraTS2019 split {name!r}; choose one of: urpc_brats, custom")
+    load = lambda f: [normalise_brats_id(i) for i in load_list("BraTS2019", f)]  # noqa: E731
+    return Split(name, load("ssl4mis_train.txt"), load("ssl4mis_test.txt"), validation=load("ssl4mis_val.txt"),
+                 default_num_labeled=25,
+                 description="SSL4MIS/URPC lists: train 250 / val 25 / test 60; labeled = first 25 or 50 of train")
+
+
+BRATS_SPLITS = ("urpc_brats",)
+
+
+# --------------------------------------------------------------------------------------------------- ACDC
+#: --num-labeled values (patients) of the papers' hard-coded patient -> slice-count map
+ACDC_PATIENT_COUNTS = (1, 3, 7, 14, 21, 28, 35, 70)
+
+
+def normalise_acdc_id(raw: str) -> str:
+    """A volume: 'patient099_frame01', 'acdc_patient099_frame01', 'patient099_frame01.h5' -> 'patient099_frame01'."""
+    s = os.path.basename(raw.strip().rstrip("/"))
+    m = re.search(r"patient(\d{1,3})_frame(\d{2})", s)
+    if m is None:
+        raise ConversionError(f"cannot read an ACDC volume ID from {raw!r} (expected patientXXX_frame01 or _frame02)")
+    return f"patient{int(m.group(1)):03d}_frame{m.group(2)}"
+
+
+def acdc_patient(volume_id: str) -> str:
+    return volume_id.split("_")[0]
+
+
+def acdc_first_patients(train: Sequence[str], n: int) -> List[str]:
+    """The volumes of the first ``n`` patients of the train list, in list order (both frames of each)."""
+    patients: List[str] = []
+    for v in train:
+        if acdc_patient(v) not in patients:
+            patients.append(acdc_patient(v))
+    chosen = set(patients[:n])
+    return [v for v in train if acdc_patient(v) in chosen]
+
+
+def acdc_split(name: str) -> Split:
+    """SSL4MIS lists (= CML = BCP): 70 / 10 / 20 patients, two frames each. Labeled = first N *patients*."""
+    if name != "ssl4mis_acdc":
+        raise ConversionError(f"unknown ACDC split {name!r}; choose one of: ssl4mis_acdc, custom")
+    load = lambda f: [normalise_acdc_id(i) for i in load_list("ACDC", f)]  # noqa: E731
+    train = load("ssl4mis_train.list")
+    lists = {n: (acdc_first_patients(train, n), f"first_patients:{n}") for n in ACDC_PATIENT_COUNTS}
+    return Split(name, train, load("ssl4mis_test.list"), validation=load("ssl4mis_val.list"), default_num_labeled=7,
+                 labeled_lists=lists,
+                 description="SSL4MIS lists: 140 / 20 / 40 volumes (70 / 10 / 20 patients); labeled = first N patients")
+
+
+ACDC_SPLITS = ("ssl4mis_acdc",)

@@ -266,6 +266,183 @@ def make_synapse_npy(root: str, ids: Iterable[str], shape_zyx=SYN_NPY_SHAPE_ZYX,
     return root
 
 
+# ------------------------------------------------------------------------------------------------ AMOS
+AMOS_SHAPE_ZYX = (4, 8, 8)
+AMOS_SPACING = {"CT": (0.8, 0.8, 5.0), "MRI": (1.2, 1.2, 6.0)}
+
+
+def amos_ids() -> Tuple[List[str], List[str]]:
+    """(imagesTr IDs = DHC train + eval, imagesVa IDs = DHC test)."""
+    return load_list("AMOS", "dhc_train.txt") + load_list("AMOS", "dhc_eval.txt"), load_list("AMOS", "dhc_test.txt")
+
+
+def amos_label_zyx(case: str, shape_zyx=AMOS_SHAPE_ZYX) -> np.ndarray:
+    """Liver (6) and spleen (1) everywhere; bladder (14) and prostate/uterus (15) only in CT (pelvis outside the
+    MRI field of view, as in the release)."""
+    lab = np.zeros(shape_zyx, np.uint8)
+    lab[:2, :4, :4] = 6
+    lab[2:, 4:, 4:] = 1
+    if int(case[-4:]) < 500:
+        lab[0, 7, 0] = 14
+        lab[3, 0, 7] = 15
+    return lab
+
+
+def make_amos_raw(root: str, tr_ids: Iterable[str], va_ids: Iterable[str], ts_ids: Iterable[str] = ()) -> str:
+    """Official release: amos22/{imagesTr,labelsTr,imagesVa,labelsVa,imagesTs}/amos_XXXX.nii.gz."""
+    base = os.path.join(root, "amos22")
+    for folder, ids, with_label in (("Tr", tr_ids, True), ("Va", va_ids, True), ("Ts", ts_ids, False)):
+        for d in (f"images{folder}",) + ((f"labels{folder}",) if with_label else ()):
+            os.makedirs(os.path.join(base, d), exist_ok=True)
+        for n, i in enumerate(ids):
+            img = np.random.default_rng(n).normal(0, 100, AMOS_SHAPE_ZYX).astype(np.int16)
+            im = sitk.GetImageFromArray(img)
+            im.SetSpacing(AMOS_SPACING["MRI" if int(i[-4:]) >= 500 else "CT"])
+            im.SetOrigin((1.0, 2.0, 3.0))
+            sitk.WriteImage(im, os.path.join(base, f"images{folder}", f"{i}.nii.gz"))
+            if with_label:
+                lab = sitk.GetImageFromArray(amos_label_zyx(i))
+                lab.CopyInformation(im)
+                sitk.WriteImage(lab, os.path.join(base, f"labels{folder}", f"{i}.nii.gz"))
+    return root
+
+
+AMOS_NPY_SHAPE_ZYX = (5, 8, 8)
+
+
+def make_amos_npy(root: str, ids: Iterable[str], shape_zyx=AMOS_NPY_SHAPE_ZYX) -> str:
+    """DHC preprocessed AMOS: <base>/npy/amos_XXXX_image.npy (float32, (z, y, x)) + amos_XXXX_label.npy (int8)."""
+    d = os.path.join(root, "npy")
+    os.makedirs(d, exist_ok=True)
+    for n, i in enumerate(ids):
+        img = np.random.default_rng(n).normal(0, 100, shape_zyx).astype(np.float32)
+        img[MARK_XYZ[::-1]] = 1234.0
+        np.save(os.path.join(d, f"{i}_image.npy"), img)
+        np.save(os.path.join(d, f"{i}_label.npy"), amos_label_zyx(i, shape_zyx).astype(np.int8))
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ BraTS 2019
+BRATS_SHAPE_ZYX = (6, 10, 9)
+BRATS_BOX = ((1, 5), (2, 8), (1, 7))        # brain = FLAIR != 0 at [1:6, 2:9, 1:8] (inclusive ends 5, 8, 7)
+BRATS_MODALITIES = ("flair", "t1", "t1ce", "t2")
+
+
+def brats_ids() -> Tuple[List[str], List[str], List[str]]:
+    return tuple(load_list("BraTS2019", f"ssl4mis_{n}.txt") for n in ("train", "val", "test"))
+
+
+def brats_seg_zyx() -> np.ndarray:
+    """Raw BraTS seg values: 2 oedema around 1 necrosis and 4 enhancing, inside the brain box."""
+    seg = np.zeros(BRATS_SHAPE_ZYX, np.uint8)
+    seg[2:5, 3:7, 2:6] = 2
+    seg[3, 4, 3] = 1
+    seg[3, 5, 4] = 4
+    return seg
+
+
+def make_brats_raw(root: str, ids: Iterable[str], validation_ids: Iterable[str] = (), ending: str = ".nii.gz",
+                   layout: str = "official") -> str:
+    """'MICCAI_BraTS_2019_Data_Training/{HGG,LGG}/<ID>/<ID>_{flair,t1,t1ce,t2,seg}.nii.gz' (official) or
+    '<root>/<ID>/...' (flat); validation subjects (no seg) in 'MICCAI_BraTS_2019_Data_Validation/<ID>/'."""
+    for n, (i, val) in enumerate([(i, False) for i in ids] + [(i, True) for i in validation_ids]):
+        if val:
+            folder = os.path.join(root, "MICCAI_BraTS_2019_Data_Validation", i)
+        elif layout == "official":
+            folder = os.path.join(root, "MICCAI_BraTS_2019_Data_Training", "HGG" if n % 3 else "LGG", i)
+        else:
+            folder = os.path.join(root, i)
+        os.makedirs(folder, exist_ok=True)
+        for m, mod in enumerate(BRATS_MODALITIES):
+            arr = np.zeros(BRATS_SHAPE_ZYX, np.float32)
+            (z0, z1), (y0, y1), (x0, x1) = BRATS_BOX
+            arr[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1] = 100 + 10 * m + np.random.default_rng(n).random((z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1))
+            im = sitk.GetImageFromArray(arr)
+            im.SetOrigin((-5.0, -6.0, -7.0))
+            sitk.WriteImage(im, os.path.join(folder, f"{i}_{mod}{ending}"))
+        if not val:
+            seg = sitk.GetImageFromArray(brats_seg_zyx())
+            seg.SetOrigin((-5.0, -6.0, -7.0))
+            sitk.WriteImage(seg, os.path.join(folder, f"{i}_seg{ending}"))
+    return root
+
+
+def make_brats_h5(root: str, ids: Iterable[str]) -> str:
+    """SSL4MIS release: BraTS2019/data/<ID>.h5, image = the brain box of FLAIR with exclusive upper bounds, (z, y, x),
+    label = whole tumour {0, 1} of the same crop."""
+    d = os.path.join(root, "BraTS2019", "data")
+    os.makedirs(d, exist_ok=True)
+    (z0, z1), (y0, y1), (x0, x1) = BRATS_BOX
+    for n, i in enumerate(ids):
+        img = np.random.default_rng(n).normal(0, 1, BRATS_SHAPE_ZYX).astype(np.float32)[z0:z1, y0:y1, x0:x1]
+        lab = (brats_seg_zyx() > 0).astype(np.uint8)[z0:z1, y0:y1, x0:x1]
+        write_h5(os.path.join(d, f"{i}.h5"), {"image": img, "label": lab})
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ ACDC
+ACDC_SHAPE_ZYX = (3, 8, 7)
+ACDC_SPACING = (1.5, 1.5, 10.0)
+
+
+def acdc_patients() -> List[str]:
+    return [f"patient{i:03d}" for i in range(1, 101)]
+
+
+def acdc_label_zyx(patient: str, phase: str) -> np.ndarray:
+    """Different labels for ED and ES (and per patient), so a swapped frame mapping is detectable."""
+    lab = np.zeros(ACDC_SHAPE_ZYX, np.uint8)
+    k = int(patient[-3:]) % 3
+    lab[:, 2:6, 2:5] = 2
+    lab[:, 3:5, 3] = 3
+    lab[:, 0:2, 0:2 + k] = 1
+    if phase == "ES":
+        lab[0, 7, 6] = 1
+    return lab
+
+
+def make_acdc_raw(root: str, patients: Iterable[str], testing: Iterable[str] = (), es_frames: Optional[Dict[str, int]] = None) -> str:
+    """database/{training,testing}/patientXXX/{Info.cfg, patientXXX_frameYY.nii.gz, patientXXX_frameYY_gt.nii.gz};
+    ED = frame 1, ES = frame 10 + patient % 5 (or es_frames[patient])."""
+    for sub, ids in (("training", patients), ("testing", testing)):
+        for i in ids:
+            folder = os.path.join(root, "database", sub, i)
+            os.makedirs(folder, exist_ok=True)
+            es = (es_frames or {}).get(i, 10 + int(i[-3:]) % 5)
+            with open(os.path.join(folder, "Info.cfg"), "w") as f:
+                f.write(f"ED: 1\nES: {es}\nGroup: NOR\nHeight: 180.0\nNbFrame: 30\nWeight: 80.0\n")
+            for phase, frame in (("ED", 1), ("ES", es)):
+                img = np.random.default_rng(int(i[-3:]) * 2 + frame).random(ACDC_SHAPE_ZYX).astype(np.float32) * 300
+                im = sitk.GetImageFromArray(img)
+                im.SetSpacing(ACDC_SPACING)
+                im.SetOrigin((0.5, 0.5, -3.0))
+                sitk.WriteImage(im, os.path.join(folder, f"{i}_frame{frame:02d}.nii.gz"))
+                lab = sitk.GetImageFromArray(acdc_label_zyx(i, phase))
+                lab.CopyInformation(im)
+                sitk.WriteImage(lab, os.path.join(folder, f"{i}_frame{frame:02d}_gt.nii.gz"))
+    return root
+
+
+def make_acdc_h5(root: str, patients: Iterable[str], slice_patients: Iterable[str] = (), swap: Iterable[str] = ()) -> str:
+    """SSL4MIS release: ACDC/data/patientXXX_frame0N.h5 (image (Z, H, W) min-max, label); the patients in
+    ``slice_patients`` only as training slices data/slices/patientXXX_frame0N_slice_K.h5. ``swap``: patients whose
+    frame01/frame02 hold ES/ED (a wrong mapping)."""
+    d = os.path.join(root, "ACDC", "data")
+    slice_patients = set(slice_patients)
+    for i in patients:
+        for n, phase in ((1, "ED"), (2, "ES")):
+            if i in swap:
+                phase = "ES" if phase == "ED" else "ED"
+            img = np.random.default_rng(int(i[-3:]) * 7 + n).random(ACDC_SHAPE_ZYX).astype(np.float32)
+            lab = acdc_label_zyx(i, phase)
+            if i in slice_patients:
+                for k in range(img.shape[0]):
+                    write_h5(os.path.join(d, "slices", f"{i}_frame0{n}_slice_{k}.h5"), {"image": img[k], "label": lab[k]})
+            else:
+                write_h5(os.path.join(d, f"{i}_frame0{n}.h5"), {"image": img, "label": lab})
+    return root
+
+
 # ------------------------------------------------------------------------------------------------ test plumbing
 import json  # noqa: E402
 
