@@ -627,8 +627,12 @@ def print_summary(rec: dict, folder: str) -> None:
 
 def run_conversion(args, info: DatasetInfo, cases: Dict[str, SourceCase], plan: Plan, split_name: str,
                    converter: Dict[str, str], extra_record: Optional[Dict[str, object]] = None,
-                   finalise: Optional[Callable[[], None]] = None) -> str:
-    """Load, check and write every case of the plan, then dataset.json (+ splits_semisup.json); atomic."""
+                   finalise: Optional[Callable[[], None]] = None,
+                   group_of: Optional[Callable[[str], str]] = None) -> str:
+    """Load, check and write every case of the plan, then dataset.json (+ splits_semisup.json); atomic.
+
+    ``group_of(case_id)`` (e.g. ACDC: the patient): without a validation list, write nnU-Net's five folds over the
+    labeled cases with all cases of a group in the same fold (nnU-Net's own split would separate them)."""
     if args.transductive:
         warn("--transductive: the test images are also written to imagesUnlabeled/ (recorded in dataset.json)")
     writer = DatasetWriter(args.dataset_id, args.name, args.overwrite)
@@ -677,9 +681,13 @@ def run_conversion(args, info: DatasetInfo, cases: Dict[str, SourceCase], plan: 
             extra["case_notes"] = repairs
         rec = build_semisup_record(info, split_name, plan, args.transductive, case_id_map, converter, extra)
         write_dataset_json(writer.tmp, info, len(plan.labeled) + len(plan.validation), rec, args.name)
+        folds = None
         if plan.validation:
-            write_json_atomic([{"train": rec["labeled_cases"], "val": rec["validation_cases"]}],
-                              os.path.join(writer.tmp, "splits_semisup.json"))
+            folds = [{"train": rec["labeled_cases"], "val": rec["validation_cases"]}]
+        elif group_of is not None:
+            folds = grouped_folds(rec["labeled_cases"], group_of)
+        if folds:
+            write_json_atomic(folds, os.path.join(writer.tmp, "splits_semisup.json"))
         folder = writer.commit()
     except BaseException:
         writer.abort()
@@ -688,7 +696,25 @@ def run_conversion(args, info: DatasetInfo, cases: Dict[str, SourceCase], plan: 
     if plan.validation:
         print("splits_semisup.json written (one fold: train = labeled cases, val = validation cases); train with "
               "fold 0 after nnUNetv2_semisup_preprocess installs it.")
+    elif folds:
+        print(f"splits_semisup.json written ({len(folds)} folds over the labeled cases, grouped so that related cases "
+              f"share a fold); nnUNetv2_semisup_preprocess installs it as splits_final.json.")
     return folder
+
+
+def grouped_folds(case_ids: Sequence[str], group_of: Callable[[str], str], n_splits: int = 5) -> List[dict]:
+    """nnU-Net's cross-validation split (its KFold, seed 12345) drawn over groups instead of cases; fewer folds when
+    there are fewer than five groups, none for a single group."""
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+    groups = sorted({group_of(c) for c in case_ids})
+    if len(groups) < 2:
+        return []
+    folds = []
+    for f in generate_crossval_split(groups, seed=12345, n_splits=min(n_splits, len(groups))):
+        val = set(f["val"])
+        folds.append({"train": [c for c in case_ids if group_of(c) not in val],
+                      "val": [c for c in case_ids if group_of(c) in val]})
+    return folds
 
 
 def write_dataset_json(folder: str, info: DatasetInfo, num_training: int, record: dict, name: str) -> None:

@@ -343,7 +343,7 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
             info.record["restacked_from_slices"] = sorted(state["restacked"])
 
     return run_conversion(args, info, cases, plan, split.name, converter_record(argv, "nnUNetv2_semisup_convert_ACDC"),
-                          extra_record=extra, finalise=finalise)
+                          extra_record=extra, finalise=finalise, group_of=lambda case: acdc_patient(case[5:]))
 
 
 def _check_patients_grouped(plan) -> None:

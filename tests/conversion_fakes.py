@@ -401,9 +401,12 @@ def acdc_label_zyx(patient: str, phase: str) -> np.ndarray:
     return lab
 
 
-def make_acdc_raw(root: str, patients: Iterable[str], testing: Iterable[str] = (), es_frames: Optional[Dict[str, int]] = None) -> str:
+def make_acdc_raw(root: str, patients: Iterable[str], testing: Iterable[str] = (), es_frames: Optional[Dict[str, int]] = None,
+                  upscale: int = 1) -> str:
     """database/{training,testing}/patientXXX/{Info.cfg, patientXXX_frameYY.nii.gz, patientXXX_frameYY_gt.nii.gz};
-    ED = frame 1, ES = frame 10 + patient % 5 (or es_frames[patient])."""
+    ED = frame 1, ES = frame 10 + patient % 5 (or es_frames[patient]). ``upscale`` enlarges the slices in-plane
+    (for runs through nnU-Net's planner)."""
+    grow = lambda a: np.repeat(np.repeat(a, upscale, 1), upscale, 2)  # noqa: E731
     for sub, ids in (("training", patients), ("testing", testing)):
         for i in ids:
             folder = os.path.join(root, "database", sub, i)
@@ -412,12 +415,13 @@ def make_acdc_raw(root: str, patients: Iterable[str], testing: Iterable[str] = (
             with open(os.path.join(folder, "Info.cfg"), "w") as f:
                 f.write(f"ED: 1\nES: {es}\nGroup: NOR\nHeight: 180.0\nNbFrame: 30\nWeight: 80.0\n")
             for phase, frame in (("ED", 1), ("ES", es)):
-                img = np.random.default_rng(int(i[-3:]) * 2 + frame).random(ACDC_SHAPE_ZYX).astype(np.float32) * 300
+                lab = grow(acdc_label_zyx(i, phase))
+                img = np.random.default_rng(int(i[-3:]) * 2 + frame).random(lab.shape).astype(np.float32) * 100 + lab * 50
                 im = sitk.GetImageFromArray(img)
                 im.SetSpacing(ACDC_SPACING)
                 im.SetOrigin((0.5, 0.5, -3.0))
                 sitk.WriteImage(im, os.path.join(folder, f"{i}_frame{frame:02d}.nii.gz"))
-                lab = sitk.GetImageFromArray(acdc_label_zyx(i, phase))
+                lab = sitk.GetImageFromArray(lab)
                 lab.CopyInformation(im)
                 sitk.WriteImage(lab, os.path.join(folder, f"{i}_frame{frame:02d}_gt.nii.gz"))
     return root
