@@ -416,6 +416,24 @@ def test_ablation_tables_match_the_spec_numbers():
             assert v == "—" or f"class {v}(" in sources, v
 
 
+def test_acdc_tables_match_the_spec_numbers():
+    """CML Table 2 and the ACDC columns of Table 4 (spec datasets_more.md §3.5, cml.md §6), typed in from the spec."""
+    from nnunetv2_semisup.evaluation.published import published_tables
+
+    (t3,), (t7,), (abl,) = (published_tables(k) for k in ("ACDC/3", "acdc/7", "ACDC/7/ablation"))
+    assert t3.preset == t7.preset == abl.preset == "uamt" and "anisotropic native grid" in t3.convention
+    assert _row(t3, "CML") == (("88.53", "—", "1.87", "0.57"), "own")
+    assert _row(t3, "MCF") == (("82.37", "—", "5.74", "1.59"), "quoted")
+    assert _row(t3, "U-Net (3 patients labeled only)")[0] == ("47.83", "—", "31.16", "12.62")
+    assert _row(t7, "CML") == (("89.42", "—", "1.42", "0.52"), "own")
+    assert _row(t7, "SS-Net")[0] == ("86.78", "—", "6.07", "1.40") and _row(t7, "DTC")[0][2] == "12.81"
+    assert _row(t7, "U-Net (70 patients labeled, all)")[0] == ("91.44", "—", "4.30", "0.99")
+    assert len(t3.rows) == len(t7.rows) == 10
+    assert _row(abl, "L_sup^l + L_dis")[0] == ("80.27", "—", "7.69", "2.36")
+    assert _variant(abl, "L_sup^l + L_sup^u") == "nnUNetTrainerCML_noDis"
+    assert _row(abl, "L_sup^l + L_dis + L_sup^u (CML)")[0] == _row(t7, "CML")[0]
+
+
 def test_compare_paper_ablation_through_cli(folders, tmp_path, capsys):
     ref_dir, pred_dir = folders
     assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-l", "1", "--preset", "medpy", "-np", "1",

@@ -6,7 +6,7 @@ every table. Rows marked ``quoted`` were not measured under the citing paper's o
 
 Main tables are keyed ``DATASET/SETTING`` (``LA/8``); the papers' ablation tables are keyed
 ``DATASET/SETTING/ablation`` (``LA/8/ablation``: M&N Table 4, CML Table 4; ``Synapse/20/ablation``: SKCDF Tables
-3-5). Ablation rows carry the port's trainer variant that re-runs them (docs/<method>.md and
+3-5; ``ACDC/7/ablation``: CML Table 4's ACDC columns). Ablation rows carry the port's trainer variant that re-runs them (docs/<method>.md and
 ``methods/<method>/variants.py``), so a variant run can be put beside its row.
 """
 from __future__ import annotations
@@ -158,6 +158,31 @@ _CML_T3_50 = PublishedTable("CML Table 3 (BraTS2019, 50 labeled / 200 unlabeled)
     ("CML", ("86.63", _NA, "7.83", "1.45"), OWN),
 ))
 
+_CML_ACDC = ("medpy Dice %, HD95 pooled P95 and ASD directed in voxels of the anisotropic native grid (no spacing); "
+             "per class (RV, Myo, LV) on each 3D volume of 2D slice predictions (slices resized to 256 x 256), mean over "
+             "the 40 test volumes, then over the classes; class missing in the prediction -> zeros; no LCC; best Dice "
+             "on val.list. nnU-Net's 2d configuration resamples instead of resizing")
+
+
+def _acdc_table(n: int, rows) -> PublishedTable:
+    return PublishedTable(f"CML Table 2 (ACDC, {n} labeled patients / {70 - n} unlabeled)", _CML_ACDC, "uamt", METRICS,
+                          tuple((m, (d, _NA, h, a), note) for m, d, h, a, note in rows))
+
+
+_CML_ACDC_FULL = ("U-Net (70 patients labeled, all)", "91.44", "4.30", "0.99", QUOTED)
+_CML_T2_3 = _acdc_table(3, (
+    ("U-Net (3 patients labeled only)", "47.83", "31.16", "12.62", QUOTED), _CML_ACDC_FULL,
+    ("UA-MT", "46.04", "20.08", "7.75", QUOTED), ("SASSNet", "57.77", "20.05", "6.06", QUOTED),
+    ("DTC", "56.90", "23.36", "7.39", QUOTED), ("URPC", "55.87", "13.60", "3.74", QUOTED),
+    ("MC-Net", "62.85", "7.62", "2.33", QUOTED), ("SS-Net", "65.82", "6.67", "2.28", QUOTED),
+    ("MCF", "82.37", "5.74", "1.59", QUOTED), ("CML", "88.53", "1.87", "0.57", OWN)))
+_CML_T2_7 = _acdc_table(7, (
+    ("U-Net (7 patients labeled only)", "79.41", "9.35", "2.70", QUOTED), _CML_ACDC_FULL,
+    ("UA-MT", "81.65", "6.88", "2.02", QUOTED), ("SASSNet", "84.50", "5.42", "1.86", QUOTED),
+    ("DTC", "84.29", "12.81", "4.01", QUOTED), ("URPC", "83.10", "4.84", "1.53", QUOTED),
+    ("MC-Net", "86.44", "5.50", "1.84", QUOTED), ("SS-Net", "86.78", "6.07", "1.40", QUOTED),
+    ("MCF", "87.67", "3.89", "1.14", QUOTED), ("CML", "89.42", "1.42", "0.52", OWN)))
+
 _SYN = METRICS + SYNAPSE_CLASSES
 
 
@@ -235,7 +260,8 @@ _MN_T4 = PublishedTable("M&N Table 4 (ablations, LA, 8 labeled)", _MN_ABL, "medp
              "nnUNetTrainerMN_whole", "nnUNetTrainerMN"))
 
 _CML_ABL = ("LA columns: " + _CML_CONV + "; 10 % labeled = 8 LA volumes. ACDC columns: 2D slices stacked per volume, "
-            "medpy mean over RV/Myo/LV, 7 labeled, for reference only (not reproducible by the 3D port). Port "
+            "medpy mean over RV/Myo/LV, 7 labeled, for reference only here (a 2d-configuration run compares with "
+            "--compare-paper ACDC/7/ablation). Port "
             "variants: docs/cml.md §4 (_noDis) and methods/cml/variants.py (_noUnsup, _supOnly)")
 
 _CML_T4 = PublishedTable("CML Table 4 (loss ablation, 10 % labeled)", _CML_ABL, "uamt_lcc",
@@ -245,6 +271,15 @@ _CML_T4 = PublishedTable("CML Table 4 (loss ablation, 10 % labeled)", _CML_ABL, 
     ("L_sup^l + L_sup^u", ("88.16", _NA, "9.83", "2.32", "87.75", "6.35", "1.71"), OWN),
     ("L_sup^l + L_dis + L_sup^u (CML)", ("90.36", _NA, "6.06", "1.68", "89.42", "1.42", "0.52"), OWN),
 ), variants=("nnUNetTrainerCML_supOnly", "nnUNetTrainerCML_noUnsup", "nnUNetTrainerCML_noDis", "nnUNetTrainerCML"))
+
+_CML_T4_ACDC = PublishedTable(
+    "CML Table 4 (loss ablation, ACDC columns, 7 labeled patients)",
+    _CML_ACDC + "; port variants (in the 2d configuration): docs/cml.md §4 (_noDis) and methods/cml/variants.py "
+    "(_noUnsup, _supOnly)", "uamt", METRICS, tuple(
+        (m, (d, _NA, h, a), OWN) for m, d, h, a in (
+            ("L_sup^l", "79.41", "9.35", "2.70"), ("L_sup^l + L_dis", "80.27", "7.69", "2.36"),
+            ("L_sup^l + L_sup^u", "87.75", "6.35", "1.71"), ("L_sup^l + L_dis + L_sup^u (CML)", "89.42", "1.42", "0.52"))),
+    variants=_CML_T4.variants)
 
 _SKCDF_ABL = _SKCDF_CONV.format(runs="mean ± std over 3 seeds (0, 1, 666)")
 
@@ -298,8 +333,11 @@ COMPARISONS: Dict[str, List[PublishedTable]] = {
     "AMOS/5": [_SKCDF_T2],
     "BraTS2019/25": [_CML_T3_25],
     "BraTS2019/50": [_CML_T3_50],
+    "ACDC/3": [_CML_T2_3],
+    "ACDC/7": [_CML_T2_7],
     "LA/8/ablation": [_MN_T4, _CML_T4],
     "Synapse/20/ablation": [_SKCDF_T3, _SKCDF_T4, _SKCDF_T5],
+    "ACDC/7/ablation": [_CML_T4_ACDC],
 }
 
 
