@@ -354,6 +354,30 @@ def derived_npy_geometry(raw_image_of: Callable[[str], Optional[str]], case_of: 
     return geometry
 
 
+def assumed_geometry(spacing: Sequence[float]) -> Tuple[Callable, Dict[str, object]]:
+    """(geometry(...) -> (spacing, origin 0, identity direction), its dataset.json record) for sources without
+    geometry."""
+    spacing = tuple(float(v) for v in spacing)
+    return (lambda *_: (spacing, (0.0, 0.0, 0.0), None)), {"spacing_source": "assumed", "assumed_spacing": list(spacing)}
+
+
+def npy_geometry(args, raw_images_below: Callable[[str], Dict[str, str]], raw_what: str,
+                 case_of: Callable[[str], str]) -> Tuple[Callable, Dict[str, object]]:
+    """Geometry of shape-resized npy volumes: derived from the raw images of ``--raw-dir`` (``raw_images_below(dir)``
+    = {source ID: raw image path}), else assumed (``--assume-spacing`` or 1 mm)."""
+    assumed = parse_spacing(args.assume_spacing)
+    if not args.raw_dir:
+        return assumed_geometry(assumed or (1.0, 1.0, 1.0))
+    if assumed:
+        raise ConversionError("use either --raw-dir (derived spacing) or --assume-spacing, not both")
+    raw_images = raw_images_below(require_dir(args.raw_dir))
+    if not raw_images:
+        raise ConversionError(f"--raw-dir {args.raw_dir}: no {raw_what} found")
+    derived: Dict[str, List[float]] = {}
+    return (derived_npy_geometry(raw_images.get, case_of, derived),
+            {"spacing_source": "derived_from_raw", "derived_spacing": derived})
+
+
 # =================================================================================================== cases and records
 @dataclass
 class CaseData:

@@ -26,9 +26,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .common import (CaseData, DatasetInfo, SourceCase, add_common_options, check_variant, cli, common_split,
-                     converter_record, detect_variant, image_from_array_zyx, label_to_uint8, make_plan, parse_spacing,
-                     put_label_on_image_grid, read_h5_arrays, read_image, require_dir, run_conversion)
+from .common import (CaseData, DatasetInfo, SourceCase, add_common_options, assumed_geometry, check_variant, cli,
+                     common_split, converter_record, detect_variant, image_from_array_zyx, label_to_uint8, make_plan,
+                     parse_spacing, put_label_on_image_grid, read_h5_arrays, read_image, require_dir, run_conversion)
 from .errors import ConversionError
 from .splits import ACDC_PATIENT_COUNTS, ACDC_SPLITS, acdc_patient, acdc_split, normalise_acdc_id
 
@@ -311,11 +311,7 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
             geometry = raw_header_geometry(RawPatients(patients), state)
             record = {"spacing_source": "copied_from_raw"}
         else:
-            spacing = assumed or ASSUMED_SPACING
-
-            def geometry(vid, shape, label):
-                return spacing, (0.0, 0.0, 0.0), None
-            record = {"spacing_source": "assumed", "assumed_spacing": list(spacing)}
+            geometry, record = assumed_geometry(assumed or ASSUMED_SPACING)
         record.update({"gt_cropped": False, "resized": False,
                        "intensity": "SSL4MIS: per-volume min-max to [0, 1]; nnU-Net does not normalise again (noNorm)",
                        "frames": "frame01 / frame02 as named by SSL4MIS (presumably ED / ES)"})

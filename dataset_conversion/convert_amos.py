@@ -22,9 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .common import (CaseData, DatasetInfo, SourceCase, add_common_options, check_variant, cli, common_split,
-                     converter_record, derived_npy_geometry, detect_variant, label_to_uint8, make_plan,
-                     npy_release_shape, npy_source_case, parse_spacing, put_label_on_image_grid, read_image,
-                     require_dir, run_conversion)
+                     converter_record, detect_variant, label_to_uint8, make_plan, npy_geometry, npy_release_shape,
+                     npy_source_case, put_label_on_image_grid, read_image, require_dir, run_conversion)
 from .errors import ConversionError
 from .splits import AMOS_BROKEN_20P, AMOS_SPLITS, amos_is_mri, amos_split, normalise_amos_id
 
@@ -171,22 +170,8 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
             raise ConversionError(f"no amos_XXXX_image.npy files found in {args.npy_dir or os.path.join(input_dir, 'npy')}")
         imgs = _files(npy_dir, RE_NPY_IMG)
         shape = npy_release_shape(npy_dir, imgs)
-        assumed = parse_spacing(args.assume_spacing)
-        if args.raw_dir:
-            if assumed:
-                raise ConversionError("use either --raw-dir (derived spacing) or --assume-spacing, not both")
-            raw_images, _, _ = find_raw(require_dir(args.raw_dir))
-            if not raw_images:
-                raise ConversionError(f"--raw-dir {args.raw_dir}: no amos22 imagesTr/imagesVa NIfTIs found")
-            derived: Dict[str, List[float]] = {}
-            geometry = derived_npy_geometry(raw_images.get, lambda sid: sid, derived)
-            record = {"spacing_source": "derived_from_raw", "derived_spacing": derived}
-        else:
-            spacing = assumed or (1.0, 1.0, 1.0)
-
-            def geometry(sid, arr_shape):
-                return spacing, (0.0, 0.0, 0.0), None
-            record = {"spacing_source": "assumed", "assumed_spacing": list(spacing)}
+        geometry, record = npy_geometry(args, lambda d: find_raw(d)[0], "amos22 imagesTr/imagesVa NIfTIs",
+                                        lambda sid: sid)
         record.update({"gt_cropped": False, "resized": True, "resize_shape": shape,
                        "intensity": "raw values (CT HU, MRI arbitrary units); the papers normalise at load time, "
                                     "every case including MRI: clip [-75, 275], per-volume min-max to [0, 1]"})

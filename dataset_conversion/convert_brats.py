@@ -23,9 +23,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .common import (CaseData, DatasetInfo, SourceCase, add_common_options, check_variant, cli, common_split,
-                     converter_record, detect_variant, image_from_array_zyx, label_to_uint8, make_plan, parse_spacing,
-                     put_label_on_image_grid, read_h5_arrays, read_image, require_dir, run_conversion)
+from .common import (CaseData, DatasetInfo, SourceCase, add_common_options, assumed_geometry, check_variant, cli,
+                     common_split, converter_record, detect_variant, image_from_array_zyx, label_to_uint8, make_plan,
+                     parse_spacing, put_label_on_image_grid, read_h5_arrays, read_image, require_dir, run_conversion)
 from .errors import ConversionError
 from .splits import BRATS_SPLITS, brats_split, normalise_brats_id
 
@@ -216,11 +216,7 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
             geometry = raw_box_geometry(raw, boxes)
             record = {"spacing_source": "derived_from_raw", "brain_box_start_zyx": boxes}
         else:
-            spacing = assumed or (1.0, 1.0, 1.0)
-
-            def geometry(sid, shape):
-                return spacing, (0.0, 0.0, 0.0), None
-            record = {"spacing_source": "assumed", "assumed_spacing": list(spacing)}
+            geometry, record = assumed_geometry(assumed or (1.0, 1.0, 1.0))
         record.update({"gt_cropped": False, "resized": False, "brain_cropped": True,
                        "intensity": "SSL4MIS: clipped at the 99.9th percentile, z-scored with the brain's mean/std "
                                     "(background a negative constant); nnU-Net does not normalise again (noNorm)"})

@@ -21,9 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 
 from .common import (CaseData, DatasetInfo, SourceCase, add_common_options, check_variant, cli, common_split,
-                     converter_record, derived_npy_geometry, detect_variant, label_to_uint8, make_plan,
-                     npy_release_shape, npy_source_case, parse_spacing, put_label_on_image_grid, read_image,
-                     require_dir, run_conversion, warn)
+                     converter_record, detect_variant, label_to_uint8, make_plan, npy_geometry, npy_release_shape,
+                     npy_source_case, put_label_on_image_grid, read_image, require_dir, run_conversion, warn)
 from .errors import ConversionError
 from .splits import SYNAPSE_SPLITS, normalise_numeric_id, read_id_file, synapse_split
 
@@ -169,22 +168,8 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
             raise ConversionError(f"no *_image.npy files found in {args.npy_dir or os.path.join(input_dir, 'npy')}")
         imgs = _files(npy_dir, RE_NPY_IMG)
         shape = npy_release_shape(npy_dir, imgs)
-        assumed = parse_spacing(args.assume_spacing)
-        if args.raw_dir:
-            if assumed:
-                raise ConversionError("use either --raw-dir (derived spacing) or --assume-spacing, not both")
-            raw_images, _, _ = find_raw(require_dir(args.raw_dir))
-            if not raw_images:
-                raise ConversionError(f"--raw-dir {args.raw_dir}: no raw BTCV images imgXXXX.nii.gz found")
-            derived: Dict[str, List[float]] = {}
-            geometry = derived_npy_geometry(raw_images.get, lambda sid: f"synapse_{sid}", derived)
-            record = {"spacing_source": "derived_from_raw", "derived_spacing": derived}
-        else:
-            spacing = assumed or (1.0, 1.0, 1.0)
-
-            def geometry(sid, arr_shape):
-                return spacing, (0.0, 0.0, 0.0), None
-            record = {"spacing_source": "assumed", "assumed_spacing": list(spacing)}
+        geometry, record = npy_geometry(args, lambda d: find_raw(d)[0], "raw BTCV images imgXXXX.nii.gz",
+                                        lambda sid: f"synapse_{sid}")
         record.update({"gt_cropped": False, "resized": True, "resize_shape": shape,
                        "intensity": "raw HU (the papers normalise at load time: clip [-75, 275] HU, per-volume "
                                     "min-max to [0, 1]); nnU-Net CT normalisation applies"})
