@@ -1,20 +1,24 @@
-"""Synthetic quality benchmark: every method at the same label budget, several seeds, mean ± std Dice and HD95.
+"""Label-limited synthetic quality benchmark: do the semi-supervised trainers beat nnU-Net on the labeled cases alone?
 
-Methods: stock nnU-Net on the labeled cases only, Mean Teacher, M&N, SKCDF, CML (labeled + unlabeled cases), and
-stock nnU-Net fully supervised (the same cases, same seed and order, with every unlabeled case labeled: the upper
-bound). Each seed is a different synthetic dataset (training and test cases) and a fresh training run. The
-pipeline is the demo's (:mod:`nnunetv2_semisup.demo`: real nnU-Net CLI, ``*_short`` trainers, stock
-``nnUNetv2_predict --disable_tta``, ``evaluate_folders`` in mm mode).
+Data: ``nnunetv2_semisup.synthetic`` preset ``cohort`` (six "scanners" with different tissue contrasts, noise, bias
+and blur; anatomy varying in position, size, orientation and topology; organ, organ2 and a small lesion; anisotropic
+1 x 1 x 3 mm). Per seed: N training cases and a test set; for each label budget L the first L training cases are
+labeled and the other N - L unlabeled; the fully supervised reference trains stock nnU-Net on all N with labels.
+Rows: nnU-Net labeled-only, nnU-Net fully supervised, and each semi-supervised trainer, with its share of the gap
+closed = (method - labeled-only) / (fully supervised - labeled-only), per seed, then mean ± std. The pipeline is the
+demo's (:mod:`nnunetv2_semisup.demo`: real nnU-Net CLI, ``*_short`` trainers with the schedule given here, stock
+``nnUNetv2_predict --disable_tta``, mm-mode evaluation).
 
-Writes to ``--docs`` (default ``docs/``): ``quality_synthetic.md`` (table and the exact settings),
-``quality_synthetic.json`` (every number) and ``quality_synthetic_dice.png`` (Dice per method: mean foreground
-Dice with per-seed points, and Dice per label). Work folders go to ``--work``.
+Every (method, budget, seed, schedule) run is cached in ``<work>/runs/*.json`` with its settings: a rerun trains only
+what is missing (or whose settings changed), so the table can be filled over several sittings. ``--convergence``
+also trains labeled-only and fully supervised at twice the epochs (seed ``--convergence-seed``), to show that the
+schedule is long enough.
 
-    python benchmarks/quality.py                                   # 3 seeds, the demo's schedule
-    python benchmarks/quality.py --seeds 0 --epochs 8 --iterations 25 --device cpu
+    python benchmarks/quality.py --work ~/quality_work                       # the CPU table (see docs/benchmarks.md)
+    python benchmarks/quality.py --device cuda --epochs 1000 --iterations 250 --features 0 --patch 0 0 0
 
-Without ``nnUNet_semisup_segformer`` M&N uses a tiny randomly initialised SegFormer (offline), which the outputs
-say; its numbers then do not represent the method.
+Without ``nnUNet_semisup_segformer`` M&N uses a tiny randomly initialised SegFormer (offline; labelled so in every
+output). Writes ``quality_synthetic.md``, ``quality_synthetic.json`` and ``quality_synthetic_gap.png`` to ``--docs``.
 """
 import argparse
 import json
@@ -22,201 +26,316 @@ import math
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
 from nnunetv2_semisup import demo
 
 FULL = "fully supervised"
-DISPLAY_FULL = "nnU-Net (fully supervised)"
+NAMES = {demo.BASELINE: "nnU-Net (labeled only)", FULL: "nnU-Net (fully supervised)"}
+DEFAULT_METHODS = ["nnUNetTrainerMeanTeacher_short", "nnUNetTrainerMN_short", "nnUNetTrainerSKCDF_short",
+                   "nnUNetTrainerCML_short"]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="dataset/run seeds (default 0 1 2)")
-    p.add_argument("--methods", nargs="+", default=list(demo.DEFAULT_METHODS),
-                   help="semi-supervised trainers and the labeled-only baseline (default: the demo's)")
-    p.add_argument("--no-full", action="store_true", help="skip the fully supervised upper bound")
+    p.add_argument("--budgets", type=int, nargs="+", default=[2], help="labeled training cases (default 2)")
+    p.add_argument("--train-cases", type=int, default=20, help="training cases per seed, labeled + unlabeled (20)")
+    p.add_argument("--test", type=int, default=12, help="test cases per seed (default 12)")
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help="semi-supervised trainers (default: the "
+                                                                         "four methods' *_short trainers)")
+    p.add_argument("--preset", default="cohort", help="synthetic preset (default cohort)")
+    p.add_argument("--shape", type=int, nargs=3, default=None, help="volume shape (default: the preset's)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--epochs", type=int, default=demo.DEFAULT_EPOCHS)
-    p.add_argument("--iterations", type=int, default=demo.DEFAULT_ITERATIONS)
-    p.add_argument("--labeled", type=int, default=demo.DEFAULT_LABELED)
-    p.add_argument("--unlabeled", type=int, default=demo.DEFAULT_UNLABELED)
-    p.add_argument("--test", type=int, default=demo.DEFAULT_TEST)
-    p.add_argument("--shape", type=int, nargs=3, default=list(demo.DEFAULT_SHAPE))
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--iterations", type=int, default=50, help="iterations per epoch (default 50)")
     p.add_argument("--features", type=int, nargs="+", default=list(demo.DEFAULT_FEATURES),
                    help="feature cap per stage (0: nnU-Net's plans)")
     p.add_argument("--patch", type=int, nargs=3, default=list(demo.DEFAULT_PATCH),
                    help="patch size cap (0 0 0: nnU-Net's plans)")
-    p.add_argument("--work", default="quality_work", help="work folder (default ./quality_work)")
-    p.add_argument("--docs", default="docs", help="where the table, JSON and PNG go (default docs/)")
+    p.add_argument("--convergence", action="store_true",
+                   help="also train labeled-only and fully supervised with twice the epochs")
+    p.add_argument("--convergence-seed", type=int, default=None, help="seed of the convergence runs (default: first)")
+    p.add_argument("--only-references", action="store_true", help="train labeled-only and fully supervised only")
+    p.add_argument("--report-only", action="store_true", help="write the outputs from the cache, train nothing")
+    p.add_argument("--work", default="quality_work", help="work folder with the datasets, runs and cache")
+    p.add_argument("--docs", default="docs", help="where the table, JSON and plot go (default docs/)")
     args = p.parse_args(argv)
-    if args.features == [0]:
-        args.features = None
-    if args.patch == [0, 0, 0]:
-        args.patch = None
+    args.features = None if args.features == [0] else args.features
+    args.patch = None if args.patch == [0, 0, 0] else args.patch
+    if args.shape is None:
+        from nnunetv2_semisup.synthetic import PRESETS
+        args.shape = list(PRESETS[args.preset][0])
+    if any(not 1 <= b < args.train_cases for b in args.budgets):
+        p.error(f"--budgets must lie between 1 and --train-cases - 1 ({args.train_cases - 1})")
+    args.convergence_seed = args.seeds[0] if args.convergence_seed is None else args.convergence_seed
     return args
 
 
-def make_config(args, seed: int, full: bool) -> demo.DemoConfig:
+# ------------------------------------------------------------------------------------------------- runs and cache
+def data_settings(args, seed: int) -> dict:
+    from nnunetv2_semisup.synthetic import COHORT_VERSION
+    return {"preset": args.preset, "generator": COHORT_VERSION, "shape": list(args.shape), "train_cases": args.train_cases, "test": args.test,
+            "seed": seed, "features": args.features, "patch": args.patch, "device": args.device}
+
+
+def run_key(method: str, budget, seed: int, epochs: int, iterations: int) -> str:
+    return f"{method}__{'full' if budget is None else f'L{budget}'}__seed{seed}__{epochs}x{iterations}"
+
+
+def dataset_config(args, seed: int, budget, epochs: int) -> demo.DemoConfig:
+    """``budget`` None = all training cases labeled. Longer schedules get their own folder (trainer names repeat)."""
+    tag = ("full" if budget is None else f"L{budget}") + ("" if epochs == args.epochs else f"_e{epochs}")
+    n_l = args.train_cases if budget is None else budget
     return demo.DemoConfig(
-        out=os.path.abspath(os.path.join(args.work, f"seed{seed}" + ("_full" if full else ""))), device=args.device,
-        methods=[demo.BASELINE] if full else list(args.methods), epochs=args.epochs, iterations=args.iterations,
-        seed=seed, labeled=args.labeled, unlabeled=args.unlabeled, test=args.test, shape=tuple(args.shape),
-        features=args.features, patch_size=args.patch)
+        out=os.path.abspath(os.path.join(args.work, f"seed{seed}_{tag}")), device=args.device, methods=[],
+        epochs=epochs, iterations=args.iterations, seed=seed, labeled=n_l, unlabeled=args.train_cases - n_l,
+        test=args.test, shape=tuple(args.shape), features=args.features, patch_size=args.patch, preset=args.preset)
 
 
-def run_seed(args, seed: int, on_result=None, progress_stream=sys.stdout) -> list:
-    """All methods on one seed; returns result dicts (a failing method is recorded with its error).
+def cache_path(args, key: str) -> str:
+    return os.path.join(args.work, "runs", key + ".json")
 
-    Order: both datasets (semi-supervised split and all-labeled), then the labeled-only baseline, the fully
-    supervised upper bound and the semi-supervised methods, so an interrupted run still has the two references.
-    ``on_result(rows_so_far)`` is called after every method (the outputs are rewritten each time)."""
-    out = []
-    semi = make_config(args, seed, False)
-    runs = [(semi, False)] + ([] if args.no_full else [(make_config(args, seed, True), True)])
-    progress = demo.Progress(sum(len(demo.dataset_steps(c, f)) + 3 * len(c.methods) for c, f in runs),
-                             progress_stream)
-    for cfg, full in runs:
-        demo.prepare_out_folder(cfg.out)
-        note = demo.segformer_setup(cfg)
-        if note:
-            print(note, file=progress_stream, flush=True)
-        progress.say(f"--- seed {seed}{' (all training cases labeled)' if full else ''}: {cfg.out}")
-        for what, fn in demo.dataset_steps(cfg, all_labeled=full):
-            progress.step(what, fn)
-    jobs = [(semi, m, False) for m in semi.methods]
-    if not args.no_full:
-        jobs.insert(1 if demo.BASELINE in semi.methods[:1] else 0, (runs[1][0], demo.BASELINE, True))
-    for cfg, method, full in jobs:
-        results = []
+
+def load_cached(args, key: str, settings: dict):
+    try:
+        with open(cache_path(args, key)) as f:
+            entry = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return entry if entry.get("settings") == settings else None
+
+
+def save_cached(args, key: str, entry: dict) -> None:
+    os.makedirs(os.path.join(args.work, "runs"), exist_ok=True)
+    tmp = cache_path(args, key) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(entry, f, indent=1)
+    os.replace(tmp, cache_path(args, key))
+
+
+def planned_jobs(args) -> list:
+    """(method, budget, seed, epochs) in the order that makes partial tables useful: references first."""
+    jobs = []
+    for seed in args.seeds:
+        jobs.append((FULL, None, seed, args.epochs))
+        for budget in args.budgets:
+            jobs.append((demo.BASELINE, budget, seed, args.epochs))
+    if args.convergence:
+        jobs += [(FULL, None, args.convergence_seed, 2 * args.epochs)]
+        jobs += [(demo.BASELINE, b, args.convergence_seed, 2 * args.epochs) for b in args.budgets]
+    if not args.only_references:
+        for seed in args.seeds:
+            for budget in args.budgets:
+                jobs += [(m, budget, seed, args.epochs) for m in args.methods]
+    return jobs
+
+
+def run_job(args, job, prepared: set, log=sys.stdout) -> dict:
+    method, budget, seed, epochs = job
+    trainer = demo.BASELINE if method == FULL else method
+    cfg = dataset_config(args, seed, budget, epochs)
+    cfg.methods = [trainer]
+    marker = os.path.join(cfg.out, "prepared.json")
+    settings = {**data_settings(args, seed), "labeled": cfg.labeled}
+    progress = demo.Progress(3 + 3, log)
+    if cfg.out not in prepared:
         try:
-            for what, fn in demo.method_steps(cfg, method, results, display_name=DISPLAY_FULL if full else None):
+            with open(marker) as f:
+                ready = json.load(f) == settings
+        except (OSError, ValueError):
+            ready = False
+        if not ready:
+            demo.prepare_out_folder(cfg.out)
+            for what, fn in demo.dataset_steps(cfg, all_labeled=budget is None):
                 progress.step(what, fn)
-        except demo.DemoStepError as e:
-            progress.say(f"FAILED ({method}, seed {seed}): {e}")
-            out.append({"method": FULL if full else method, "trainer": method, "seed": seed, "error": str(e)})
-        else:
-            r = results[0]
-            out.append({"method": FULL if full else method, "trainer": method, "name": r.name, "seed": seed,
-                        "dice": r.dice, "hd95": r.hd95, "per_label_dice": r.per_label_dice,
-                        "train_seconds": r.train_seconds, "seconds": r.seconds,
-                        "segformer": os.environ.get("nnUNet_semisup_segformer") if "MN" in method else None})
-        if on_result is not None:
-            on_result(out)
+            with open(marker, "w") as f:
+                json.dump(settings, f)
+        prepared.add(cfg.out)
+    note = demo.segformer_setup(cfg)
+    if note:
+        print(note, file=log, flush=True)
+    results = []
+    for what, fn in demo.method_steps(cfg, trainer, results, display_name=NAMES.get(method)):
+        progress.step(f"{what} [{run_key(method, budget, seed, epochs, args.iterations)}]", fn)
+    r = results[0]
+    segformer = os.environ.get("nnUNet_semisup_segformer") if "MN" in trainer else None
+    return {"method": method, "trainer": trainer, "budget": budget, "seed": seed, "epochs": epochs,
+            "iterations_per_epoch": args.iterations, "iterations": epochs * args.iterations, "dice": r.dice,
+            "hd95": r.hd95, "per_label_dice": r.per_label_dice, "per_label_hd95": r.per_label_hd95,
+            "train_seconds": r.train_seconds, "seconds": r.seconds,
+            "segformer": "tiny random (offline)" if segformer and "tiny_segformer" in segformer else segformer}
+
+
+# ------------------------------------------------------------------------------------------------- summary
+def _ms(values):
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], float)
+    return (float(v.mean()), float(v.std())) if len(v) else (math.nan, math.nan)
+
+
+def summarize(args, rows: list) -> dict:
+    """Per budget: one entry per method with mean ± std (over seeds, ddof 0) of Dice, HD95, per-class Dice and the
+    gap share (computed per seed against that seed's references)."""
+    main = [r for r in rows if r["epochs"] == args.epochs]
+    full = {r["seed"]: r for r in main if r["method"] == FULL}
+    out = {}
+    for budget in args.budgets:
+        base = {r["seed"]: r for r in main if r["method"] == demo.BASELINE and r["budget"] == budget}
+        entries = []
+        for method in [demo.BASELINE, FULL] + list(args.methods):
+            runs = [r for r in main if r["method"] == method and (method == FULL or r["budget"] == budget)]
+            if not runs:
+                continue
+            shares = []
+            for r in runs:
+                s = r["seed"]
+                if s in base and s in full and full[s]["dice"] - base[s]["dice"] > 1e-6:
+                    shares.append((r["dice"] - base[s]["dice"]) / (full[s]["dice"] - base[s]["dice"]))
+            labels = list(dict.fromkeys(k for r in runs for k in r["per_label_dice"]))
+            entries.append({
+                "method": method, "name": NAMES.get(method, demo.METHOD_NAMES.get(method, method)), "n": len(runs),
+                "seeds": sorted(r["seed"] for r in runs), "dice": _ms(r["dice"] for r in runs),
+                "hd95": _ms(r["hd95"] for r in runs), "gap_share": _ms(shares), "gap_share_per_seed": shares,
+                "per_label_dice": {k: _ms(r["per_label_dice"].get(k) for r in runs) for k in labels},
+                "per_label_hd95": {k: _ms(r["per_label_hd95"].get(k) for r in runs) for k in labels},
+                "train_seconds": _ms(r["train_seconds"] for r in runs),
+                "segformer": next((r["segformer"] for r in runs if r.get("segformer")), None)})
+        out[str(budget)] = entries
     return out
 
 
-def summarize(rows: list, order: list) -> list:
-    """Per method: mean ± std (ddof 0) over seeds of mean foreground Dice and HD95, per-label Dice means."""
-    table = []
-    for key in order:
-        ok = [r for r in rows if r["method"] == key and "error" not in r]
-        failed = [r for r in rows if r["method"] == key and "error" in r]
-        if not ok and not failed:
-            continue
-        name = DISPLAY_FULL if key == FULL else demo.METHOD_NAMES.get(key, key)
-        entry = {"method": key, "name": name, "n": len(ok), "failed": len(failed)}
-        for m in ("dice", "hd95", "train_seconds"):
-            vals = np.array([r[m] for r in ok], float)
-            entry[m] = (float(np.nanmean(vals)) if len(vals) else math.nan,
-                        float(np.nanstd(vals)) if len(vals) else math.nan)
-        labels = list(dict.fromkeys(k for r in ok for k in r["per_label_dice"]))
-        entry["per_label_dice"] = {k: float(np.mean([r["per_label_dice"][k] for r in ok])) for k in labels}
-        table.append(entry)
-    return table
+def convergence(args, rows: list) -> list:
+    out = []
+    for r2 in (r for r in rows if r["epochs"] == 2 * args.epochs):
+        r1 = next((r for r in rows if r["epochs"] == args.epochs and r["method"] == r2["method"]
+                   and r["budget"] == r2["budget"] and r["seed"] == r2["seed"]), None)
+        if r1 is not None:
+            out.append({"method": r2["method"], "budget": r2["budget"], "seed": r2["seed"],
+                        "iterations": [r1["iterations"], r2["iterations"]], "dice": [r1["dice"], r2["dice"]],
+                        "change": r2["dice"] - r1["dice"]})
+    return out
 
 
-def _pm(mean_std, digits):
-    m, s = mean_std
-    return "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+def _pm(ms, digits=3):
+    return "n/a" if math.isnan(ms[0]) else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
-def markdown_table(summary: list) -> str:
-    labels = list(dict.fromkeys(k for e in summary for k in e["per_label_dice"]))
-    head = ["method", "Dice (mean fg)", "HD95 mm (mean fg)"] + [f"Dice {k}" for k in labels] + ["train time", "runs"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for e in summary:
-        cells = [e["name"], _pm(e["dice"], 3), _pm(e["hd95"], 2)]
-        cells += [f"{e['per_label_dice'][k]:.3f}" if k in e["per_label_dice"] else "n/a" for k in labels]
-        cells += [demo.format_seconds(e["train_seconds"][0]) if not math.isnan(e["train_seconds"][0]) else "n/a",
-                  f"{e['n']}" + (f" ({e['failed']} failed)" if e["failed"] else "")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def markdown(args, summary: dict, conv: list) -> str:
+    parts = []
+    for budget, entries in summary.items():
+        labels = list(dict.fromkeys(k for e in entries for k in e["per_label_dice"]))
+        head = (["method", "Dice (mean fg)", "gap closed", "HD95 mm (mean fg)"] + [f"Dice {k}" for k in labels]
+                + [f"HD95 {k}" for k in labels] + ["train time", "seeds"])
+        lines = [f"**{budget} labeled + {args.train_cases - int(budget)} unlabeled training cases** (fully "
+                 f"supervised: all {args.train_cases} labeled)", "", "| " + " | ".join(head) + " |",
+                 "|" + "---|" * len(head)]
+        for e in entries:
+            name = e["name"] + (" (tiny random SegFormer)" if e.get("segformer") == "tiny random (offline)" else "")
+            share = "—" if e["method"] in (demo.BASELINE, FULL) else _pm(e["gap_share"], 2)
+            cells = [name, _pm(e["dice"]), share, _pm(e["hd95"], 1)]
+            cells += [_pm(e["per_label_dice"][k]) for k in labels] + [_pm(e["per_label_hd95"][k], 1) for k in labels]
+            cells += [demo.format_seconds(e["train_seconds"][0]), ",".join(map(str, e["seeds"]))]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    if conv:
+        lines = ["**Convergence** (same seed, twice the epochs)", "", "| run | iterations | Dice | change |",
+                 "|---|---|---|---|"]
+        for c in conv:
+            name = NAMES.get(c["method"], c["method"]) + ("" if c["budget"] is None else f", {c['budget']} labeled")
+            lines.append(f"| {name}, seed {c['seed']} | {c['iterations'][0]} → {c['iterations'][1]} | "
+                         f"{c['dice'][0]:.3f} → {c['dice'][1]:.3f} | {c['change']:+.3f} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
-def plot(summary: list, rows: list, path: str) -> None:
+def plot(summary: dict, rows: list, epochs: int, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = [e["name"] for e in summary]
-    labels = list(dict.fromkeys(k for e in summary for k in e["per_label_dice"]))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    ax = axes[0]
-    x = np.arange(len(summary))
-    ax.bar(x, [e["dice"][0] for e in summary], yerr=[e["dice"][1] for e in summary], capsize=4, color="#8fb3d9")
-    for i, e in enumerate(summary):
-        pts = [r["dice"] for r in rows if r["method"] == e["method"] and "error" not in r]
-        ax.scatter([i] * len(pts), pts, color="k", s=12, zorder=3)
-    ax.set_xticks(x, names, rotation=25, ha="right")
-    ax.set_ylabel("Dice (mean over foreground labels)")
-    ax.set_ylim(0, 1)
-    ax.set_title("Dice per method (bars: mean ± std over seeds; dots: seeds)")
-    ax = axes[1]
-    w = 0.8 / max(1, len(labels))
-    for j, k in enumerate(labels):
-        ax.bar(x + (j - (len(labels) - 1) / 2) * w, [e["per_label_dice"].get(k, np.nan) for e in summary], w, label=k)
-    ax.set_xticks(x, names, rotation=25, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("Dice")
-    ax.set_title("Dice per label (mean over seeds)")
-    ax.legend()
+    budgets = list(summary)
+    fig, axes = plt.subplots(1, 2 * len(budgets), figsize=(7 * len(budgets) * 2, 4.8), squeeze=False)
+    for b, budget in enumerate(budgets):
+        entries = summary[budget]
+        ax = axes[0, 2 * b]
+        x = np.arange(len(entries))
+        ax.bar(x, [e["dice"][0] for e in entries], yerr=[e["dice"][1] for e in entries], capsize=4, color="#8fb3d9")
+        for i, e in enumerate(entries):
+            pts = [r["dice"] for r in rows if r["method"] == e["method"] and r["seed"] in e["seeds"]
+                   and (e["method"] == FULL or r["budget"] == int(budget)) and r["epochs"] == epochs]
+            ax.scatter([i] * len(pts), pts, color="k", s=12, zorder=3)
+        ax.set_xticks(x, [e["name"] for e in entries], rotation=25, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("Dice (mean over organ, organ2, lesion)")
+        ax.set_title(f"{budget} labeled: Dice (bars mean ± std, dots seeds)")
+        ax = axes[0, 2 * b + 1]
+        methods = [e for e in entries if e["method"] not in (demo.BASELINE, FULL)]
+        x = np.arange(len(methods))
+        ax.bar(x, [e["gap_share"][0] for e in methods], yerr=[e["gap_share"][1] for e in methods], capsize=4,
+               color="#d9a38f")
+        for i, e in enumerate(methods):
+            ax.scatter([i] * len(e["gap_share_per_seed"]), e["gap_share_per_seed"], color="k", s=12, zorder=3)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhline(1, color="k", lw=0.8, ls="--")
+        ax.set_xticks(x, [e["name"] for e in methods], rotation=25, ha="right")
+        ax.set_ylabel("share of the gap closed")
+        ax.set_title(f"{budget} labeled: (method − labeled-only) / (fully sup. − labeled-only)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_outputs(args, rows: list, t0: float, argv=None, complete: bool = True) -> str:
-    order = list(args.methods) + ([] if args.no_full else [FULL])
-    order = [demo.BASELINE, FULL] + [m for m in order if m not in (demo.BASELINE, FULL)]
-    summary = summarize(rows, order)
+def write_outputs(args, rows: list, seconds: float, complete: bool, argv=None) -> str:
+    summary = summarize(args, rows)
+    conv = convergence(args, rows)
     os.makedirs(args.docs, exist_ok=True)
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    tiny_segformer = any(r.get("segformer") and "tiny_segformer" in r["segformer"] for r in rows)
-    settings = (f"{len(args.seeds)} seed(s) {args.seeds}; {args.labeled} labeled + {args.unlabeled} unlabeled "
-                f"training cases (fully supervised: all {args.labeled + args.unlabeled} labeled), {args.test} test "
-                f"cases per seed, shape {'x'.join(map(str, args.shape))}; plans' features capped at "
-                f"{args.features}, patch at {args.patch}; `*_short` trainers, {args.epochs} epochs x "
-                f"{args.iterations} iterations, fold `all`, device {args.device}; mm-mode evaluation (HD95 in mm, "
-                f"empty predictions penalised).")
-    text = (f"# Quality (synthetic)\n\nCommand: `{command}`\n\n{settings}\n\n"
-            + ("" if complete else "**Incomplete run: written after each method; methods missing below did not "
-               "finish.**\n\n")
-            + ("M&N used a tiny randomly initialised SegFormer (nnUNet_semisup_segformer unset, offline): its "
-               "numbers do not represent the method.\n\n" if tiny_segformer else "")
-            + f"Machine: {platform.platform()}, {os.cpu_count()} CPU(s); time so far "
-              f"{demo.format_seconds(time.time() - t0)}.\n\n{markdown_table(summary)}\n\n"
-              f"![Dice per method](quality_synthetic_dice.png)\n")
+    settings = (f"preset {args.preset}, shape {'x'.join(map(str, args.shape))}; seeds {args.seeds}; "
+                f"{args.train_cases} training cases per seed (label budgets {args.budgets}), {args.test} test cases; "
+                f"plans' features capped at {args.features}, patch at {args.patch}; `*_short` trainers, {args.epochs} "
+                f"epochs x {args.iterations} iterations, fold `all`, device {args.device}; mm-mode evaluation.")
+    text = (f"# Quality (synthetic, label-limited)\n\nCommand: `{command}`\n\n{settings}\n\n"
+            + ("" if complete else "**Incomplete: rows missing below have not been trained yet.**\n\n")
+            + f"Machine: {platform.platform()}, {os.cpu_count()} CPU(s); training time in the cache "
+              f"{demo.format_seconds(seconds)}.\n\n{markdown(args, summary, conv)}\n\n"
+              f"![Dice and gap share](quality_synthetic_gap.png)\n")
     with open(os.path.join(args.docs, "quality_synthetic.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.docs, "quality_synthetic.json"), "w") as f:
         json.dump({"command": command, "settings": settings, "complete": complete, "summary": summary,
-                   "runs": rows}, f, indent=2)
-    if summary:
-        plot(summary, rows, os.path.join(args.docs, "quality_synthetic_dice.png"))
+                   "convergence": conv, "runs": rows}, f, indent=1)
+    if any(summary.values()):
+        plot(summary, rows, args.epochs, os.path.join(args.docs, "quality_synthetic_gap.png"))
     return text
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t0 = time.time()
-    rows = []
-    for seed in args.seeds:
-        done = list(rows)
-        rows = done + run_seed(args, seed, on_result=lambda r: write_outputs(args, done + r, t0, argv, False))
-    print("\n" + write_outputs(args, rows, t0, argv, True))
-    return 0
+    jobs = planned_jobs(args)
+    rows, prepared, failed = [], set(), []
+    for k, job in enumerate(jobs, 1):
+        method, budget, seed, epochs = job
+        key = run_key(method, budget, seed, epochs, args.iterations)
+        settings = {**data_settings(args, seed), "method": method, "budget": budget, "epochs": epochs,
+                    "iterations": args.iterations}
+        cached = load_cached(args, key, settings)
+        if cached is None and not args.report_only:
+            print(f"=== run {k}/{len(jobs)}: {key}", flush=True)
+            try:
+                cached = {"settings": settings, "result": run_job(args, job, prepared)}
+            except demo.DemoStepError as e:
+                print(f"FAILED {key}: {e}", flush=True)
+                failed.append(key)
+                continue
+            save_cached(args, key, cached)
+        if cached is not None:
+            rows.append(cached["result"])
+            write_outputs(args, rows, sum(r["train_seconds"] for r in rows), False, argv)
+    complete = len(rows) == len(jobs)
+    print("\n" + write_outputs(args, rows, sum(r["train_seconds"] for r in rows), complete, argv))
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

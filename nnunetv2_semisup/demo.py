@@ -86,6 +86,7 @@ class DemoConfig:
     shape: Sequence[int] = DEFAULT_SHAPE
     features: Optional[Sequence[int]] = DEFAULT_FEATURES
     patch_size: Optional[Sequence[int]] = DEFAULT_PATCH
+    preset: str = "default"           # nnunetv2_semisup.synthetic preset (the quality benchmark uses "cohort")
     dataset_id: int = DATASET_ID
     dataset_name: str = DATASET_NAME
 
@@ -112,6 +113,7 @@ class MethodResult:
     train_seconds: float
     per_label_dice: Dict[str, float] = field(default_factory=dict)
     display_name: Optional[str] = None
+    per_label_hd95: Dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -245,7 +247,7 @@ def dataset_steps(cfg: DemoConfig, all_labeled: bool = False) -> List[tuple]:
         for folder in (cfg.raw, cfg.preprocessed, cfg.results):
             os.makedirs(folder, exist_ok=True)
         n_l, n_u = (cfg.labeled + cfg.unlabeled, 0) if all_labeled else (cfg.labeled, cfg.unlabeled)
-        make_synthetic_dataset(cfg.raw_dataset, n_l, n_u, cfg.test, cfg.seed, tuple(cfg.shape))
+        make_synthetic_dataset(cfg.raw_dataset, n_l, n_u, cfg.test, cfg.seed, tuple(cfg.shape), preset=cfg.preset)
 
     def plan():
         run_command(["nnUNetv2_plan_and_preprocess", "-d", cfg.dataset_id, "-c", CONFIGURATION,
@@ -314,7 +316,9 @@ def evaluate_method(cfg: DemoConfig, method: str, log_name: str, train_seconds: 
                                output_folder=cfg.evaluation(log_name))
     fg = summary["foreground_mean"]
     per_label = {summary["labels"][k]: v["dice"] for k, v in summary["mean"].items()}
-    return MethodResult(method, float(fg["dice"]), float(fg["hd95"]), seconds, train_seconds, per_label)
+    per_label_hd95 = {summary["labels"][k]: v["hd95"] for k, v in summary["mean"].items()}
+    return MethodResult(method, float(fg["dice"]), float(fg["hd95"]), seconds, train_seconds, per_label,
+                        per_label_hd95=per_label_hd95)
 
 
 def segformer_setup(cfg: DemoConfig, env: Optional[dict] = None) -> Optional[str]:

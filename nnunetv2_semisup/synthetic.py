@@ -8,12 +8,19 @@ and a small lesion inside the first organ (label 3, about 10–100 voxels at 24�
 position, intensities, noise level and a smooth multiplicative bias field vary per case, and unlabeled distractor blobs
 with organ-like intensities sit in the body, so thresholding does not solve it and a few labeled cases do not
 saturate Dice. Spacing is anisotropic (1 x 1 x 2.5 mm by default, SimpleITK x/y/z order).
+
+Presets (``--preset``): ``default`` is the generator above (tests, demo). ``cohort`` (the quality benchmark) makes
+labels the limit, like a real multi-centre cohort: every case comes from one of six fixed "scanners" that differ in
+the *contrast between structures* (which tissue is brighter than which — per-image normalisation cannot undo that),
+noise, bias field and resolution (blur), and the anatomy varies in position, size, orientation and topology (the
+second organ is sometimes split in two, the small lesion sometimes absent). A few labeled cases see one or two
+scanners; the unlabeled and test cases see all six.
 """
 import argparse
 import os
 import shutil
 import sys
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -92,6 +99,85 @@ def make_case(rng: np.random.Generator, shape: Tuple[int, int, int] = DEFAULT_SH
     return np.stack(images).astype(np.float32), seg
 
 
+# ------------------------------------------------------------------------------------------------- preset "cohort"
+COHORT_SHAPE = (20, 48, 48)
+COHORT_SPACING = (1.0, 1.0, 3.0)
+COHORT_SCANNERS = 6
+COHORT_VERSION = 2    # bump when the generator changes: benchmark caches compare it
+
+
+def cohort_scanners(n: int = COHORT_SCANNERS, seed: int = 20261202):
+    """Fixed scanner profiles (the same for every dataset seed): tissue intensities for background, body, organ,
+    organ2, lesion with a different order per scanner, and noise / bias / blur levels."""
+    rng = np.random.default_rng(seed)
+    levels = np.array([0.15, 0.35, 0.55, 0.75, 0.95], np.float32)
+    profiles = []
+    for k in range(n):
+        while True:  # every structure must differ from its surroundings by at least one level step
+            order = rng.permutation(4)          # body, organ, organ2, lesion get distinct levels
+            body, organ, organ2, lesion = levels[1:][order]
+            if min(abs(organ - body), abs(organ2 - body), abs(lesion - organ), abs(organ2 - organ)) >= 0.19:
+                break
+        profiles.append({"means": (0.0, float(body), float(organ), float(organ2), float(lesion)),
+                         "noise": float(rng.uniform(0.03, 0.1)), "bias": float(rng.uniform(0.05, 0.3)),
+                         "blur": float(rng.uniform(0.0, 1.0))})
+    return profiles
+
+
+def make_cohort_case(rng: np.random.Generator, shape: Tuple[int, int, int] = COHORT_SHAPE,
+                     spacing: Tuple[float, float, float] = COHORT_SPACING, num_channels: int = 1):
+    """One case of the ``cohort`` preset: (images [C, Z, Y, X] float32, label [Z, Y, X] uint8, scanner index)."""
+    from scipy.ndimage import gaussian_filter
+    spacing_zyx = np.array(spacing[::-1], np.float32)
+    extent = np.array(shape) * spacing_zyx
+    shape_arr = np.array(shape, np.float32)
+    z, y, x = _grid(shape)
+    shift = rng.uniform(-0.06, 0.06, 3) * shape_arr
+    body_r = extent * np.array([0.62, 0.44, 0.44]) * rng.uniform(0.9, 1.1, 3)
+    centre = shape_arr / 2 + shift
+    body = (((z - centre[0]) * spacing_zyx[0] / body_r[0]) ** 2 + ((y - centre[1]) * spacing_zyx[1] / body_r[1]) ** 2
+            + ((x - centre[2]) * spacing_zyx[2] / body_r[2]) ** 2) < 1 + _smooth_field(rng, shape, 0.1)
+    seg = np.zeros(shape, np.uint8)
+    c1 = centre + shape_arr * np.array([0.0, rng.uniform(-0.12, 0.0), rng.uniform(-0.14, -0.02)])
+    organ = _ellipsoid(rng, shape, c1, extent * np.array([0.3, 0.24, 0.2]) * rng.uniform(0.75, 1.25, 3), spacing_zyx,
+                       0.2) & body
+    seg[organ] = 1
+    pieces = 2 if rng.random() < 0.35 else 1    # topology: the second organ is sometimes split in two
+    for p in range(pieces):
+        c2 = centre + shape_arr * np.array([rng.uniform(-0.15, 0.15), rng.uniform(0.1, 0.2) - 0.12 * p,
+                                            rng.uniform(0.12, 0.22)])
+        piece = _ellipsoid(rng, shape, c2, extent * np.array([0.22, 0.12, 0.1]) * rng.uniform(0.75, 1.25, 3)
+                           / (1.3 if pieces == 2 else 1.0), spacing_zyx, 0.2) & body & (seg == 0)
+        seg[piece] = 2
+    inside = np.argwhere(seg == 1)
+    if len(inside) and rng.random() < 0.85:     # the small structure, absent in some cases
+        c3 = inside[rng.integers(len(inside))].astype(np.float32)
+        lesion = _ellipsoid(rng, shape, c3, np.full(3, rng.uniform(5.0, 7.0)), spacing_zyx, 0.1) & (seg == 1)
+        seg[lesion] = 3
+    scanner = int(rng.integers(COHORT_SCANNERS))
+    prof = cohort_scanners()[scanner]
+    images = []
+    for _ in range(num_channels):
+        means = np.array(prof["means"], np.float32) + rng.normal(0, 0.02, 5).astype(np.float32)
+        img = np.full(shape, means[0], np.float32)
+        img[body] = means[1]
+        for label in (1, 2, 3):
+            img[seg == label] = means[label + 1]
+        for _ in range(rng.integers(2, 5)):    # unlabeled distractors with organ-like intensities
+            blob = _ellipsoid(rng, shape, shape_arr * rng.uniform(0.25, 0.75, 3),
+                              np.full(3, rng.uniform(2.5, 5.0)) * spacing_zyx.max(), spacing_zyx, 0.2) & body & (seg == 0)
+            img[blob] = means[rng.integers(2, 4)] + rng.normal(0, 0.05)
+        if prof["blur"] > 0.05:                 # resolution: in-plane blur of the scanner
+            img = gaussian_filter(img, (0, prof["blur"], prof["blur"]))
+        img *= 1 + _smooth_field(rng, shape, prof["bias"])
+        img += rng.normal(0, prof["noise"], shape).astype(np.float32)
+        images.append(img * rng.uniform(500, 2000) + rng.uniform(-200, 200))   # arbitrary units per scan
+    return np.stack(images).astype(np.float32), seg, scanner
+
+
+PRESETS = {"default": (DEFAULT_SHAPE, DEFAULT_SPACING), "cohort": (COHORT_SHAPE, COHORT_SPACING)}
+
+
 def _write(array_zyx, path, spacing, is_seg):
     import SimpleITK as sitk
     img = sitk.GetImageFromArray(array_zyx.astype(np.uint8 if is_seg else np.float32))
@@ -101,10 +187,16 @@ def _write(array_zyx, path, spacing, is_seg):
 
 
 def make_synthetic_dataset(output_folder: str, num_labeled: int = 4, num_unlabeled: int = 16, num_test: int = 6,
-                           seed: int = 0, shape: Tuple[int, int, int] = DEFAULT_SHAPE,
-                           spacing: Tuple[float, float, float] = DEFAULT_SPACING, num_channels: int = 1,
-                           overwrite: bool = False) -> str:
-    """Write a raw nnU-Net dataset to ``output_folder`` (atomically: temporary folder, then rename)."""
+                           seed: int = 0, shape: Optional[Tuple[int, int, int]] = None,
+                           spacing: Optional[Tuple[float, float, float]] = None, num_channels: int = 1,
+                           overwrite: bool = False, preset: str = "default") -> str:
+    """Write a raw nnU-Net dataset to ``output_folder`` (atomically: temporary folder, then rename). ``shape`` and
+    ``spacing`` default to the preset's. Cases are drawn in the order labeled, unlabeled, test from one RNG, so a
+    dataset with the same seed and more labeled / fewer unlabeled cases holds the same images."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown synthetic preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    shape = tuple(shape or PRESETS[preset][0])
+    spacing = tuple(spacing or PRESETS[preset][1])
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     output_folder = os.fspath(output_folder)
     if os.path.exists(output_folder):
@@ -119,11 +211,15 @@ def make_synthetic_dataset(output_folder: str, num_labeled: int = 4, num_unlabel
     roles = [("imagesTr", "labelsTr", num_labeled), ("imagesUnlabeled", None, num_unlabeled),
              ("imagesTs", "labelsTs", num_test)]
     idx = 0
+    scanners = {}
     for img_dir, lab_dir, n in roles:
         for _ in range(n):
             case = f"syn_{idx:03d}"
             idx += 1
-            images, seg = make_case(rng, shape, spacing, num_channels)
+            if preset == "cohort":
+                images, seg, scanners[case] = make_cohort_case(rng, shape, spacing, num_channels)
+            else:
+                images, seg = make_case(rng, shape, spacing, num_channels)
             for c in range(num_channels):
                 _write(images[c], os.path.join(tmp, img_dir, f"{case}_{c:04d}.nii.gz"), spacing, False)
             if lab_dir is not None:
@@ -134,7 +230,8 @@ def make_synthetic_dataset(output_folder: str, num_labeled: int = 4, num_unlabel
         description="Synthetic semi-supervised dataset made by nnunetv2_semisup.synthetic",
         semisup={"format_version": 1, "source": "synthetic", "seed": seed, "num_labeled": num_labeled,
                  "num_unlabeled": num_unlabeled, "num_test": num_test, "transductive": False,
-                 "shape_zyx": list(shape), "spacing_xyz": list(spacing)})
+                 "shape_zyx": list(shape), "spacing_xyz": list(spacing), "preset": preset,
+                 **({"case_scanner": scanners} if scanners else {})})
     os.replace(tmp, output_folder)
     return output_folder
 
@@ -148,8 +245,11 @@ def main(argv=None) -> int:
     parser.add_argument("--unlabeled", type=int, default=16, help="unlabeled training cases (default 16)")
     parser.add_argument("--test", type=int, default=6, help="test cases with labels in labelsTs (default 6)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("Z", "Y", "X"),
-                        help="volume shape in voxels (default 24 48 48)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                        help="default (tests, demo) or cohort (six scanners with different tissue contrasts, varied "
+                             "anatomy: the label-limited quality benchmark)")
+    parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                        help="volume shape in voxels (default: the preset's, 24 48 48 / 20 48 48)")
     parser.add_argument("--channels", type=int, default=1, help="number of image channels (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     args = parser.parse_args(argv)
@@ -162,8 +262,9 @@ def main(argv=None) -> int:
         return 1
     out = os.path.join(nnUNet_raw, f"Dataset{args.d:03d}_{args.name}")
     try:
-        make_synthetic_dataset(out, args.labeled, args.unlabeled, args.test, args.seed, tuple(args.shape),
-                               num_channels=args.channels, overwrite=args.overwrite)
+        make_synthetic_dataset(out, args.labeled, args.unlabeled, args.test, args.seed,
+                               tuple(args.shape) if args.shape else None, num_channels=args.channels,
+                               overwrite=args.overwrite, preset=args.preset)
     except FileExistsError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,96 @@
+"""The label-limited benchmark's data (synthetic preset ``cohort``) and its arithmetic (gap share, cache keys).
+
+The training runs themselves are the benchmark (benchmarks/quality.py, numbers in docs/benchmarks.md), not a test.
+"""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from nnunetv2_semisup.synthetic import (COHORT_SCANNERS, cohort_scanners, make_cohort_case, make_synthetic_dataset)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _quality():
+    spec = importlib.util.spec_from_file_location("quality", os.path.join(REPO, "benchmarks", "quality.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_scanners_differ_in_tissue_order_not_only_in_scale():
+    """Per-image z-scoring cannot map one scanner onto another: the order of the tissue intensities differs."""
+    profiles = cohort_scanners()
+    assert len(profiles) == COHORT_SCANNERS == 6 and cohort_scanners() == profiles   # fixed, not seed-dependent
+    orders = {tuple(np.argsort(p["means"][1:])) for p in profiles}
+    assert len(orders) >= 5
+    for p in profiles:
+        body, organ, organ2, lesion = p["means"][1:]
+        assert min(abs(organ - body), abs(organ2 - body), abs(lesion - organ), abs(organ2 - organ)) >= 0.19
+
+
+def test_cohort_cases_vary_in_anatomy_and_scanner():
+    rng = np.random.default_rng(0)
+    cases = [make_cohort_case(rng) for _ in range(40)]
+    scanners = [c[2] for c in cases]
+    assert len(set(scanners)) == 6
+    seg = [c[1] for c in cases]
+    sizes = np.array([[(s == k).sum() for k in (1, 2, 3)] for s in seg])
+    assert sizes[:, 0].min() > 1000 and sizes[:, 0].max() > 1.5 * sizes[:, 0].min()     # organ size varies
+    assert (sizes[:, 2] == 0).any() and (sizes[:, 2] > 0).mean() > 0.6                  # lesion sometimes absent
+    assert 0 < sizes[:, 2][sizes[:, 2] > 0].mean() < 0.15 * sizes[:, 0].mean()          # and small
+    from scipy.ndimage import label
+    pieces = [label(s == 2)[1] for s in seg]
+    assert max(pieces) >= 2 and min(pieces) == 1                                          # topology varies
+    centres = np.array([np.argwhere(s == 1).mean(0) for s in seg])
+    assert centres[:, 1:].std(0).min() > 1.0                                              # position varies
+    # in the image, organ vs body contrast flips sign between scanners
+    signs = {np.sign(img[0][s == 1].mean() - img[0][(s == 0) & (img[0] > np.percentile(img[0], 60))].mean())
+             for img, s, _ in cases}
+    assert signs == {-1.0, 1.0}
+
+
+def test_more_labeled_cases_are_the_same_images(tmp_path):
+    """The fully supervised reference trains on exactly the images of the semi-supervised split."""
+    import SimpleITK as sitk
+    semi = make_synthetic_dataset(str(tmp_path / "semi"), 2, 3, 1, seed=5, preset="cohort")
+    full = make_synthetic_dataset(str(tmp_path / "full"), 5, 0, 1, seed=5, preset="cohort")
+    a = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(semi, "imagesUnlabeled", "syn_003_0000.nii.gz")))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(full, "imagesTr", "syn_003_0000.nii.gz")))
+    np.testing.assert_array_equal(a, b)
+    with open(os.path.join(semi, "dataset.json")) as f:
+        record = json.load(f)["semisup"]
+    assert record["preset"] == "cohort" and set(record["case_scanner"]) == {f"syn_{i:03d}" for i in range(6)}
+    assert sitk.ReadImage(os.path.join(semi, "imagesTs", "syn_005_0000.nii.gz")).GetSpacing() == (1.0, 1.0, 3.0)
+    with pytest.raises(ValueError, match="unknown synthetic preset 'x'"):
+        make_synthetic_dataset(str(tmp_path / "x"), 1, 0, 0, preset="x")
+
+
+def test_gap_share_per_seed_and_convergence_table():
+    q = _quality()
+    args = q.parse_args(["--seeds", "0", "1", "--budgets", "2", "--epochs", "10", "--methods", "A", "--convergence"])
+
+    def row(method, budget, seed, dice, epochs=10):
+        return {"method": method, "budget": budget, "seed": seed, "epochs": epochs, "iterations": epochs * 50,
+                "dice": dice, "hd95": 5.0, "per_label_dice": {"organ": dice}, "per_label_hd95": {"organ": 5.0},
+                "train_seconds": 1.0, "segformer": None}
+    rows = [row(q.FULL, None, 0, 0.8), row(q.demo.BASELINE, 2, 0, 0.4), row("A", 2, 0, 0.5),
+            row(q.FULL, None, 1, 0.9), row(q.demo.BASELINE, 2, 1, 0.5), row("A", 2, 1, 0.8),
+            row(q.FULL, None, 0, 0.81, epochs=20)]
+    entries = {e["method"]: e for e in q.summarize(args, rows)["2"]}
+    # seed 0: (0.5 - 0.4) / (0.8 - 0.4) = 0.25; seed 1: (0.8 - 0.5) / (0.9 - 0.5) = 0.75
+    assert entries["A"]["gap_share_per_seed"] == pytest.approx([0.25, 0.75])
+    assert entries["A"]["gap_share"] == pytest.approx((0.5, 0.25))
+    assert entries[q.FULL]["dice"] == pytest.approx((0.85, 0.05)) and entries[q.FULL]["n"] == 2   # 20-epoch run apart
+    conv = q.convergence(args, rows)
+    assert conv == [{"method": q.FULL, "budget": None, "seed": 0, "iterations": [500, 1000], "dice": [0.8, 0.81],
+                     "change": pytest.approx(0.01)}]
+    text = q.markdown(args, q.summarize(args, rows), conv)
+    assert "0.50 ± 0.25" in text and "500 → 1000" in text and "+0.010" in text
+    assert q.run_key("A", None, 3, 10, 50) == "A__full__seed3__10x50"
+    jobs = q.planned_jobs(args)
+    assert jobs[:3] == [(q.FULL, None, 0, 10), (q.demo.BASELINE, 2, 0, 10), (q.FULL, None, 1, 10)]
+    assert (q.FULL, None, 0, 20) in jobs and ("A", 2, 1, 10) in jobs and len(jobs) == 4 + 2 + 2
