@@ -309,8 +309,22 @@ def write_outputs(args, rows: list, seconds: float, complete: bool, argv=None) -
     return text
 
 
+def lock_work_folder(work: str):
+    """One benchmark process per work folder: two would train into the same nnU-Net folders."""
+    import fcntl
+    os.makedirs(work, exist_ok=True)
+    handle = open(os.path.join(work, ".lock"), "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.exit(f"ERROR: another benchmarks/quality.py process is using --work {work}; wait for it or choose "
+                 f"another folder")
+    return handle
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.lock = lock_work_folder(args.work)  # held until the process exits
     jobs = planned_jobs(args)
     rows, prepared, failed = [], set(), []
     for k, job in enumerate(jobs, 1):
