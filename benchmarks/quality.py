@@ -9,8 +9,9 @@ closed = (method - labeled-only) / (fully supervised - labeled-only), per seed, 
 demo's (:mod:`nnunetv2_semisup.demo`: real nnU-Net CLI, ``*_short`` trainers with the schedule given here, stock
 ``nnUNetv2_predict --disable_tta``, mm-mode evaluation).
 
-Every (method, budget, seed, schedule) run is cached in ``<work>/runs/*.json`` with its settings: a rerun trains only
-what is missing (or whose settings changed), so the table can be filled over several sittings. ``--convergence``
+Every (method, budget, seed, schedule) run is cached in ``--cache`` (default ``<work>/runs``) as one JSON file with its
+settings: a rerun trains only what is missing (or whose settings changed), so the table can be filled over several
+sittings; the published table's files are in ``benchmarks/quality_runs``. ``--convergence``
 also trains labeled-only and fully supervised at twice the epochs (seed ``--convergence-seed``), to show that the
 schedule is long enough.
 
@@ -48,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--preset", default="cohort", help="synthetic preset (default cohort)")
     p.add_argument("--shape", type=int, nargs=3, default=None, help="volume shape (default: the preset's)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=80, help="epochs (default 80; × 50 iterations = 4000, "
+                   "the calibrated schedule in docs/benchmarks.md)")
     p.add_argument("--iterations", type=int, default=50, help="iterations per epoch (default 50)")
     p.add_argument("--features", type=int, nargs="+", default=list(demo.DEFAULT_FEATURES),
                    help="feature cap per stage (0: nnU-Net's plans)")
@@ -59,7 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--convergence-seed", type=int, default=None, help="seed of the convergence runs (default: first)")
     p.add_argument("--only-references", action="store_true", help="train labeled-only and fully supervised only")
     p.add_argument("--report-only", action="store_true", help="write the outputs from the cache, train nothing")
-    p.add_argument("--work", default="quality_work", help="work folder with the datasets, runs and cache")
+    p.add_argument("--work", default="quality_work", help="work folder with the datasets and nnU-Net runs")
+    p.add_argument("--cache", default=None, help="folder of the per-run result files (default <work>/runs; the "
+                                                 "repository keeps the published table's in benchmarks/quality_runs)")
     p.add_argument("--docs", default="docs", help="where the table, JSON and plot go (default docs/)")
     args = p.parse_args(argv)
     args.features = None if args.features == [0] else args.features
@@ -70,6 +74,7 @@ def parse_args(argv=None):
     if any(not 1 <= b < args.train_cases for b in args.budgets):
         p.error(f"--budgets must lie between 1 and --train-cases - 1 ({args.train_cases - 1})")
     args.convergence_seed = args.seeds[0] if args.convergence_seed is None else args.convergence_seed
+    args.cache = args.cache or os.path.join(args.work, "runs")
     return args
 
 
@@ -95,7 +100,7 @@ def dataset_config(args, seed: int, budget, epochs: int) -> demo.DemoConfig:
 
 
 def cache_path(args, key: str) -> str:
-    return os.path.join(args.work, "runs", key + ".json")
+    return os.path.join(args.cache, key + ".json")
 
 
 def load_cached(args, key: str, settings: dict):
@@ -108,7 +113,7 @@ def load_cached(args, key: str, settings: dict):
 
 
 def save_cached(args, key: str, entry: dict) -> None:
-    os.makedirs(os.path.join(args.work, "runs"), exist_ok=True)
+    os.makedirs(args.cache, exist_ok=True)
     tmp = cache_path(args, key) + ".tmp"
     with open(tmp, "w") as f:
         json.dump(entry, f, indent=1)
