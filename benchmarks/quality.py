@@ -49,8 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--preset", default="cohort", help="synthetic preset (default cohort)")
     p.add_argument("--shape", type=int, nargs=3, default=None, help="volume shape (default: the preset's)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--epochs", type=int, default=80, help="epochs (default 80; × 50 iterations = 4000, "
-                   "the calibrated schedule in docs/benchmarks.md)")
+    p.add_argument("--epochs", type=int, default=80, help="epochs (default 80; × 50 iterations = 4000; "
+                   "docs/benchmarks.md: fully supervised is not converged there yet)")
     p.add_argument("--iterations", type=int, default=50, help="iterations per epoch (default 50)")
     p.add_argument("--features", type=int, nargs="+", default=list(demo.DEFAULT_FEATURES),
                    help="feature cap per stage (0: nnU-Net's plans)")
