@@ -98,6 +98,30 @@ def write_json_atomic(obj, path: str) -> None:
 SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
+def files_by_id(folder: str, rx) -> Dict[str, str]:
+    """{first group of ``rx``: path} for the files of ``folder`` whose name matches ``rx`` (empty if no folder)."""
+    if not os.path.isdir(folder):
+        return {}
+    return {m.group(1): os.path.join(folder, f) for f in sorted(os.listdir(folder)) if (m := rx.match(f))}
+
+
+def add_extra_unlabeled(cases: Dict[str, "SourceCase"], found: Dict[str, str],
+                        make_case: Callable[[str, str], "SourceCase"], option: str, none_found: str, clash: str,
+                        keep: Callable[[str], bool] = lambda sid: True) -> List[str]:
+    """Images outside the protocol (e.g. a challenge's test set without public labels) added as unlabeled cases for
+    ``option``: finding none, or an ID that is also a training case (``clash`` formats ``{sid}``), is an error."""
+    if not found:
+        raise ConversionError(f"{option}: {none_found}")
+    added = []
+    for sid, path in found.items():
+        if sid in cases:
+            raise ConversionError(clash.format(sid=sid))
+        if keep(sid):
+            cases[sid] = make_case(sid, path)
+            added.append(sid)
+    return added
+
+
 def image_ending(path: str) -> Optional[str]:
     low = path.lower()
     for e in SITK_ENDINGS:

@@ -21,9 +21,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .common import (CaseData, DatasetInfo, SourceCase, add_common_options, check_variant, cli, common_split,
-                     converter_record, detect_variant, label_to_uint8, make_plan, npy_geometry, npy_release_shape,
-                     npy_source_case, put_label_on_image_grid, read_image, require_dir, run_conversion)
+from .common import (CaseData, DatasetInfo, SourceCase, add_common_options, add_extra_unlabeled, check_variant, cli,
+                     common_split, converter_record, detect_variant, files_by_id, label_to_uint8, make_plan,
+                     npy_geometry, npy_release_shape, npy_source_case, put_label_on_image_grid, read_image,
+                     require_dir, run_conversion)
 from .errors import ConversionError
 from .splits import AMOS_BROKEN_20P, AMOS_SPLITS, amos_is_mri, amos_split, normalise_amos_id
 
@@ -39,16 +40,10 @@ LABELED_FOLDERS = (("imagesTr", "labelsTr"), ("imagesVa", "labelsVa"))
 
 
 # --------------------------------------------------------------------------------------------------- discovery
-def _files(folder: str, rx) -> Dict[str, str]:
-    if not os.path.isdir(folder):
-        return {}
-    return {m.group(1): os.path.join(folder, f) for f in sorted(os.listdir(folder)) if (m := rx.match(f))}
-
-
 def release_dir(root: str) -> Optional[str]:
     """The folder holding imagesTr/imagesVa (``root`` itself or ``root/amos22``)."""
     for d in (root, os.path.join(root, "amos22")):
-        if any(_files(os.path.join(d, a), RE_NII) for a, _ in LABELED_FOLDERS):
+        if any(files_by_id(os.path.join(d, a), RE_NII) for a, _ in LABELED_FOLDERS):
             return d
     return None
 
@@ -61,13 +56,13 @@ def find_raw(root: str) -> Tuple[Dict[str, str], Dict[str, str], Dict[str, str]]
     images: Dict[str, str] = {}
     labels: Dict[str, str] = {}
     for a, b in LABELED_FOLDERS:
-        found = _files(os.path.join(base, a), RE_NII)
+        found = files_by_id(os.path.join(base, a), RE_NII)
         both = sorted(set(found) & set(images))
         if both:
             raise ConversionError(f"{', '.join(both)}: in both imagesTr and imagesVa of {base}; expected each AMOS ID once")
         images.update(found)
-        labels.update(_files(os.path.join(base, b), RE_NII))
-    return images, labels, _files(os.path.join(base, "imagesTs"), RE_NII)
+        labels.update(files_by_id(os.path.join(base, b), RE_NII))
+    return images, labels, files_by_id(os.path.join(base, "imagesTs"), RE_NII)
 
 
 def find_npy_dir(root: str, npy_dir: Optional[str]) -> Optional[str]:
@@ -150,15 +145,10 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
             cases[sid] = _raw_case(sid, path, labels.get(sid), state)
         training_ids = list(cases)
         if args.amos_testing_set == "unlabeled":
-            if not testing:
-                raise ConversionError(f"--amos-testing-set unlabeled: no imagesTs/amos_XXXX.nii.gz below {input_dir}")
-            for sid, path in testing.items():
-                if sid in cases:
-                    raise ConversionError(f"case {sid} is both in imagesTr/imagesVa and in imagesTs")
-                if ct_only and amos_is_mri(sid):
-                    continue
-                cases[sid] = _raw_case(sid, path, None, state)
-                extra_unlabeled.append(sid)
+            extra_unlabeled = add_extra_unlabeled(
+                cases, testing, lambda sid, path: _raw_case(sid, path, None, state), "--amos-testing-set unlabeled",
+                f"no imagesTs/amos_XXXX.nii.gz below {input_dir}", "case {sid} is both in imagesTr/imagesVa and in "
+                "imagesTs", keep=lambda sid: not (ct_only and amos_is_mri(sid)))
             extra["amos_testing_set"] = "unlabeled"
         record = {"gt_cropped": False, "resized": False, "spacing_source": "header",
                   "intensity": "raw (CT in HU, MRI in arbitrary units)"}
@@ -168,7 +158,7 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
         npy_dir = find_npy_dir(input_dir, args.npy_dir)
         if npy_dir is None:
             raise ConversionError(f"no amos_XXXX_image.npy files found in {args.npy_dir or os.path.join(input_dir, 'npy')}")
-        imgs = _files(npy_dir, RE_NPY_IMG)
+        imgs = files_by_id(npy_dir, RE_NPY_IMG)
         shape = npy_release_shape(npy_dir, imgs)
         geometry, record = npy_geometry(args, lambda d: find_raw(d)[0], "amos22 imagesTr/imagesVa NIfTIs",
                                         lambda sid: sid)

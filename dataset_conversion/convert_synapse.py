@@ -20,9 +20,10 @@ import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 
-from .common import (CaseData, DatasetInfo, SourceCase, add_common_options, check_variant, cli, common_split,
-                     converter_record, detect_variant, label_to_uint8, make_plan, npy_geometry, npy_release_shape,
-                     npy_source_case, put_label_on_image_grid, read_image, require_dir, run_conversion, warn)
+from .common import (CaseData, DatasetInfo, SourceCase, add_common_options, add_extra_unlabeled, check_variant, cli,
+                     common_split, converter_record, detect_variant, files_by_id, label_to_uint8, make_plan,
+                     npy_geometry, npy_release_shape, npy_source_case, put_label_on_image_grid, read_image,
+                     require_dir, run_conversion, warn)
 from .errors import ConversionError
 from .splits import SYNAPSE_SPLITS, normalise_numeric_id, read_id_file, synapse_split
 
@@ -41,12 +42,6 @@ TEST_DIRS = (("Testing", "img"), ("Test", "img"))
 
 
 # --------------------------------------------------------------------------------------------------- discovery
-def _files(folder: str, rx) -> Dict[str, str]:
-    if not os.path.isdir(folder):
-        return {}
-    return {m.group(1): os.path.join(folder, f) for f in sorted(os.listdir(folder)) if (m := rx.match(f))}
-
-
 def find_raw(root: str) -> Tuple[Dict[str, str], Dict[str, str], Dict[str, str]]:
     """(training images, training labels, testing images) by four-digit ID, from any of the three layouts."""
     images: Dict[str, str] = {}
@@ -59,11 +54,11 @@ def find_raw(root: str) -> Tuple[Dict[str, str], Dict[str, str], Dict[str, str]]
             if a in dirs and (b in dirs or a == "imagesTr"):
                 if os.path.basename(d) in ("Testing", "Test"):
                     continue
-                images.update(_files(os.path.join(d, a), RE_IMG))
-                labels.update(_files(os.path.join(d, b), RE_LAB))
+                images.update(files_by_id(os.path.join(d, a), RE_IMG))
+                labels.update(files_by_id(os.path.join(d, b), RE_LAB))
         for a, b in TEST_DIRS:
             if os.path.basename(d) == a and b in dirs:
-                testing.update(_files(os.path.join(d, b), RE_IMG))
+                testing.update(files_by_id(os.path.join(d, b), RE_IMG))
     return images, labels, testing
 
 
@@ -150,14 +145,10 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
             cases[sid] = _raw_case(sid, path, labels.get(sid), state)
         training_ids = list(cases)
         if args.synapse_testing == "unlabeled":
-            if not testing:
-                raise ConversionError(f"--synapse-testing unlabeled: no Testing/img or Test/img folder with "
-                                      f"imgXXXX.nii.gz below {input_dir}")
-            for sid, path in testing.items():
-                if sid in cases:
-                    raise ConversionError(f"case synapse_{sid} is both a Training and a Testing image")
-                cases[sid] = _raw_case(sid, path, None, state)
-                extra_unlabeled.append(sid)
+            extra_unlabeled = add_extra_unlabeled(
+                cases, testing, lambda sid, path: _raw_case(sid, path, None, state), "--synapse-testing unlabeled",
+                f"no Testing/img or Test/img folder with imgXXXX.nii.gz below {input_dir}",
+                "case synapse_{sid} is both a Training and a Testing image")
             extra["synapse_testing"] = "unlabeled"
         record = {"gt_cropped": False, "resized": False, "spacing_source": "header", "intensity": "raw HU"}
     else:
@@ -166,7 +157,7 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
         npy_dir = find_npy_dir(input_dir, args.npy_dir)
         if npy_dir is None:
             raise ConversionError(f"no *_image.npy files found in {args.npy_dir or os.path.join(input_dir, 'npy')}")
-        imgs = _files(npy_dir, RE_NPY_IMG)
+        imgs = files_by_id(npy_dir, RE_NPY_IMG)
         shape = npy_release_shape(npy_dir, imgs)
         geometry, record = npy_geometry(args, lambda d: find_raw(d)[0], "raw BTCV images imgXXXX.nii.gz",
                                         lambda sid: f"synapse_{sid}")

@@ -43,6 +43,14 @@ def _smooth_field(rng, shape, scale):
     return scale * field / 4
 
 
+def _body(rng, shape, centre, radii, spacing_zyx):
+    """The body: an axis-aligned ellipsoid (physical radii) with a slightly wobbling surface."""
+    z, y, x = _grid(shape)
+    r = (((z - centre[0]) * spacing_zyx[0] / radii[0]) ** 2 + ((y - centre[1]) * spacing_zyx[1] / radii[1]) ** 2
+         + ((x - centre[2]) * spacing_zyx[2] / radii[2]) ** 2)
+    return r < 1 + _smooth_field(rng, shape, 0.1)
+
+
 def _ellipsoid(rng, shape, center, radii, spacing_zyx, wobble):
     """Irregular ellipsoid mask: rotated about z, radius perturbed by a smooth field (physical units)."""
     z, y, x = _grid(shape)
@@ -59,10 +67,7 @@ def make_case(rng: np.random.Generator, shape: Tuple[int, int, int] = DEFAULT_SH
     spacing_zyx = np.array(spacing[::-1], np.float32)
     extent = np.array(shape) * spacing_zyx
     seg = np.zeros(shape, np.uint8)
-    z, y, x = _grid(shape)
-    body_r = extent * np.array([0.6, 0.45, 0.45])
-    body = (((z - shape[0] / 2) * spacing_zyx[0] / body_r[0]) ** 2 + ((y - shape[1] / 2) * spacing_zyx[1] / body_r[1]) ** 2
-            + ((x - shape[2] / 2) * spacing_zyx[2] / body_r[2]) ** 2) < 1 + _smooth_field(rng, shape, 0.1)
+    body = _body(rng, shape, np.array(shape) / 2, extent * np.array([0.6, 0.45, 0.45]), spacing_zyx)
 
     c1 = np.array(shape) * np.array([0.5, rng.uniform(0.38, 0.5), rng.uniform(0.35, 0.45)])
     organ = _ellipsoid(rng, shape, c1, extent * np.array([0.34, 0.27, 0.23]) * rng.uniform(0.85, 1.15, 3), spacing_zyx,
@@ -131,12 +136,10 @@ def make_cohort_case(rng: np.random.Generator, shape: Tuple[int, int, int] = COH
     spacing_zyx = np.array(spacing[::-1], np.float32)
     extent = np.array(shape) * spacing_zyx
     shape_arr = np.array(shape, np.float32)
-    z, y, x = _grid(shape)
     shift = rng.uniform(-0.06, 0.06, 3) * shape_arr
     body_r = extent * np.array([0.62, 0.44, 0.44]) * rng.uniform(0.9, 1.1, 3)
     centre = shape_arr / 2 + shift
-    body = (((z - centre[0]) * spacing_zyx[0] / body_r[0]) ** 2 + ((y - centre[1]) * spacing_zyx[1] / body_r[1]) ** 2
-            + ((x - centre[2]) * spacing_zyx[2] / body_r[2]) ** 2) < 1 + _smooth_field(rng, shape, 0.1)
+    body = _body(rng, shape, centre, body_r, spacing_zyx)
     seg = np.zeros(shape, np.uint8)
     c1 = centre + shape_arr * np.array([0.0, rng.uniform(-0.12, 0.0), rng.uniform(-0.14, -0.02)])
     organ = _ellipsoid(rng, shape, c1, extent * np.array([0.3, 0.24, 0.2]) * rng.uniform(0.75, 1.25, 3), spacing_zyx,
