@@ -1,6 +1,6 @@
 """Label-limited synthetic quality benchmark: do the semi-supervised trainers beat nnU-Net on the labeled cases alone?
 
-Data: ``nnunetv2_semisup.synthetic`` preset ``cohort`` (six "scanners" with different tissue contrasts, noise, bias
+Data: ``nnunetv2_semisup.synthetic`` preset ``cohort`` (three "scanners" with different tissue contrasts, noise, bias
 and blur; anatomy varying in position, size, orientation and topology; organ, organ2 and a small lesion; anisotropic
 1 x 1 x 3 mm). Per seed: N training cases and a test set; for each label budget L the first L training cases are
 labeled and the other N - L unlabeled; the fully supervised reference trains stock nnU-Net on all N with labels.

@@ -24,9 +24,12 @@ def _quality():
 def test_scanners_differ_in_tissue_order_not_only_in_scale():
     """Per-image z-scoring cannot map one scanner onto another: the order of the tissue intensities differs."""
     profiles = cohort_scanners()
-    assert len(profiles) == COHORT_SCANNERS == 6 and cohort_scanners() == profiles   # fixed, not seed-dependent
+    assert len(profiles) == COHORT_SCANNERS == 3 and cohort_scanners() == profiles   # fixed, not seed-dependent
     orders = {tuple(np.argsort(p["means"][1:])) for p in profiles}
-    assert len(orders) >= 5
+    assert len(orders) == 3
+    # each structure's contrast against its surroundings changes sign on some scanner
+    for a, b in ((1, 2), (1, 3), (2, 4), (2, 3)):   # organ/body, organ2/body, lesion/organ, organ2/organ
+        assert len({np.sign(p["means"][a] - p["means"][b]) for p in profiles}) == 2
     for p in profiles:
         body, organ, organ2, lesion = p["means"][1:]
         assert min(abs(organ - body), abs(organ2 - body), abs(lesion - organ), abs(organ2 - organ)) >= 0.19
@@ -36,7 +39,7 @@ def test_cohort_cases_vary_in_anatomy_and_scanner():
     rng = np.random.default_rng(0)
     cases = [make_cohort_case(rng) for _ in range(40)]
     scanners = [c[2] for c in cases]
-    assert len(set(scanners)) == 6
+    assert len(set(scanners)) == 3
     seg = [c[1] for c in cases]
     sizes = np.array([[(s == k).sum() for k in (1, 2, 3)] for s in seg])
     assert sizes[:, 0].min() > 1000 and sizes[:, 0].max() > 1.5 * sizes[:, 0].min()     # organ size varies
