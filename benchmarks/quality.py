@@ -165,12 +165,54 @@ def run_job(args, job, prepared: set, log=sys.stdout) -> dict:
     for what, fn in demo.method_steps(cfg, trainer, results, display_name=NAMES.get(method)):
         progress.step(f"{what} [{run_key(method, budget, seed, epochs, args.iterations)}]", fn)
     r = results[0]
+    scanners = scanner_breakdown(cfg.evaluation(trainer), cfg.raw)
     segformer = os.environ.get("nnUNet_semisup_segformer") if "MN" in trainer else None
     return {"method": method, "trainer": trainer, "budget": budget, "seed": seed, "epochs": epochs,
             "iterations_per_epoch": args.iterations, "iterations": epochs * args.iterations, "dice": r.dice,
             "hd95": r.hd95, "per_label_dice": r.per_label_dice, "per_label_hd95": r.per_label_hd95,
-            "train_seconds": r.train_seconds, "seconds": r.seconds,
+            "train_seconds": r.train_seconds, "seconds": r.seconds, **scanners,
             "segformer": "tiny random (offline)" if segformer and "tiny_segformer" in segformer else segformer}
+
+
+def scanner_breakdown(evaluation_folder: str, raw_folder: str) -> dict:
+    """Dice per "scanner" of the cohort preset, to tell appearance the labeled cases saw from appearance they did not:
+    ``per_scanner_dice`` {scanner: {"dice": mean over the test (case, label) pairs with a Dice, "n": their number}}
+    and ``train_case_scanners`` (the scanner of each training case, in case order: the first L are a budget's labeled
+    ones). Empty for datasets without scanners."""
+    import csv
+    import glob
+    from nnunetv2_semisup.synthetic import cohort_scanners
+    names = [p["name"] for p in cohort_scanners()]
+    found = glob.glob(os.path.join(raw_folder, "*", "dataset.json"))
+    if not found:
+        return {}
+    with open(found[0]) as f:
+        case_scanner = json.load(f).get("semisup", {}).get("case_scanner")
+    if not case_scanner:
+        return {}
+    with open(os.path.join(evaluation_folder, "metrics_per_case.csv")) as f:
+        rows = list(csv.DictReader(f))
+    test_cases = {r["case"] for r in rows}
+    per = {}
+    for r in rows:
+        dice = float(r["dice"])
+        if not math.isnan(dice):
+            per.setdefault(names[case_scanner[r["case"]]], []).append(dice)
+    train = sorted(c for c in case_scanner if c not in test_cases)
+    return {"per_scanner_dice": {k: {"dice": float(np.mean(v)), "n": len(v)} for k, v in sorted(per.items())},
+            "train_case_scanners": [names[case_scanner[c]] for c in train]}
+
+
+def seen_unseen_dice(run: dict, labeled_scanners) -> tuple:
+    """(Dice on test cases of scanners among ``labeled_scanners``, Dice on the others), pooled over (case, label)
+    pairs; NaN where a run has no breakdown or a side has no test case."""
+    per = run.get("per_scanner_dice") or {}
+    out = []
+    for seen in (True, False):
+        parts = [v for k, v in per.items() if (k in labeled_scanners) == seen]
+        n = sum(v["n"] for v in parts)
+        out.append(sum(v["dice"] * v["n"] for v in parts) / n if n else math.nan)
+    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------------------- summary
@@ -198,10 +240,13 @@ def summarize(args, rows: list) -> dict:
                 if s in base and s in full and full[s]["dice"] - base[s]["dice"] > 1e-6:
                     shares.append((r["dice"] - base[s]["dice"]) / (full[s]["dice"] - base[s]["dice"]))
             labels = list(dict.fromkeys(k for r in runs for k in r["per_label_dice"]))
+            # test cases of the scanners this budget's labeled cases come from vs the others (same images per seed)
+            split = [seen_unseen_dice(r, set(r.get("train_case_scanners", [])[:budget])) for r in runs]
             entries.append({
                 "method": method, "name": NAMES.get(method, demo.METHOD_NAMES.get(method, method)), "n": len(runs),
                 "seeds": sorted(r["seed"] for r in runs), "dice": _ms(r["dice"] for r in runs),
                 "hd95": _ms(r["hd95"] for r in runs), "gap_share": _ms(shares), "gap_share_per_seed": shares,
+                "dice_seen_scanners": _ms(x[0] for x in split), "dice_unseen_scanners": _ms(x[1] for x in split),
                 "per_label_dice": {k: _ms(r["per_label_dice"].get(k) for r in runs) for k in labels},
                 "per_label_hd95": {k: _ms(r["per_label_hd95"].get(k) for r in runs) for k in labels},
                 "train_seconds": _ms(r["train_seconds"] for r in runs),
@@ -230,7 +275,8 @@ def markdown(args, summary: dict, conv: list) -> str:
     parts = []
     for budget, entries in summary.items():
         labels = list(dict.fromkeys(k for e in entries for k in e["per_label_dice"]))
-        head = (["method", "Dice (mean fg)", "gap closed", "HD95 mm (mean fg)"] + [f"Dice {k}" for k in labels]
+        head = (["method", "Dice (mean fg)", "gap closed", "Dice seen / unseen scanners", "HD95 mm (mean fg)"]
+                + [f"Dice {k}" for k in labels]
                 + [f"HD95 {k}" for k in labels] + ["train time", "seeds"])
         lines = [f"**{budget} labeled + {args.train_cases - int(budget)} unlabeled training cases** (fully "
                  f"supervised: all {args.train_cases} labeled)", "", "| " + " | ".join(head) + " |",
@@ -238,7 +284,9 @@ def markdown(args, summary: dict, conv: list) -> str:
         for e in entries:
             name = e["name"] + (" (tiny random SegFormer)" if e.get("segformer") == "tiny random (offline)" else "")
             share = "—" if e["method"] in (demo.BASELINE, FULL) else _pm(e["gap_share"], 2)
-            cells = [name, _pm(e["dice"]), share, _pm(e["hd95"], 1)]
+            seen_unseen = " / ".join("n/a" if math.isnan(e[k][0]) else f"{e[k][0]:.3f}"
+                                     for k in ("dice_seen_scanners", "dice_unseen_scanners"))
+            cells = [name, _pm(e["dice"]), share, seen_unseen, _pm(e["hd95"], 1)]
             cells += [_pm(e["per_label_dice"][k]) for k in labels] + [_pm(e["per_label_hd95"][k], 1) for k in labels]
             cells += [demo.format_seconds(e["train_seconds"][0]), ",".join(map(str, e["seeds"]))]
             lines.append("| " + " | ".join(cells) + " |")

@@ -97,3 +97,31 @@ def test_gap_share_per_seed_and_convergence_table():
     jobs = q.planned_jobs(args)
     assert jobs[:3] == [(q.FULL, None, 0, 10), (q.demo.BASELINE, 2, 0, 10), (q.FULL, None, 1, 10)]
     assert (q.FULL, None, 0, 20) in jobs and ("A", 2, 1, 10) in jobs and len(jobs) == 4 + 2 + 2
+
+
+def test_dice_on_seen_and_unseen_scanners(tmp_path):
+    """Per-scanner Dice from nnUNetv2_semisup_evaluate's per-case CSV, then pooled over the scanners a budget's
+    labeled cases saw and the others (hand-computed)."""
+    q = _quality()
+    raw = tmp_path / "raw" / "Dataset1_X"
+    raw.mkdir(parents=True)
+    # training cases syn_000 (A), syn_001 (C), syn_002 (B); test cases syn_003 (A), syn_004 (B), syn_005 (C)
+    scanners = {"syn_000": 0, "syn_001": 2, "syn_002": 1, "syn_003": 0, "syn_004": 1, "syn_005": 2}
+    (raw / "dataset.json").write_text(json.dumps({"semisup": {"case_scanner": scanners}}))
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    lines = ["case,label,dice", "syn_003,1,0.9", "syn_003,2,0.7", "syn_004,1,0.5", "syn_004,2,nan",
+             "syn_005,1,0.1", "syn_005,2,0.3"]
+    (evaluation / "metrics_per_case.csv").write_text("\n".join(lines) + "\n")
+    got = q.scanner_breakdown(str(evaluation), str(tmp_path / "raw"))
+    assert got["train_case_scanners"] == ["A", "C", "B"]
+    assert got["per_scanner_dice"] == {"A": {"dice": pytest.approx(0.8), "n": 2}, "B": {"dice": 0.5, "n": 1},
+                                       "C": {"dice": pytest.approx(0.2), "n": 2}}
+    run = {**got}
+    # budget 2: labeled cases syn_000 (A), syn_001 (C) -> seen = (0.9 + 0.7 + 0.1 + 0.3) / 4, unseen = B's 0.5
+    seen, unseen = q.seen_unseen_dice(run, set(got["train_case_scanners"][:2]))
+    assert seen == pytest.approx(0.5) and unseen == pytest.approx(0.5)
+    seen, unseen = q.seen_unseen_dice(run, {"A"})
+    assert seen == pytest.approx(0.8) and unseen == pytest.approx((0.5 + 0.1 + 0.3) / 3)
+    assert all(np.isnan(q.seen_unseen_dice({}, {"A"})))
+    assert q.scanner_breakdown(str(evaluation), str(tmp_path / "nothing")) == {}
