@@ -96,7 +96,8 @@ def dataset_config(args, seed: int, budget, epochs: int) -> demo.DemoConfig:
     return demo.DemoConfig(
         out=os.path.abspath(os.path.join(args.work, f"seed{seed}_{tag}")), device=args.device, methods=[],
         epochs=epochs, iterations=args.iterations, seed=seed, labeled=n_l, unlabeled=args.train_cases - n_l,
-        test=args.test, shape=tuple(args.shape), features=args.features, patch_size=args.patch, preset=args.preset)
+        test=args.test, shape=tuple(args.shape), features=args.features, patch_size=args.patch, preset=args.preset,
+        keep_checkpoint_every=max(1, epochs // 8))   # for benchmarks/pseudo_label_quality.py
 
 
 def cache_path(args, key: str) -> str:

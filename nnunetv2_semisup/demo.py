@@ -89,6 +89,7 @@ class DemoConfig:
     preset: str = "default"           # nnunetv2_semisup.synthetic preset (the quality benchmark uses "cohort")
     dataset_id: int = DATASET_ID
     dataset_name: str = DATASET_NAME
+    keep_checkpoint_every: int = 0    # > 0: training keeps checkpoint_epoch<N>.pth every so many epochs
 
     # the demo's own nnU-Net folders and outputs, all under --out
     raw = property(lambda self: os.path.join(self.out, "nnUNet_raw"))
@@ -143,6 +144,8 @@ def build_env(cfg: DemoConfig, base: Optional[dict] = None, for_training: bool =
         "nnUNet_semisup_seed": str(cfg.seed),
         "PYTHONUNBUFFERED": "1",
     })
+    if cfg.keep_checkpoint_every > 0:
+        env["nnUNet_semisup_short_keep_every"] = str(cfg.keep_checkpoint_every)
     if for_training:
         env["nnUNet_n_proc_DA"] = "0" if cfg.device == "cpu" else str(max(1, min(4, (os.cpu_count() or 2) // 2)))
     return env

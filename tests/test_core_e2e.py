@@ -126,11 +126,20 @@ def test_short_stop_after_ends_the_run_like_a_kill_and_c_finishes_it(planned_dat
     env = _env(ds, tmp_path, epochs=3, iterations=2)
     fold = _fold_dir(env, ds)
     cmd = ["nnUNetv2_train", ds.dataset_id, "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"]
-    proc = run_cli(cmd, {**env, "nnUNet_semisup_short_stop_after": "2"})
+    proc = run_cli(cmd, {**env, "nnUNet_semisup_short_stop_after": "2", "nnUNet_semisup_short_keep_every": "2"})
     assert "Stopping after epoch 2" in proc.stdout
     assert not os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
-    assert torch.load(os.path.join(fold, "checkpoint_latest.pth"), map_location="cpu",
-                      weights_only=False)["current_epoch"] == 2
-    run_cli(cmd + ["--c"], env)
+    latest = torch.load(os.path.join(fold, "checkpoint_latest.pth"), map_location="cpu", weights_only=False)
+    assert latest["current_epoch"] == 2
+    run_cli(cmd + ["--c"], {**env, "nnUNet_semisup_short_keep_every": "1"})
     final = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 3 and len(final["logging"]["train_losses"]) == 3
+    # nnUNet_semisup_short_keep_every=K (benchmarks/pseudo_label_quality.py): a kept copy every K epochs, holding
+    # the weights after that epoch; epoch 1 was not a multiple of 2 in the first run, epoch 3 is one of 1 in --c's
+    kept = sorted(f for f in os.listdir(fold) if f.startswith("checkpoint_epoch"))
+    assert kept == ["checkpoint_epoch2.pth", "checkpoint_epoch3.pth"]
+    for name, reference in (("checkpoint_epoch2.pth", latest), ("checkpoint_epoch3.pth", final)):
+        copy = torch.load(os.path.join(fold, name), map_location="cpu", weights_only=False)
+        assert copy["current_epoch"] == reference["current_epoch"]
+        for k, v in reference["network_weights"].items():
+            assert torch.equal(copy["network_weights"][k], v), (name, k)

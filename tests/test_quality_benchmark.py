@@ -125,3 +125,53 @@ def test_dice_on_seen_and_unseen_scanners(tmp_path):
     assert seen == pytest.approx(0.8) and unseen == pytest.approx((0.5 + 0.1 + 0.3) / 3)
     assert all(np.isnan(q.seen_unseen_dice({}, {"A"})))
     assert q.scanner_breakdown(str(evaluation), str(tmp_path / "nothing")) == {}
+
+
+def _pseudo_label_quality():
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "pseudo_label_quality.py")
+    spec = importlib.util.spec_from_file_location("pseudo_label_quality", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pseudo_label_quality_scores_unlabeled_cases_per_scanner(tmp_path):
+    """Dice of predictions on unlabeled cases against their true labels, pooled over (case, label) pairs with a
+    Dice, split into the scanners the labeled cases saw and the others (hand-counted voxels); the kept checkpoints
+    are found and ordered by epoch, the final one counted as the last epoch."""
+    import SimpleITK as sitk
+    p = _pseudo_label_quality()
+
+    def write(folder, case, arr):
+        folder.mkdir(exist_ok=True)
+        sitk.WriteImage(sitk.GetImageFromArray(arr.astype(np.uint8)), str(folder / f"{case}.nii.gz"))
+
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    # syn_002 (scanner A, seen): label 1 — truth 4 voxels, prediction 2 of them + 2 others -> 2*2/(4+4) = 0.5;
+    # label 2 absent from both -> no Dice. syn_003 (C, unseen): label 1 exact -> 1.0; label 2 truth 1 voxel,
+    # predicted none -> 0.0
+    t = np.zeros((1, 2, 6), np.uint8)
+    t[0, 0, :4] = 1
+    q_ = np.zeros_like(t)
+    q_[0, 0, 2:6] = 1
+    write(truth, "syn_002", t), write(pred, "syn_002", q_)
+    t2 = np.zeros_like(t)
+    t2[0, 1, :3] = 1
+    t2[0, 0, 5] = 2
+    q2 = np.zeros_like(t)
+    q2[0, 1, :3] = 1
+    write(truth, "syn_003", t2), write(pred, "syn_003", q2)
+    got = p.score(str(pred), str(truth), {"organ": 1, "organ2": 2}, {"syn_002": "A", "syn_003": "C"}, {"A", "B"})
+    assert got["dice_seen"] == pytest.approx(0.5)
+    assert got["dice_unseen"] == pytest.approx(0.5)          # (1.0 + 0.0) / 2
+    assert got["dice"] == pytest.approx(0.5)                 # (0.5 + 1.0 + 0.0) / 3
+    assert got["per_label_dice"] == {"organ": pytest.approx(0.75), "organ2": 0.0} and got["cases"] == 2
+    assert np.isnan(p.dice(np.zeros(3), np.zeros(3), 3))
+
+    fold = tmp_path / "fold"
+    fold.mkdir()
+    for name in ("checkpoint_epoch10.pth", "checkpoint_epoch5.pth", "checkpoint_final.pth", "checkpoint_latest.pth",
+                 "checkpoint_epoch5.pth.tmp"):
+        (fold / name).write_text("")
+    assert [e for e, _ in p.checkpoints(str(fold), 20)] == [5, 10, 20]
+    assert p.checkpoints(str(fold), 20)[-1][1].endswith("checkpoint_final.pth")

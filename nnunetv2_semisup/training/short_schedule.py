@@ -5,7 +5,10 @@ off in training and inference (nnU-Net's final validation otherwise runs 8 mirro
 iterations can be overridden with ``nnUNet_semisup_short_epochs``, ``nnUNet_semisup_short_iterations`` and
 ``nnUNet_semisup_short_val_iterations``; ``nnUNet_semisup_short_skip_validation=1`` skips nnU-Net's final
 validation, which saves most of a CPU smoke run's time; ``nnUNet_semisup_short_stop_after=K`` ends the process after
-epoch K as if it had been killed (``checkpoint_latest.pth`` kept), to smoke-test ``--c``.
+epoch K as if it had been killed (``checkpoint_latest.pth`` kept), to smoke-test ``--c``;
+``nnUNet_semisup_short_keep_every=K`` keeps a copy of the checkpoint every K epochs
+(``checkpoint_epoch<N>.pth``, N epochs trained), so a benchmark can look at a model over training (nnU-Net itself
+keeps only the latest, best and final checkpoints).
 """
 import os
 import random
@@ -34,6 +37,9 @@ class ShortScheduleMixin:
         self.save_every = 1
 
     def on_epoch_end(self):
+        keep_every = int(os.environ.get("nnUNet_semisup_short_keep_every", "0"))
+        if keep_every > 0 and (self.current_epoch + 1) % keep_every == 0:
+            self.save_checkpoint(os.path.join(self.output_folder, f"checkpoint_epoch{self.current_epoch + 1}.pth"))
         super().on_epoch_end()
         stop = os.environ.get("nnUNet_semisup_short_stop_after")
         if stop is not None and self.current_epoch == int(stop) < self.num_epochs:
