@@ -16,7 +16,8 @@ outputs; the 3D model's row is the other direction).
 
     python benchmarks/pseudo_label_quality.py --work /work/qwork --seeds 0 1 2 --docs docs
 
-Writes ``pseudo_label_quality.json`` and ``pseudo_label_quality.png`` to ``--docs`` and prints a table.
+Writes ``<name>.json`` and ``<name>.png`` (``--name``, default ``pseudo_label_quality``) to ``--docs`` and prints a
+table.
 """
 import argparse
 import glob
@@ -48,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=None, help="quality.py's --epochs (default: its default)")
     p.add_argument("--iterations", type=int, default=None, help="quality.py's --iterations (default: its default)")
     p.add_argument("--docs", default="docs")
+    p.add_argument("--name", default="pseudo_label_quality",
+                   help="file stem of the outputs in --docs (default pseudo_label_quality: .json and .png)")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -210,11 +213,11 @@ def main(argv=None) -> int:
     if not runs:
         return 1
     os.makedirs(args.docs, exist_ok=True)
-    with open(os.path.join(args.docs, "pseudo_label_quality.json"), "w") as f:
+    with open(os.path.join(args.docs, args.name + ".json"), "w") as f:
         json.dump({"command": "python benchmarks/pseudo_label_quality.py " + " ".join(sys.argv[1:] if argv is None
                                                                                        else argv), "runs": runs}, f,
                   indent=1)
-    plot(runs, os.path.join(args.docs, "pseudo_label_quality.png"))
+    plot(runs, os.path.join(args.docs, args.name + ".png"))
     return 0
 
 

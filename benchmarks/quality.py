@@ -12,7 +12,7 @@ demo's (:mod:`nnunetv2_semisup.demo`: real nnU-Net CLI, ``*_short`` trainers wit
 Every (method, budget, seed, schedule) run is cached in ``--cache`` (default ``<work>/runs``) as one JSON file with its
 settings: a rerun trains only what is missing (or whose settings changed), so the table can be filled over several
 sittings; the published table's files are in ``benchmarks/quality_runs``. ``--convergence``
-also trains labeled-only and fully supervised at twice the epochs (seed ``--convergence-seed``), to show that the
+also trains labeled-only and fully supervised at twice the epochs (seeds ``--convergence-seeds``), to show that the
 schedule is long enough.
 
     python benchmarks/quality.py --work ~/quality_work                       # the CPU table (see docs/benchmarks.md)
@@ -58,7 +58,9 @@ def parse_args(argv=None):
                    help="patch size cap (0 0 0: nnU-Net's plans)")
     p.add_argument("--convergence", action="store_true",
                    help="also train labeled-only and fully supervised with twice the epochs")
-    p.add_argument("--convergence-seed", type=int, default=None, help="seed of the convergence runs (default: first)")
+    p.add_argument("--convergence-seeds", "--convergence-seed", dest="convergence_seeds", type=int, nargs="+",
+                   default=None, help="seeds of the convergence runs (default: the first of --seeds); with several, "
+                                      "the table also gives the mean change per reference")
     p.add_argument("--only-references", action="store_true", help="train labeled-only and fully supervised only")
     p.add_argument("--report-only", action="store_true", help="write the outputs from the cache, train nothing")
     p.add_argument("--work", default="quality_work", help="work folder with the datasets and nnU-Net runs")
@@ -73,7 +75,7 @@ def parse_args(argv=None):
         args.shape = list(PRESETS[args.preset][0])
     if any(not 1 <= b < args.train_cases for b in args.budgets):
         p.error(f"--budgets must lie between 1 and --train-cases - 1 ({args.train_cases - 1})")
-    args.convergence_seed = args.seeds[0] if args.convergence_seed is None else args.convergence_seed
+    args.convergence_seeds = args.convergence_seeds or args.seeds[:1]
     args.cache = args.cache or os.path.join(args.work, "runs")
     return args
 
@@ -129,8 +131,9 @@ def planned_jobs(args) -> list:
         for budget in args.budgets:
             jobs.append((demo.BASELINE, budget, seed, args.epochs))
     if args.convergence:
-        jobs += [(FULL, None, args.convergence_seed, 2 * args.epochs)]
-        jobs += [(demo.BASELINE, b, args.convergence_seed, 2 * args.epochs) for b in args.budgets]
+        for seed in args.convergence_seeds:
+            jobs += [(FULL, None, seed, 2 * args.epochs)]
+            jobs += [(demo.BASELINE, b, seed, 2 * args.epochs) for b in args.budgets]
     if not args.only_references:
         for seed in args.seeds:
             for budget in args.budgets:
@@ -268,6 +271,18 @@ def convergence(args, rows: list) -> list:
     return out
 
 
+CONVERGED = 0.02  # issue 14: doubling the iterations moves a converged reference by less than this
+
+
+def convergence_means(conv: list) -> list:
+    """Per reference (method, budget): mean ± std (ddof 0) of the doubling change over the seeds that have it."""
+    out = {}
+    for c in conv:
+        out.setdefault((c["method"], c["budget"]), []).append(c)
+    return [{"method": m, "budget": b, "seeds": [c["seed"] for c in cs], "change": _ms(c["change"] for c in cs),
+             "converged": abs(float(np.mean([c["change"] for c in cs]))) < CONVERGED} for (m, b), cs in out.items()]
+
+
 def _pm(ms, digits=3):
     return "n/a" if math.isnan(ms[0]) else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
@@ -299,6 +314,11 @@ def markdown(args, summary: dict, conv: list) -> str:
             name = NAMES.get(c["method"], c["method"]) + ("" if c["budget"] is None else f", {c['budget']} labeled")
             lines.append(f"| {name}, seed {c['seed']} | {c['iterations'][0]} → {c['iterations'][1]} | "
                          f"{c['dice'][0]:.3f} → {c['dice'][1]:.3f} | {c['change']:+.3f} |")
+        for m in (m for m in convergence_means(conv) if len(m["seeds"]) > 1):
+            name = NAMES.get(m["method"], m["method"]) + ("" if m["budget"] is None else f", {m['budget']} labeled")
+            verdict = "< 0.02" if m["converged"] else "≥ 0.02: not converged"
+            lines.append(f"| **{name}, mean of seeds {','.join(map(str, m['seeds']))}** | × 2 | | "
+                         f"**{m['change'][0]:+.3f} ± {m['change'][1]:.3f}** ({verdict}) |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
@@ -357,7 +377,7 @@ def write_outputs(args, rows: list, seconds: float, complete: bool, argv=None) -
         f.write(text)
     with open(os.path.join(args.docs, "quality_synthetic.json"), "w") as f:
         json.dump({"command": command, "settings": settings, "complete": complete, "summary": summary,
-                   "convergence": conv, "runs": rows}, f, indent=1)
+                   "convergence": conv, "convergence_mean": convergence_means(conv), "runs": rows}, f, indent=1)
     if any(summary.values()):
         plot(summary, rows, args.epochs, os.path.join(args.docs, "quality_synthetic_gap.png"))
     return text

@@ -279,6 +279,10 @@ def test_pretrain_epochs():
     assert pretrain_epochs_for(1000, 0.12) == 120
     assert pretrain_epochs_for(85, 0.12) == 10
     assert pretrain_epochs_for(25, 0.1) == 3  # 2.5 rounds half up
+    assert pretrain_epochs_for(80, 0.12) == 10  # the CPU benchmark's 80 epochs: 9.6 -> 10
+    # short runs keep one epoch of each stage: 0.12·4 = 0.48 would round to no pretraining, 0.9·4 to no self-training
+    assert [pretrain_epochs_for(e, 0.12) for e in (1, 2, 3, 4, 5)] == [0, 1, 1, 1, 1]
+    assert pretrain_epochs_for(4, 0.9) == 3 and pretrain_epochs_for(10, 0.0) == 0 and pretrain_epochs_for(4, 1.0) == 4
 
 
 # ---------------------------------------------------------------- 15. DS targets of mixed labels

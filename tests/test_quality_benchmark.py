@@ -99,6 +99,32 @@ def test_gap_share_per_seed_and_convergence_table():
     assert (q.FULL, None, 0, 20) in jobs and ("A", 2, 1, 10) in jobs and len(jobs) == 4 + 2 + 2
 
 
+def test_convergence_over_several_seeds_reports_the_mean_change():
+    q = _quality()
+    args = q.parse_args(["--seeds", "0", "1", "--epochs", "10", "--methods", "A", "--convergence",
+                         "--convergence-seeds", "0", "1"])
+    jobs = q.planned_jobs(args)
+    doubled = [j for j in jobs if j[3] == 20]
+    assert sorted(doubled, key=str) == sorted([(q.FULL, None, 0, 20), (q.demo.BASELINE, 2, 0, 20),
+                                               (q.FULL, None, 1, 20), (q.demo.BASELINE, 2, 1, 20)], key=str)
+
+    def row(method, seed, dice, epochs):
+        return {"method": method, "budget": None if method == q.FULL else 2, "seed": seed, "epochs": epochs,
+                "iterations": epochs * 50, "dice": dice}
+    rows = [row(q.FULL, 0, 0.80, 10), row(q.FULL, 0, 0.81, 20), row(q.FULL, 1, 0.70, 10), row(q.FULL, 1, 0.75, 20),
+            row(q.demo.BASELINE, 0, 0.40, 10), row(q.demo.BASELINE, 0, 0.41, 20),
+            row(q.demo.BASELINE, 1, 0.50, 10), row(q.demo.BASELINE, 1, 0.49, 20)]
+    means = {m["method"]: m for m in q.convergence_means(q.convergence(args, rows))}
+    # fully supervised: changes +0.01 and +0.05 -> mean 0.03, std 0.02 (ddof 0): not converged
+    assert means[q.FULL]["change"] == pytest.approx((0.03, 0.02)) and not means[q.FULL]["converged"]
+    # labeled-only: +0.01 and -0.01 -> mean 0.00, std 0.01: converged
+    assert means[q.demo.BASELINE]["change"] == pytest.approx((0.0, 0.01), abs=1e-12)
+    assert means[q.demo.BASELINE]["converged"] and means[q.demo.BASELINE]["seeds"] == [0, 1]
+    text = q.markdown(args, {}, q.convergence(args, rows))
+    assert "+0.030 ± 0.020" in text and "not converged" in text and "mean of seeds 0,1" in text
+    assert q.parse_args(["--seeds", "3", "4", "--convergence"]).convergence_seeds == [3]  # default: first seed
+
+
 def test_dice_on_seen_and_unseen_scanners(tmp_path):
     """Per-scanner Dice from nnUNetv2_semisup_evaluate's per-case CSV, then pooled over the scanners a budget's
     labeled cases saw and the others (hand-computed)."""

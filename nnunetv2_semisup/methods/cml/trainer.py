@@ -51,8 +51,13 @@ def resolve_pair_batch_size(planned: int, override: Optional[int] = None) -> Tup
 
 
 def pretrain_epochs_for(num_epochs: int, fraction: float) -> int:
-    """round(fraction · E), rounding halves up (Python's round() would round 0.5 to even)."""
-    return int(math.floor(fraction * num_epochs + 0.5))
+    """round(fraction · E), rounding halves up (Python's round() would round 0.5 to even). With 0 < fraction < 1 and
+    E ≥ 2 each stage gets at least one epoch, so a short run (tests, demo: E = 2-8) still pretrains and then
+    self-trains; from E = 5 on (fraction 0.12) this is plain rounding."""
+    n = int(math.floor(fraction * num_epochs + 0.5))
+    if 0 < fraction < 1 and num_epochs >= 2:
+        n = min(max(n, 1), num_epochs - 1)
+    return n
 
 
 class nnUNetTrainerCML(nnUNetTrainerSemiSup):

@@ -8,7 +8,7 @@
 | ``nnUNetTrainerCML_noUnsup`` | λ1 = 0 (Table 4 "L_sup + L_dis"; unlabeled patches still feed dis_u) |
 | ``nnUNetTrainerCML_supOnly`` | λ1 = λ2 = 0 (Table 4 "L_sup"; no unlabeled patches are loaded, none need to exist) |
 | ``nnUNetTrainerCML_paper`` | reference optimisation: B_l = B_u = 4; SGD lr 0.01, momentum 0.9, wd 1e-4, no Nesterov, no clipping; 200 iterations × 85 epochs, 10 pretraining epochs at constant LR; self-training LR 0.01·0.1^⌊k/2500⌋ (k = self-training iterations so far) |
-| ``nnUNetTrainerCML_short`` | short schedule for tests/demo (``ShortScheduleMixin``); pretraining fraction 0.34 so a 2–4 epoch run has one pretraining epoch and then self-training |
+| ``nnUNetTrainerCML_short`` | short schedule for tests, demo and the CPU benchmark (``ShortScheduleMixin``); the default pretraining share 0.12 (a 2–8 epoch run gets one pretraining epoch, see ``pretrain_epochs_for``) |
 | ``nnUNetTrainerCML_hetero_short`` | ``_hetero`` on the short schedule (= ``_short``) |
 | ``nnUNetTrainerCML_identical_short`` | ``_identical`` on the short schedule |
 """
@@ -94,21 +94,12 @@ class nnUNetTrainerCML_paper(nnUNetTrainerCML):
 
 
 class nnUNetTrainerCML_short(ShortScheduleMixin, nnUNetTrainerCML):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.cml_pretrain_fraction = 0.34
+    pass  # the defaults; pretrain_epochs_for gives a 2-4 epoch run one pretraining epoch
 
 
 class nnUNetTrainerCML_hetero_short(ShortScheduleMixin, nnUNetTrainerCML_hetero):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.cml_pretrain_fraction = 0.34
+    pass  # the defaults; pretrain_epochs_for gives a 2-4 epoch run one pretraining epoch
 
 
 class nnUNetTrainerCML_identical_short(ShortScheduleMixin, nnUNetTrainerCML_identical):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.cml_pretrain_fraction = 0.34
+    pass  # the defaults; pretrain_epochs_for gives a 2-4 epoch run one pretraining epoch
