@@ -12,8 +12,8 @@ demo's (:mod:`nnunetv2_semisup.demo`: real nnU-Net CLI, ``*_short`` trainers wit
 Every (method, budget, seed, schedule) run is cached in ``--cache`` (default ``<work>/runs``) as one JSON file with its
 settings: a rerun trains only what is missing (or whose settings changed), so the table can be filled over several
 sittings; the published table's files are in ``benchmarks/quality_runs``. ``--convergence``
-also trains labeled-only and fully supervised at twice the epochs (seeds ``--convergence-seeds``), to show that the
-schedule is long enough.
+also trains labeled-only and fully supervised at twice the epochs (seeds ``--convergence-seeds``, labeled-only at
+``--convergence-budgets``), to show that the schedule is long enough.
 
     python benchmarks/quality.py --work ~/quality_work                       # the CPU table (see docs/benchmarks.md)
     python benchmarks/quality.py --device cuda --epochs 1000 --iterations 250 --features 0 --patch 0 0 0
@@ -61,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--convergence-seeds", "--convergence-seed", dest="convergence_seeds", type=int, nargs="+",
                    default=None, help="seeds of the convergence runs (default: the first of --seeds); with several, "
                                       "the table also gives the mean change per reference")
+    p.add_argument("--convergence-budgets", type=int, nargs="+", default=None,
+                   help="label budgets of the labeled-only convergence runs (default: the first of --budgets)")
     p.add_argument("--only-references", action="store_true", help="train labeled-only and fully supervised only")
     p.add_argument("--report-only", action="store_true", help="write the outputs from the cache, train nothing")
     p.add_argument("--work", default="quality_work", help="work folder with the datasets and nnU-Net runs")
@@ -76,6 +78,9 @@ def parse_args(argv=None):
     if any(not 1 <= b < args.train_cases for b in args.budgets):
         p.error(f"--budgets must lie between 1 and --train-cases - 1 ({args.train_cases - 1})")
     args.convergence_seeds = args.convergence_seeds or args.seeds[:1]
+    args.convergence_budgets = args.convergence_budgets or args.budgets[:1]
+    if any(b not in args.budgets for b in args.convergence_budgets):
+        p.error(f"--convergence-budgets {args.convergence_budgets} must be among --budgets {args.budgets}")
     args.cache = args.cache or os.path.join(args.work, "runs")
     return args
 
@@ -133,7 +138,7 @@ def planned_jobs(args) -> list:
     if args.convergence:
         for seed in args.convergence_seeds:
             jobs += [(FULL, None, seed, 2 * args.epochs)]
-            jobs += [(demo.BASELINE, b, seed, 2 * args.epochs) for b in args.budgets]
+            jobs += [(demo.BASELINE, b, seed, 2 * args.epochs) for b in args.convergence_budgets]
     if not args.only_references:
         for seed in args.seeds:
             for budget in args.budgets:

@@ -125,6 +125,19 @@ def test_convergence_over_several_seeds_reports_the_mean_change():
     assert q.parse_args(["--seeds", "3", "4", "--convergence"]).convergence_seeds == [3]  # default: first seed
 
 
+def test_convergence_runs_only_at_the_convergence_budgets():
+    """With two budgets the doubled labeled-only runs are of the first budget unless --convergence-budgets says
+    otherwise; a convergence budget outside --budgets is refused."""
+    q = _quality()
+    base = ["--seeds", "0", "--epochs", "10", "--methods", "A", "--budgets", "2", "4", "--convergence"]
+    doubled = [j for j in q.planned_jobs(q.parse_args(base)) if j[3] == 20]
+    assert sorted(doubled, key=str) == sorted([(q.FULL, None, 0, 20), (q.demo.BASELINE, 2, 0, 20)], key=str)
+    doubled = [j for j in q.planned_jobs(q.parse_args(base + ["--convergence-budgets", "2", "4"])) if j[3] == 20]
+    assert (q.demo.BASELINE, 4, 0, 20) in doubled and len(doubled) == 3
+    with pytest.raises(SystemExit):
+        q.parse_args(base + ["--convergence-budgets", "3"])
+
+
 def test_dice_on_seen_and_unseen_scanners(tmp_path):
     """Per-scanner Dice from nnUNetv2_semisup_evaluate's per-case CSV, then pooled over the scanners a budget's
     labeled cases saw and the others (hand-computed)."""
