@@ -45,6 +45,8 @@ METHOD_NAMES = {
     "nnUNetTrainerMN_short": "M&N",
     "nnUNetTrainerSKCDF_short": "SKCDF",
     "nnUNetTrainerCML_short": "CML",
+    "nnUNetTrainerSKCDF_paper_short": "SKCDF (_paper recipe)",
+    "nnUNetTrainerCML_paper_short": "CML (_paper recipe)",
 }
 LABELED_ONLY = {BASELINE}  # trainers that never read the unlabeled scans
 

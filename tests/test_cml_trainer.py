@@ -169,6 +169,24 @@ def test_paper_variant_lr(planned_dataset):
     assert isinstance(t, nnUNetTrainerCML_paper)
 
 
+def test_paper_short_spreads_the_references_six_lr_levels_over_its_selftraining(planned_dataset, monkeypatch):
+    """Reference: 15000 self-training iterations at 0.01·0.1^⌊k/2500⌋, i.e. six levels 1e-2 … 1e-7. The benchmark's
+    80 × 50 schedule pretrains round(0.12 · 80) = 10 epochs, so 70 · 50 = 3500 self-training iterations hold six
+    levels of ⌈3500 / 6⌉ = 584 (the last one 3500 − 5 · 584 = 580 long)."""
+    monkeypatch.setenv("nnUNet_semisup_short_epochs", "80")
+    monkeypatch.setenv("nnUNet_semisup_short_iterations", "50")
+    t = make_trainer("nnUNetTrainerCML_paper_short")
+    t.initialize()
+    assert (t.num_epochs, t.num_iterations_per_epoch, t.cml_pretrain_epochs, t.cml_batch_size) == (80, 50, 10, 4)
+    assert t.cml_paper_decay_every == 584
+    opt = t.optimizer.param_groups[0]
+    assert (opt["momentum"], opt["nesterov"], opt["weight_decay"], t.cml_grad_clip) == (0.9, False, 1e-4, None)
+    t.cml_stage = "selftrain"
+    for k, lr in ((0, 1e-2), (583, 1e-2), (584, 1e-3), (2919, 1e-6), (2920, 1e-7), (3499, 1e-7)):
+        t.cml_selftrain_iterations = k
+        assert t.cml_iteration_lr() == pytest.approx(lr), k
+
+
 # ---------------------------------------------------------------- end to end: train, restore, resume, predict
 @pytest.fixture(scope="module")
 def cml_run(planned_dataset, tmp_path_factory):
@@ -275,6 +293,7 @@ def test_variant_attributes(planned_dataset):
         "nnUNetTrainerCML_noUnsup": (0.0, 0.2, 1.0, 2 / 3, 0.12, True, True, None),
         "nnUNetTrainerCML_supOnly": (0.0, 0.0, 1.0, 2 / 3, 0.12, True, True, None),
         "nnUNetTrainerCML_paper": (1.0, 0.2, 1.0, 2 / 3, 0.12, True, True, 4),
+        "nnUNetTrainerCML_paper_short": (1.0, 0.2, 1.0, 2 / 3, 0.12, True, True, 4),
         "nnUNetTrainerCML_short": (1.0, 0.2, 1.0, 2 / 3, 0.12, True, True, None),
         "nnUNetTrainerCML_hetero_short": (1.0, 0.2, 1.0, 2 / 3, 0.12, True, True, None),
         "nnUNetTrainerCML_identical_short": (1.0, 0.2, 1.0, 2 / 3, 0.12, False, True, None),

@@ -168,3 +168,12 @@ def test_variants_found_by_nnunet_and_configured(planned_dataset):
     assert len(drops) == 3 and all(m.p == 0.5 for m in drops)  # bottleneck + last features of both decoders
     tr.lr_scheduler.step(750)
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.3 * 0.5 ** 0.9)
+    # the benchmark's paper row: the same recipe, the short schedule's epochs and iterations (not ⌊|U|/2⌋ = 3)
+    short = get_trainer_from_args(str(ds.dataset_id), "3d_fullres", "all", "nnUNetTrainerSKCDF_paper_short",
+                                  device=torch.device("cpu"))
+    short.initialize()
+    assert (short.num_epochs, short.num_iterations_per_epoch) == (4, 5)
+    assert short.get_batch_composition() == (2, 2) and short.skcdf_grad_clip is None
+    group = short.optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.3, 0.9, True, 3e-5)
+    assert all(m.p == 0.5 for m in short.network.modules() if isinstance(m, torch.nn.Dropout3d))

@@ -30,11 +30,15 @@ class ShortScheduleMixin:
             random.seed(int(seed)), np.random.seed(int(seed)), torch.manual_seed(int(seed))
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = int(os.environ.get("nnUNet_semisup_short_epochs", self.short_epochs))
-        self.num_iterations_per_epoch = int(os.environ.get("nnUNet_semisup_short_iterations",
-                                                           self.short_iterations))
+        self.num_iterations_per_epoch = self.short_iterations_per_epoch()
         self.num_val_iterations_per_epoch = int(os.environ.get("nnUNet_semisup_short_val_iterations",
                                                                self.short_val_iterations))
         self.save_every = 1
+
+    def short_iterations_per_epoch(self) -> int:
+        """The short schedule's iterations per epoch (``nnUNet_semisup_short_iterations`` or ``short_iterations``);
+        variants whose ``initialize`` derives its own count (``_paper``) set it back with this."""
+        return int(os.environ.get("nnUNet_semisup_short_iterations", self.short_iterations))
 
     def on_epoch_end(self):
         keep_every = int(os.environ.get("nnUNet_semisup_short_keep_every", "0"))

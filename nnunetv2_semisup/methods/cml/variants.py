@@ -11,7 +11,9 @@
 | ``nnUNetTrainerCML_short`` | short schedule for tests, demo and the CPU benchmark (``ShortScheduleMixin``); the default pretraining share 0.12 (a 2–8 epoch run gets one pretraining epoch, see ``pretrain_epochs_for``) |
 | ``nnUNetTrainerCML_hetero_short`` | ``_hetero`` on the short schedule (= ``_short``) |
 | ``nnUNetTrainerCML_identical_short`` | ``_identical`` on the short schedule |
+| ``nnUNetTrainerCML_paper_short`` | ``_paper``'s batch, optimiser and step decay on the short schedule: self-training still runs through six LR levels 0.01·0.1^j, j = 0..5, of ⌈self-training iterations / 6⌉ each (the reference: 2500 of its 15000) — the quality benchmark's paper row |
 """
+import math
 from typing import Optional
 
 import torch
@@ -21,7 +23,7 @@ from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
 
 __all__ = ["nnUNetTrainerCML", "nnUNetTrainerCML_identical", "nnUNetTrainerCML_hetero", "nnUNetTrainerCML_noDis",
            "nnUNetTrainerCML_noUnsup", "nnUNetTrainerCML_supOnly", "nnUNetTrainerCML_paper", "nnUNetTrainerCML_short",
-           "nnUNetTrainerCML_hetero_short", "nnUNetTrainerCML_identical_short"]
+           "nnUNetTrainerCML_hetero_short", "nnUNetTrainerCML_identical_short", "nnUNetTrainerCML_paper_short"]
 
 
 class nnUNetTrainerCML_identical(nnUNetTrainerCML):
@@ -70,6 +72,7 @@ class _PerIterationLR:
 
 class nnUNetTrainerCML_paper(nnUNetTrainerCML):
     cml_paper_decay_every = 2500  # self-training iterations per ×0.1 LR step (LA reference)
+    cml_paper_lr_levels = 6  # the reference's 15000 self-training iterations: six LR levels of 2500 each
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -103,3 +106,14 @@ class nnUNetTrainerCML_hetero_short(ShortScheduleMixin, nnUNetTrainerCML_hetero)
 
 class nnUNetTrainerCML_identical_short(ShortScheduleMixin, nnUNetTrainerCML_identical):
     pass  # the defaults; pretrain_epochs_for gives a 2-4 epoch run one pretraining epoch
+
+
+class nnUNetTrainerCML_paper_short(ShortScheduleMixin, nnUNetTrainerCML_paper):
+    """The reference recipe at the benchmark's budget. A fixed 2500-iteration step would leave a 3500-iteration
+    self-training stage at LR 0.01 and 0.001 only; the reference's shape (six LR levels, each a tenth of the one
+    before, over self-training) is kept by spacing them over the short schedule's self-training iterations."""
+
+    def initialize(self):
+        super().initialize()
+        selftrain = (self.num_epochs - self.cml_pretrain_epochs) * self.num_iterations_per_epoch
+        self.cml_paper_decay_every = max(1, math.ceil(selftrain / self.cml_paper_lr_levels))

@@ -11,6 +11,7 @@
 | ``_DF_noEMA`` | ``_DF`` without decoder EMA | Tab. 4 "unlabeled / no" |
 | ``_DF_inferL``, ``_DF_noEMA_inferL`` | ``_DF`` / ``_DF_noEMA`` predicting with D_l's main head | Tab. 4 "labeled" rows |
 | ``_short`` | short schedule for tests and the demo (``ShortScheduleMixin``) | — |
+| ``_paper_short`` | ``_paper``'s optimiser, dropout, batch and no clipping on the short schedule (its epochs × iterations instead of 1500 × ⌊\|U\|/2⌋; the poly decay spans them) — the quality benchmark's paper row | — |
 
 Architecture switches are class attributes (nnU-Net rebuilds the network from the class at prediction time).
 """
@@ -93,7 +94,18 @@ class nnUNetTrainerSKCDF_DF_short(ShortScheduleMixin, nnUNetTrainerSKCDF_DF):
     pass
 
 
+class nnUNetTrainerSKCDF_paper_short(ShortScheduleMixin, nnUNetTrainerSKCDF_paper):
+    """The reference recipe at the benchmark's budget: ``_paper`` derives its iterations per epoch from the
+    unlabeled set in ``initialize``; the short schedule's count replaces it so runs are compared at equal
+    iterations."""
+
+    def initialize(self):
+        super().initialize()
+        self.num_iterations_per_epoch = self.short_iterations_per_epoch()
+
+
 __all__ = ["nnUNetTrainerSKCDF", "nnUNetTrainerSKCDF_truemask", "nnUNetTrainerSKCDF_paper",
            "nnUNetTrainerSKCDF_noSKCM", "nnUNetTrainerSKCDF_noABSH", "nnUNetTrainerSKCDF_noEMA",
            "nnUNetTrainerSKCDF_DF", "nnUNetTrainerSKCDF_DF_noEMA", "nnUNetTrainerSKCDF_DF_inferL",
-           "nnUNetTrainerSKCDF_DF_noEMA_inferL", "nnUNetTrainerSKCDF_short", "nnUNetTrainerSKCDF_DF_short"]
+           "nnUNetTrainerSKCDF_DF_noEMA_inferL", "nnUNetTrainerSKCDF_short", "nnUNetTrainerSKCDF_DF_short",
+           "nnUNetTrainerSKCDF_paper_short"]
