@@ -25,11 +25,12 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
+
+from nnunetv2_semisup.workflows.commands import CommandError, bin_path, run_command  # noqa: F401 (re-exported)
 
 DATASET_ID = 977
 DATASET_NAME = f"Dataset{DATASET_ID:03d}_SemiSupDemo"
@@ -70,8 +71,8 @@ OFFLINE_SEGFORMER_NOTE = (
     "nnUNet_semisup_segformer=nvidia/segformer-b2-finetuned-ade-512-512 (or a local copy) and run again.")
 
 
-class DemoStepError(RuntimeError):
-    """A step of the demo failed; the message names the command and ends with the tail of its output."""
+# a failing step: the message names the command and ends with the tail of its output
+DemoStepError = CommandError
 
 
 @dataclass
@@ -151,32 +152,6 @@ def build_env(cfg: DemoConfig, base: Optional[dict] = None, for_training: bool =
     if for_training:
         env["nnUNet_n_proc_DA"] = "0" if cfg.device == "cpu" else str(max(1, min(4, (os.cpu_count() or 2) // 2)))
     return env
-
-
-def bin_path(name: str) -> str:
-    """A console command installed next to the running interpreter (falls back to PATH)."""
-    candidate = os.path.join(os.path.dirname(sys.executable), name)
-    return candidate if os.path.isfile(candidate) else (shutil.which(name) or name)
-
-
-def run_command(args: Sequence, env: dict, log_file: str, tail_lines: int = 40) -> None:
-    """Run one command, its output going to ``log_file``; on failure raise :class:`DemoStepError` with the command
-    and the tail of its output."""
-    cmd = [bin_path(str(args[0]))] + [str(a) for a in args[1:]]
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
-    with open(log_file, "w") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        try:
-            rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        except OSError as e:
-            raise DemoStepError(f"could not start {' '.join(cmd)}: {e}") from e
-    if rc != 0:
-        with open(log_file, errors="replace") as f:
-            lines = f.read().replace("\r", "\n").splitlines()
-        tail = "\n".join(lines[-tail_lines:])
-        raise DemoStepError(f"command failed (exit code {rc}): {' '.join(cmd)}\n"
-                            f"full output: {log_file}\n--- last {tail_lines} lines ---\n{tail}")
 
 
 # ------------------------------------------------------------------------------------------------- pipeline
