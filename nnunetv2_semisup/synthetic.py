@@ -130,8 +130,11 @@ def cohort_scanners():
 
 
 def make_cohort_case(rng: np.random.Generator, shape: Tuple[int, int, int] = COHORT_SHAPE,
-                     spacing: Tuple[float, float, float] = COHORT_SPACING, num_channels: int = 1):
-    """One case of the ``cohort`` preset: (images [C, Z, Y, X] float32, label [Z, Y, X] uint8, scanner index)."""
+                     spacing: Tuple[float, float, float] = COHORT_SPACING, num_channels: int = 1,
+                     scanner: Optional[int] = None):
+    """One case of the ``cohort`` preset: (images [C, Z, Y, X] float32, label [Z, Y, X] uint8, scanner index).
+    ``scanner`` forces the scanner (the random draw is still made, so the anatomy and the random stream stay those
+    of the unforced case)."""
     from scipy.ndimage import gaussian_filter
     spacing_zyx = np.array(spacing[::-1], np.float32)
     extent = np.array(shape) * spacing_zyx
@@ -157,7 +160,8 @@ def make_cohort_case(rng: np.random.Generator, shape: Tuple[int, int, int] = COH
         c3 = inside[rng.integers(len(inside))].astype(np.float32)
         lesion = _ellipsoid(rng, shape, c3, np.full(3, rng.uniform(5.0, 7.0)), spacing_zyx, 0.1) & (seg == 1)
         seg[lesion] = 3
-    scanner = int(rng.integers(COHORT_SCANNERS))
+    drawn = int(rng.integers(COHORT_SCANNERS))
+    scanner = drawn if scanner is None else int(scanner)
     prof = cohort_scanners()[scanner]
     images = []
     for _ in range(num_channels):
@@ -178,7 +182,28 @@ def make_cohort_case(rng: np.random.Generator, shape: Tuple[int, int, int] = COH
     return np.stack(images).astype(np.float32), seg, scanner
 
 
-PRESETS = {"default": (DEFAULT_SHAPE, DEFAULT_SPACING), "cohort": (COHORT_SHAPE, COHORT_SPACING)}
+def cohort_scanner_plan(num_train: int, num_test: int, unseen: Optional[str] = None, seen_prefix: int = 6) -> list:
+    """Scanner index of every case in generation order (training cases, then test cases) for the controlled tracks.
+
+    i.i.d. (``unseen`` None): training case i and test case j come from scanner i mod 3 and j mod 3, so the first
+    L = 3k training cases (a label budget) hold k per scanner, and the unlabeled and test cases are balanced.
+    Mixed-domain (``unseen`` one of A, B, C): the first ``seen_prefix`` training cases (the largest label budget)
+    alternate over the two other scanners, the remaining training cases and the test cases cycle over all three.
+    The scanner depends on a case's index only, not on its role, so datasets of one seed with different label
+    budgets (and the fully supervised one) hold the same images."""
+    names = [p["name"] for p in COHORT_SCANNER_PROFILES]
+    if unseen is None:
+        train = [i % COHORT_SCANNERS for i in range(num_train)]
+    else:
+        if unseen not in names:
+            raise ValueError(f"unseen scanner must be one of {names}, got {unseen!r}")
+        seen = [k for k, n in enumerate(names) if n != unseen]
+        train = [seen[i % len(seen)] if i < seen_prefix else i % COHORT_SCANNERS for i in range(num_train)]
+    return train + [j % COHORT_SCANNERS for j in range(num_test)]
+
+
+PRESETS = {"default": (DEFAULT_SHAPE, DEFAULT_SPACING), "cohort": (COHORT_SHAPE, COHORT_SPACING),
+           "cohort_iid": (COHORT_SHAPE, COHORT_SPACING)}
 
 
 def _write(array_zyx, path, spacing, is_seg):
@@ -192,12 +217,19 @@ def _write(array_zyx, path, spacing, is_seg):
 def make_synthetic_dataset(output_folder: str, num_labeled: int = 4, num_unlabeled: int = 16, num_test: int = 6,
                            seed: int = 0, shape: Optional[Tuple[int, int, int]] = None,
                            spacing: Optional[Tuple[float, float, float]] = None, num_channels: int = 1,
-                           overwrite: bool = False, preset: str = "default") -> str:
+                           overwrite: bool = False, preset: str = "default", unseen: Optional[str] = None) -> str:
     """Write a raw nnU-Net dataset to ``output_folder`` (atomically: temporary folder, then rename). ``shape`` and
     ``spacing`` default to the preset's. Cases are drawn in the order labeled, unlabeled, test from one RNG, so a
-    dataset with the same seed and more labeled / fewer unlabeled cases holds the same images."""
+    dataset with the same seed and more labeled / fewer unlabeled cases holds the same images.
+
+    ``cohort`` draws each case's scanner at random (generator version 3; the mixed-domain table of issue 14);
+    ``cohort_iid`` assigns scanners by :func:`cohort_scanner_plan` (labeled, unlabeled and test cases from one
+    balanced mixture); ``cohort`` with ``unseen`` gives the controlled mixed-domain track (labeled cases never from
+    that scanner)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown synthetic preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if unseen is not None and preset != "cohort":
+        raise ValueError("unseen applies to the cohort preset only")
     shape = tuple(shape or PRESETS[preset][0])
     spacing = tuple(spacing or PRESETS[preset][1])
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
@@ -215,14 +247,17 @@ def make_synthetic_dataset(output_folder: str, num_labeled: int = 4, num_unlabel
              ("imagesTs", "labelsTs", num_test)]
     idx = 0
     scanners = {}
+    plan = (cohort_scanner_plan(num_labeled + num_unlabeled, num_test, unseen)
+            if preset == "cohort_iid" or unseen is not None else None)
     for img_dir, lab_dir, n in roles:
         for _ in range(n):
             case = f"syn_{idx:03d}"
-            idx += 1
-            if preset == "cohort":
-                images, seg, scanners[case] = make_cohort_case(rng, shape, spacing, num_channels)
+            if preset in ("cohort", "cohort_iid"):
+                images, seg, scanners[case] = make_cohort_case(rng, shape, spacing, num_channels,
+                                                               None if plan is None else plan[idx])
             else:
                 images, seg = make_case(rng, shape, spacing, num_channels)
+            idx += 1
             for c in range(num_channels):
                 _write(images[c], os.path.join(tmp, img_dir, f"{case}_{c:04d}.nii.gz"), spacing, False)
             if lab_dir is not None:
@@ -234,6 +269,7 @@ def make_synthetic_dataset(output_folder: str, num_labeled: int = 4, num_unlabel
         semisup={"format_version": 1, "source": "synthetic", "seed": seed, "num_labeled": num_labeled,
                  "num_unlabeled": num_unlabeled, "num_test": num_test, "transductive": False,
                  "shape_zyx": list(shape), "spacing_xyz": list(spacing), "preset": preset,
+                 **({"unseen_scanner": unseen} if unseen else {}),
                  **({"case_scanner": scanners} if scanners else {})})
     os.replace(tmp, output_folder)
     return output_folder
@@ -249,8 +285,13 @@ def main(argv=None) -> int:
     parser.add_argument("--test", type=int, default=6, help="test cases with labels in labelsTs (default 6)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                        help="default (tests, demo) or cohort (three scanners with different tissue contrasts, varied "
-                             "anatomy: the label-limited quality benchmark)")
+                        help="default (tests, demo); cohort (three scanners with different tissue contrasts, varied "
+                             "anatomy; each case's scanner at random: the mixed-domain benchmark) or cohort_iid (the "
+                             "same cases, scanners balanced over labeled, unlabeled and test cases: the i.i.d. "
+                             "benchmark)")
+    parser.add_argument("--unseen-scanner", choices=[p["name"] for p in COHORT_SCANNER_PROFILES], default=None,
+                        help="cohort preset only: no labeled case from this scanner (the first 6 training cases "
+                             "alternate over the two others), unlabeled and test cases from all three")
     parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help="volume shape in voxels (default: the preset's, 24 48 48 / 20 48 48)")
     parser.add_argument("--channels", type=int, default=1, help="number of image channels (default 1)")
@@ -267,8 +308,8 @@ def main(argv=None) -> int:
     try:
         make_synthetic_dataset(out, args.labeled, args.unlabeled, args.test, args.seed,
                                tuple(args.shape) if args.shape else None, num_channels=args.channels,
-                               overwrite=args.overwrite, preset=args.preset)
-    except FileExistsError as e:
+                               overwrite=args.overwrite, preset=args.preset, unseen=args.unseen_scanner)
+    except (FileExistsError, ValueError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     print(f"Wrote {out}: {args.labeled} labeled, {args.unlabeled} unlabeled, {args.test} test cases")
