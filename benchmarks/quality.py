@@ -27,30 +27,52 @@ import math
 import os
 import platform
 import sys
+from typing import Optional
 
 import numpy as np
 
 from nnunetv2_semisup import demo
 
 FULL = "fully supervised"
-NAMES = {demo.BASELINE: "nnU-Net (labeled only)", FULL: "nnU-Net (fully supervised)"}
+COMPUTE_MATCHED = "labeled-only compute-matched"
+SELFTRAIN = "self-training"
+NAMES = {demo.BASELINE: "nnU-Net (labeled only)", FULL: "nnU-Net (fully supervised)",
+         COMPUTE_MATCHED: "nnU-Net (labeled only, compute-matched)", SELFTRAIN: "self-training (nnU-Net)"}
+REFERENCES = (demo.BASELINE, FULL, COMPUTE_MATCHED)   # rows that are baselines, not candidates
 DEFAULT_METHODS = ["nnUNetTrainerMeanTeacher_short", "nnUNetTrainerMN_short", "nnUNetTrainerSKCDF_short",
                    "nnUNetTrainerCML_short"]
+# Tracks (docs/benchmarks.md): "iid" is the primary one (labeled, unlabeled and test cases from one balanced scanner
+# mixture, labeled sets stratified by scanner); "unseen_X" the controlled mixed-domain one (no labeled case from
+# scanner X); "random" the issue-14 table (each case's scanner at random; its cache files sit in the cache's root).
+TRACKS = {
+    "iid": {"preset": "cohort_iid", "unseen": None, "seeds": [0, 1, 2, 3, 4], "budgets": [3], "train_cases": 24,
+            "test": 30, "epochs": 40},
+    "unseen_A": {"preset": "cohort", "unseen": "A", "seeds": [0, 1, 2], "budgets": [4], "train_cases": 24,
+                 "test": 30, "epochs": 40},
+    "unseen_C": {"preset": "cohort", "unseen": "C", "seeds": [0, 1, 2], "budgets": [4], "train_cases": 24,
+                 "test": 30, "epochs": 40},
+    "random": {"preset": "cohort", "unseen": None, "seeds": [0, 1, 2], "budgets": [2], "train_cases": 20, "test": 12,
+               "epochs": 80},
+}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="dataset/run seeds (default 0 1 2)")
-    p.add_argument("--budgets", type=int, nargs="+", default=[2], help="labeled training cases (default 2)")
-    p.add_argument("--train-cases", type=int, default=20, help="training cases per seed, labeled + unlabeled (20)")
-    p.add_argument("--test", type=int, default=12, help="test cases per seed (default 12)")
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help="semi-supervised trainers (default: the "
-                                                                         "four methods' *_short trainers)")
-    p.add_argument("--preset", default="cohort", help="synthetic preset (default cohort)")
+    p.add_argument("--track", choices=list(TRACKS), default="iid",
+                   help="iid (default: the primary track), unseen_A / unseen_C (mixed-domain, controlled unseen "
+                        "scanner) or random (issue 14's table); sets the defaults of the next five options")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="dataset/run seeds (iid: 0-4)")
+    p.add_argument("--budgets", type=int, nargs="+", default=None, help="labeled training cases (iid: 3)")
+    p.add_argument("--train-cases", type=int, default=None, help="training cases per seed, labeled + unlabeled "
+                                                                 "(iid: 24)")
+    p.add_argument("--test", type=int, default=None, help="test cases per seed (iid: 30)")
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+                   help=f"candidate rows: trainers, or '{SELFTRAIN}' for nnUNetv2_semisup_selftrain with the "
+                        f"labeled-only run as teacher (default: the four methods' *_short trainers)")
     p.add_argument("--shape", type=int, nargs=3, default=None, help="volume shape (default: the preset's)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--epochs", type=int, default=80, help="epochs (default 80; × 50 iterations = 4000; "
-                   "docs/benchmarks.md: fully supervised is not converged there yet)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of every row (× --iterations; iid: 40 × 50 = "
+                   "2000 iterations, random: 80 × 50)")
     p.add_argument("--iterations", type=int, default=50, help="iterations per epoch (default 50)")
     p.add_argument("--features", type=int, nargs="+", default=list(demo.DEFAULT_FEATURES),
                    help="feature cap per stage (0: nnU-Net's plans)")
@@ -63,6 +85,13 @@ def parse_args(argv=None):
                                       "the table also gives the mean change per reference")
     p.add_argument("--convergence-budgets", type=int, nargs="+", default=None,
                    help="label budgets of the labeled-only convergence runs (default: the first of --budgets)")
+    p.add_argument("--compute-factor", type=int, default=0,
+                   help="add the compute-matched labeled-only row: labeled-only with this many times the iterations "
+                        "(0: no such row)")
+    p.add_argument("--doubling-seeds", type=int, nargs="+", default=[],
+                   help="also train every candidate row with twice the epochs on these seeds")
+    p.add_argument("--selftrain-args", nargs=argparse.REMAINDER, default=[],
+                   help=f"extra arguments of nnUNetv2_semisup_selftrain for the '{SELFTRAIN}' row (last option)")
     p.add_argument("--only-references", action="store_true", help="train labeled-only and fully supervised only")
     p.add_argument("--report-only", action="store_true", help="write the outputs from the cache, train nothing")
     p.add_argument("--work", default="quality_work", help="work folder with the datasets and nnU-Net runs")
@@ -70,6 +99,11 @@ def parse_args(argv=None):
                                                  "repository keeps the published table's in benchmarks/quality_runs)")
     p.add_argument("--docs", default="docs", help="where the table, JSON and plot go (default docs/)")
     args = p.parse_args(argv)
+    track = TRACKS[args.track]
+    for key in ("seeds", "budgets", "train_cases", "test", "epochs"):
+        if getattr(args, key) is None:
+            setattr(args, key, track[key])
+    args.preset, args.unseen = track["preset"], track["unseen"]
     args.features = None if args.features == [0] else args.features
     args.patch = None if args.patch == [0, 0, 0] else args.patch
     if args.shape is None:
@@ -82,14 +116,20 @@ def parse_args(argv=None):
     if any(b not in args.budgets for b in args.convergence_budgets):
         p.error(f"--convergence-budgets {args.convergence_budgets} must be among --budgets {args.budgets}")
     args.cache = args.cache or os.path.join(args.work, "runs")
+    # the random track's files sit in the cache's root (issue 14), every other track in a sub-folder of its name
+    args.cache_dir = args.cache if args.track == "random" else os.path.join(args.cache, args.track)
     return args
 
 
 # ------------------------------------------------------------------------------------------------- runs and cache
 def data_settings(args, seed: int) -> dict:
     from nnunetv2_semisup.synthetic import COHORT_VERSION
-    return {"preset": args.preset, "generator": COHORT_VERSION, "shape": list(args.shape), "train_cases": args.train_cases, "test": args.test,
-            "seed": seed, "features": args.features, "patch": args.patch, "device": args.device}
+    settings = {"preset": args.preset, "generator": COHORT_VERSION, "shape": list(args.shape),
+                "train_cases": args.train_cases, "test": args.test, "seed": seed, "features": args.features,
+                "patch": args.patch, "device": args.device}
+    if args.track != "random":   # (the random track's cached settings predate tracks)
+        settings.update(track=args.track, unseen=args.unseen)
+    return settings
 
 
 def run_key(method: str, budget, seed: int, epochs: int, iterations: int) -> str:
@@ -100,15 +140,16 @@ def dataset_config(args, seed: int, budget, epochs: int) -> demo.DemoConfig:
     """``budget`` None = all training cases labeled. Longer schedules get their own folder (trainer names repeat)."""
     tag = ("full" if budget is None else f"L{budget}") + ("" if epochs == args.epochs else f"_e{epochs}")
     n_l = args.train_cases if budget is None else budget
+    root = args.work if args.track == "random" else os.path.join(args.work, args.track)
     return demo.DemoConfig(
-        out=os.path.abspath(os.path.join(args.work, f"seed{seed}_{tag}")), device=args.device, methods=[],
+        out=os.path.abspath(os.path.join(root, f"seed{seed}_{tag}")), device=args.device, methods=[],
         epochs=epochs, iterations=args.iterations, seed=seed, labeled=n_l, unlabeled=args.train_cases - n_l,
         test=args.test, shape=tuple(args.shape), features=args.features, patch_size=args.patch, preset=args.preset,
-        keep_checkpoint_every=max(1, epochs // 8))   # for benchmarks/pseudo_label_quality.py
+        unseen=args.unseen, keep_checkpoint_every=max(1, epochs // 8))   # for benchmarks/pseudo_label_quality.py
 
 
 def cache_path(args, key: str) -> str:
-    return os.path.join(args.cache, key + ".json")
+    return os.path.join(args.cache_dir, key + ".json")
 
 
 def load_cached(args, key: str, settings: dict):
@@ -121,7 +162,7 @@ def load_cached(args, key: str, settings: dict):
 
 
 def save_cached(args, key: str, entry: dict) -> None:
-    os.makedirs(args.cache, exist_ok=True)
+    os.makedirs(args.cache_dir, exist_ok=True)
     tmp = cache_path(args, key) + ".tmp"
     with open(tmp, "w") as f:
         json.dump(entry, f, indent=1)
@@ -139,17 +180,34 @@ def planned_jobs(args) -> list:
         for seed in args.convergence_seeds:
             jobs += [(FULL, None, seed, 2 * args.epochs)]
             jobs += [(demo.BASELINE, b, seed, 2 * args.epochs) for b in args.convergence_budgets]
+    if args.compute_factor > 0:
+        jobs += [(COMPUTE_MATCHED, b, seed, args.epochs) for seed in args.seeds for b in args.budgets]
     if not args.only_references:
         for seed in args.seeds:
             for budget in args.budgets:
                 jobs += [(m, budget, seed, args.epochs) for m in args.methods]
+        for seed in args.doubling_seeds:
+            for budget in args.budgets:
+                jobs += [(m, budget, seed, 2 * args.epochs) for m in args.methods]
     return jobs
+
+
+def job_settings(args, job) -> dict:
+    method, budget, seed, epochs = job
+    settings = {**data_settings(args, seed), "method": method, "budget": budget, "epochs": epochs,
+                "iterations": args.iterations}
+    if method == COMPUTE_MATCHED:
+        settings["compute_factor"] = args.compute_factor
+    if method == SELFTRAIN:
+        settings["selftrain_args"] = list(args.selftrain_args)
+    return settings
 
 
 def run_job(args, job, prepared: set, log=sys.stdout) -> dict:
     method, budget, seed, epochs = job
-    trainer = demo.BASELINE if method == FULL else method
-    cfg = dataset_config(args, seed, budget, epochs)
+    trainer = demo.BASELINE if method in (FULL, COMPUTE_MATCHED, SELFTRAIN) else method
+    run_epochs = epochs * args.compute_factor if method == COMPUTE_MATCHED else epochs
+    cfg = dataset_config(args, seed, budget, run_epochs)
     cfg.methods = [trainer]
     marker = os.path.join(cfg.out, "prepared.json")
     settings = {**data_settings(args, seed), "labeled": cfg.labeled}
@@ -171,16 +229,64 @@ def run_job(args, job, prepared: set, log=sys.stdout) -> dict:
     if note:
         print(note, file=log, flush=True)
     results = []
-    for what, fn in demo.method_steps(cfg, trainer, results, display_name=NAMES.get(method)):
-        progress.step(f"{what} [{run_key(method, budget, seed, epochs, args.iterations)}]", fn)
+    key = run_key(method, budget, seed, epochs, args.iterations)
+    steps = (selftrain_steps(args, cfg, budget, seed, results) if method == SELFTRAIN
+             else demo.method_steps(cfg, trainer, results, display_name=NAMES.get(method)))
+    for what, fn in steps:
+        progress.step(f"{what} [{key}]", fn)
     r = results[0]
-    scanners = scanner_breakdown(cfg.evaluation(trainer), cfg.raw)
+    scanners = scanner_breakdown(cfg.evaluation(r.method if method == SELFTRAIN else trainer), cfg.raw)
     segformer = os.environ.get("nnUNet_semisup_segformer") if "MN" in trainer else None
-    return {"method": method, "trainer": trainer, "budget": budget, "seed": seed, "epochs": epochs,
-            "iterations_per_epoch": args.iterations, "iterations": epochs * args.iterations, "dice": r.dice,
+    return {"method": method, "trainer": trainer, "track": args.track, "budget": budget, "seed": seed,
+            "epochs": epochs, "iterations_per_epoch": args.iterations, "iterations": run_epochs * args.iterations,
+            **({"compute_factor": args.compute_factor} if method == COMPUTE_MATCHED else {}), "dice": r.dice,
             "hd95": r.hd95, "per_label_dice": r.per_label_dice, "per_label_hd95": r.per_label_hd95,
             "train_seconds": r.train_seconds, "seconds": r.seconds, **scanners,
             "segformer": "tiny random (offline)" if segformer and "tiny_segformer" in segformer else segformer}
+
+
+def selftrain_steps(args, cfg: demo.DemoConfig, budget, seed, results: list) -> list:
+    """The self-training row: ``nnUNetv2_semisup_selftrain`` in the budget's dataset folder, whose labeled-only run
+    (same seed, same schedule) is the teacher, then stock prediction of the test cases with the student. Its
+    training time = the teacher's (from the labeled-only row when that model is reused) + the command's."""
+    import time
+    state = {}
+    student_id = cfg.dataset_id + 1
+    name = "selftrain"
+    teacher_final = os.path.join(cfg.results, cfg.dataset_name, f"{demo.BASELINE}__nnUNetPlans__3d_fullres",
+                                 "fold_all", "checkpoint_final.pth")
+
+    def train():
+        reused = os.path.isfile(teacher_final)
+        t0 = time.time()
+        demo.run_command(["nnUNetv2_semisup_selftrain", "-d", cfg.dataset_id, "-o", student_id, "-tr", demo.BASELINE,
+                          "--student-trainer", demo.BASELINE, "-device", cfg.device, "-np", 1, "--quiet"]
+                         + list(args.selftrain_args), demo.build_env(cfg), os.path.join(cfg.logs, "selftrain.log"))
+        teacher = 0.0
+        if reused:
+            cached = load_cached(args, run_key(demo.BASELINE, budget, seed, cfg.epochs, args.iterations),
+                                 job_settings(args, (demo.BASELINE, budget, seed, cfg.epochs)))
+            teacher = cached["result"]["train_seconds"] if cached else math.nan
+        state["train"], state["t0"] = time.time() - t0 + teacher, t0
+
+    def predict():
+        pred = cfg.predictions(name)
+        import shutil
+        shutil.rmtree(pred, ignore_errors=True)
+        demo.run_command(["nnUNetv2_predict", "-i", os.path.join(cfg.raw_dataset, "imagesTs"), "-o", pred,
+                          "-d", student_id, "-c", demo.CONFIGURATION, "-f", "all", "-tr", demo.BASELINE,
+                          "-device", cfg.device, "--disable_tta", "-npp", 1, "-nps", 1],
+                         demo.build_env(cfg), os.path.join(cfg.logs, "predict_selftrain.log"))
+
+    def evaluate():
+        r = demo.evaluate_method(cfg, name, name, state["train"], time.time() - state["t0"])
+        r.display_name = NAMES[SELFTRAIN]
+        results.append(r)
+
+    return [(f"self-training: nnUNetv2_semisup_selftrain -d {cfg.dataset_id} -o {student_id} -tr {demo.BASELINE} "
+             f"--student-trainer {demo.BASELINE} {' '.join(args.selftrain_args)}", train),
+            (f"predict the {cfg.test} test cases with the student (-d {student_id})", predict),
+            ("evaluate self-training", evaluate)]
 
 
 def scanner_breakdown(evaluation_folder: str, raw_folder: str) -> dict:
@@ -276,6 +382,99 @@ def convergence(args, rows: list) -> list:
     return out
 
 
+# ------------------------------------------------------------------------------------------------- decision rule
+MIN_SEEDS_FOR_VERDICT = 5   # docs/benchmarks.md: "A row with fewer than 5 seeds gets no verdict"
+
+
+def t_interval(values) -> dict:
+    """Mean and 95 % t-interval mean ± t(0.975, n − 1) · sd / √n (sd with ddof 1); NaN bounds for n < 2."""
+    from scipy import stats
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], float)
+    n = len(v)
+    if n == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    if n < 2:
+        return {"mean": float(v[0]), "low": math.nan, "high": math.nan, "n": 1}
+    half = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
+    return {"mean": float(v.mean()), "low": float(v.mean()) - half, "high": float(v.mean()) + half, "n": n}
+
+
+def paired(rows_by_seed: dict, base_by_seed: dict, key: str = "dice") -> dict:
+    """Paired differences row − baseline on the seeds both have: t-interval, wins, the per-seed values."""
+    seeds = sorted(set(rows_by_seed) & set(base_by_seed))
+    deltas = [rows_by_seed[s][key] - base_by_seed[s][key] for s in seeds]
+    return {**t_interval(deltas), "seeds": seeds, "per_seed": deltas,
+            "wins": int(sum(d > 0 for d in deltas))}
+
+
+def verdicts(args, rows: list) -> dict:
+    """Per budget, per candidate row: the paired comparisons of the decision rule and the verdict."""
+    main = [r for r in rows if r["epochs"] == args.epochs]
+    by = lambda method, budget: {r["seed"]: r for r in main if r["method"] == method  # noqa: E731
+                                 and (method == FULL or r["budget"] == budget) and r["seed"] in args.seeds}
+    out = {}
+    for budget in args.budgets:
+        lo, cm, st, full = (by(demo.BASELINE, budget), by(COMPUTE_MATCHED, budget), by(SELFTRAIN, budget),
+                            by(FULL, None))
+        entries = []
+        for method in ([SELFTRAIN] if SELFTRAIN not in args.methods else []) + list(args.methods):
+            runs = by(method, budget)
+            if not runs:
+                continue
+            shares = [(runs[s]["dice"] - lo[s]["dice"]) / (full[s]["dice"] - lo[s]["dice"])
+                      for s in sorted(runs) if s in lo and s in full and full[s]["dice"] - lo[s]["dice"] > 1e-6]
+            e = {"method": method, "name": NAMES.get(method, demo.METHOD_NAMES.get(method, method)),
+                 "seeds": sorted(runs), "vs_labeled_only": paired(runs, lo), "vs_compute_matched": paired(runs, cm),
+                 "vs_selftrain": paired(runs, st) if method != SELFTRAIN else None,
+                 "gap_share": t_interval(shares),
+                 "hd95": float(np.mean([runs[s]["hd95"] for s in runs])),
+                 "hd95_labeled_only": float(np.mean([lo[s]["hd95"] for s in runs if s in lo])) if lo else math.nan}
+            complete = (len(runs) >= MIN_SEEDS_FOR_VERDICT and e["vs_compute_matched"]["n"] == len(runs)
+                        and (method == SELFTRAIN or e["vs_selftrain"]["n"] == len(runs)))
+            if not complete:
+                e["verdict"], e["beats_nnunet"] = "no verdict (fewer than 5 seeds with both baselines)", None
+            else:
+                c1 = e["vs_compute_matched"]["low"] > 0
+                c2 = method == SELFTRAIN or e["vs_selftrain"]["low"] > 0
+                c3 = not e["hd95"] > e["hd95_labeled_only"]
+                e["beats_nnunet"] = bool(c1 and c2 and c3)
+                failed = [why for ok, why in ((c1, "interval vs compute-matched labeled-only not above 0"),
+                                              (c2, "interval vs self-training not above 0"),
+                                              (c3, "mean HD95 worse than labeled-only")) if not ok]
+                e["verdict"] = "beats nnU-Net" if e["beats_nnunet"] else "does not beat nnU-Net: " + "; ".join(failed)
+            entries.append(e)
+        out[str(budget)] = entries
+    return out
+
+
+def _ci(d: Optional[dict], digits: int = 3) -> str:
+    if not d or d["n"] == 0:
+        return "—"
+    if math.isnan(d["low"]):
+        return f"{d['mean']:+.{digits}f} (n = {d['n']})"
+    return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+
+
+def verdict_markdown(args, verdict: dict) -> str:
+    parts = []
+    for budget, entries in verdict.items():
+        if not entries:
+            continue
+        lines = [f"**Decision rule, {budget} labeled** (paired on the seed; mean Δ Dice [95 % t-interval]; wins = seeds "
+                 f"with Δ > 0)", "",
+                 "| row | Δ vs compute-matched labeled-only | wins | Δ vs self-training | wins | Δ vs labeled-only | "
+                 "gap share | HD95 mm (labeled-only) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+        for e in entries:
+            cm, st = e["vs_compute_matched"], e["vs_selftrain"]
+            lines.append(" | ".join([
+                f"| {e['name']}", _ci(cm), f"{cm['wins']}/{cm['n']}" if cm["n"] else "—",
+                _ci(st) if st else "(is the baseline)", f"{st['wins']}/{st['n']}" if st and st["n"] else "—",
+                _ci(e["vs_labeled_only"]), _ci(e["gap_share"], 2),
+                f"{e['hd95']:.1f} ({e['hd95_labeled_only']:.1f})", f"{e['verdict']} |"]))
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 CONVERGED = 0.02  # issue 14: doubling the iterations moves a converged reference by less than this
 
 
@@ -367,25 +566,43 @@ def plot(summary: dict, rows: list, epochs: int, path: str) -> None:
 def write_outputs(args, rows: list, seconds: float, complete: bool, argv=None) -> str:
     summary = summarize(args, rows)
     conv = convergence(args, rows)
+    verdict = verdicts(args, rows)
     os.makedirs(args.docs, exist_ok=True)
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     settings = (f"preset {args.preset}, shape {'x'.join(map(str, args.shape))}; seeds {args.seeds}; "
                 f"{args.train_cases} training cases per seed (label budgets {args.budgets}), {args.test} test cases; "
                 f"plans' features capped at {args.features}, patch at {args.patch}; `*_short` trainers, {args.epochs} "
                 f"epochs x {args.iterations} iterations, fold `all`, device {args.device}; mm-mode evaluation.")
-    text = (f"# Quality (synthetic, label-limited)\n\nCommand: `{command}`\n\n{settings}\n\n"
+    text = (f"# Quality (synthetic, label-limited), track {args.track}\n\nCommand: `{command}`\n\n{settings}\n\n"
             + ("" if complete else "**Incomplete: rows missing below have not been trained yet.**\n\n")
             + f"Machine: {platform.platform()}, {os.cpu_count()} CPU(s); training time in the cache "
               f"{demo.format_seconds(seconds)}.\n\n{markdown(args, summary, conv)}\n\n"
-              f"![Dice and gap share](quality_synthetic_gap.png)\n")
-    with open(os.path.join(args.docs, "quality_synthetic.md"), "w") as f:
+            + (f"{verdict_markdown(args, verdict)}\n\n" if any(verdict.values()) else "")
+            + f"![Dice and gap share](quality_{args.track}.png)\n")
+    with open(os.path.join(args.docs, f"quality_{args.track}.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(args.docs, "quality_synthetic.json"), "w") as f:
-        json.dump({"command": command, "settings": settings, "complete": complete, "summary": summary,
-                   "convergence": conv, "convergence_mean": convergence_means(conv), "runs": rows}, f, indent=1)
+    write_track_json(os.path.join(args.docs, "quality_synthetic.json"), args.track, {
+        "command": command, "settings": settings, "complete": complete, "summary": summary, "convergence": conv,
+        "convergence_mean": convergence_means(conv), "verdicts": verdict, "runs": rows})
     if any(summary.values()):
-        plot(summary, rows, args.epochs, os.path.join(args.docs, "quality_synthetic_gap.png"))
+        plot(summary, rows, args.epochs, os.path.join(args.docs, f"quality_{args.track}.png"))
     return text
+
+
+def write_track_json(path: str, track: str, entry: dict) -> None:
+    """``{"tracks": {track: entry}}``: one file for every track; writing one track keeps the others."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        data = {}
+    if "tracks" not in data:   # the single-track layout of issue 14 held the random track
+        data = {"tracks": {"random": data} if data else {}}
+    data["tracks"][track] = entry
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
 
 
 def lock_work_folder(work: str):
@@ -409,8 +626,7 @@ def main(argv=None) -> int:
     for k, job in enumerate(jobs, 1):
         method, budget, seed, epochs = job
         key = run_key(method, budget, seed, epochs, args.iterations)
-        settings = {**data_settings(args, seed), "method": method, "budget": budget, "epochs": epochs,
-                    "iterations": args.iterations}
+        settings = job_settings(args, job)
         cached = load_cached(args, key, settings)
         if cached is None and not args.report_only:
             print(f"=== run {k}/{len(jobs)}: {key}", flush=True)

@@ -89,7 +89,8 @@ class DemoConfig:
     shape: Sequence[int] = DEFAULT_SHAPE
     features: Optional[Sequence[int]] = DEFAULT_FEATURES
     patch_size: Optional[Sequence[int]] = DEFAULT_PATCH
-    preset: str = "default"           # nnunetv2_semisup.synthetic preset (the quality benchmark uses "cohort")
+    preset: str = "default"           # nnunetv2_semisup.synthetic preset (the quality benchmark uses "cohort*")
+    unseen: Optional[str] = None      # cohort preset: the scanner no labeled case comes from (controlled track)
     dataset_id: int = DATASET_ID
     dataset_name: str = DATASET_NAME
     keep_checkpoint_every: int = 0    # > 0: training keeps checkpoint_epoch<N>.pth every so many epochs
@@ -227,7 +228,8 @@ def dataset_steps(cfg: DemoConfig, all_labeled: bool = False) -> List[tuple]:
         for folder in (cfg.raw, cfg.preprocessed, cfg.results):
             os.makedirs(folder, exist_ok=True)
         n_l, n_u = (cfg.labeled + cfg.unlabeled, 0) if all_labeled else (cfg.labeled, cfg.unlabeled)
-        make_synthetic_dataset(cfg.raw_dataset, n_l, n_u, cfg.test, cfg.seed, tuple(cfg.shape), preset=cfg.preset)
+        make_synthetic_dataset(cfg.raw_dataset, n_l, n_u, cfg.test, cfg.seed, tuple(cfg.shape), preset=cfg.preset,
+                               unseen=cfg.unseen)
 
     def plan():
         run_command(["nnUNetv2_plan_and_preprocess", "-d", cfg.dataset_id, "-c", CONFIGURATION,

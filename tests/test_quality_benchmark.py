@@ -74,7 +74,7 @@ def test_more_labeled_cases_are_the_same_images(tmp_path):
 
 def test_gap_share_per_seed_and_convergence_table():
     q = _quality()
-    args = q.parse_args(["--seeds", "0", "1", "--budgets", "2", "--epochs", "10", "--methods", "A", "--convergence"])
+    args = q.parse_args(["--track", "random", "--seeds", "0", "1", "--budgets", "2", "--epochs", "10", "--methods", "A", "--convergence"])
 
     def row(method, budget, seed, dice, epochs=10):
         return {"method": method, "budget": budget, "seed": seed, "epochs": epochs, "iterations": epochs * 50,
@@ -101,7 +101,7 @@ def test_gap_share_per_seed_and_convergence_table():
 
 def test_convergence_over_several_seeds_reports_the_mean_change():
     q = _quality()
-    args = q.parse_args(["--seeds", "0", "1", "--epochs", "10", "--methods", "A", "--convergence",
+    args = q.parse_args(["--track", "random", "--seeds", "0", "1", "--epochs", "10", "--methods", "A", "--convergence",
                          "--convergence-seeds", "0", "1"])
     jobs = q.planned_jobs(args)
     doubled = [j for j in jobs if j[3] == 20]
@@ -122,14 +122,14 @@ def test_convergence_over_several_seeds_reports_the_mean_change():
     assert means[q.demo.BASELINE]["converged"] and means[q.demo.BASELINE]["seeds"] == [0, 1]
     text = q.markdown(args, {}, q.convergence(args, rows))
     assert "+0.030 ± 0.020" in text and "not converged" in text and "mean of seeds 0,1" in text
-    assert q.parse_args(["--seeds", "3", "4", "--convergence"]).convergence_seeds == [3]  # default: first seed
+    assert q.parse_args(["--track", "random", "--seeds", "3", "4", "--convergence"]).convergence_seeds == [3]  # default: first seed
 
 
 def test_convergence_runs_only_at_the_convergence_budgets():
     """With two budgets the doubled labeled-only runs are of the first budget unless --convergence-budgets says
     otherwise; a convergence budget outside --budgets is refused."""
     q = _quality()
-    base = ["--seeds", "0", "--epochs", "10", "--methods", "A", "--budgets", "2", "4", "--convergence"]
+    base = ["--track", "random", "--seeds", "0", "--epochs", "10", "--methods", "A", "--budgets", "2", "4", "--convergence"]
     doubled = [j for j in q.planned_jobs(q.parse_args(base)) if j[3] == 20]
     assert sorted(doubled, key=str) == sorted([(q.FULL, None, 0, 20), (q.demo.BASELINE, 2, 0, 20)], key=str)
     doubled = [j for j in q.planned_jobs(q.parse_args(base + ["--convergence-budgets", "2", "4"])) if j[3] == 20]
@@ -214,3 +214,81 @@ def test_pseudo_label_quality_scores_unlabeled_cases_per_scanner(tmp_path):
         (fold / name).write_text("")
     assert [e for e, _ in p.checkpoints(str(fold), 20)] == [5, 10, 20]
     assert p.checkpoints(str(fold), 20)[-1][1].endswith("checkpoint_final.pth")
+
+
+def test_tracks_set_their_data_and_cache_folders():
+    q = _quality()
+    a = q.parse_args(["--track", "iid", "--cache", "c", "--work", "w"])
+    assert (a.seeds, a.budgets, a.train_cases, a.test, a.preset) == ([0, 1, 2, 3, 4], [3], 24, 30, "cohort_iid")
+    assert a.cache_dir == os.path.join("c", "iid") and q.dataset_config(a, 2, 3, 40).out.endswith(
+        os.path.join("w", "iid", "seed2_L3"))
+    assert q.data_settings(a, 0)["track"] == "iid"
+    r = q.parse_args(["--track", "random", "--cache", "c"])
+    # the random track's settings (and so its cache files of issue 14) are unchanged
+    assert r.cache_dir == "c" and "track" not in q.data_settings(r, 0) and r.budgets == [2]
+    u = q.parse_args(["--track", "unseen_A"])
+    assert u.preset == "cohort" and u.unseen == "A" and q.dataset_config(u, 0, 4, 40).unseen == "A"
+
+
+def test_jobs_with_compute_matched_selftraining_and_doubling():
+    q = _quality()
+    a = q.parse_args(["--track", "iid", "--seeds", "0", "1", "--epochs", "10", "--methods", q.SELFTRAIN, "B",
+                      "--compute-factor", "3", "--doubling-seeds", "0"])
+    jobs = q.planned_jobs(a)
+    assert (q.COMPUTE_MATCHED, 3, 1, 10) in jobs and (q.SELFTRAIN, 3, 0, 10) in jobs and ("B", 3, 1, 10) in jobs
+    assert (q.SELFTRAIN, 3, 0, 20) in jobs and ("B", 3, 0, 20) in jobs and ("B", 3, 1, 20) not in jobs
+    # labeled-only first: the self-training row reuses it as its teacher
+    assert jobs.index((q.demo.BASELINE, 3, 0, 10)) < jobs.index((q.SELFTRAIN, 3, 0, 10))
+    assert q.job_settings(a, (q.COMPUTE_MATCHED, 3, 0, 10))["compute_factor"] == 3
+
+
+def test_t_interval_and_decision_rule_by_hand():
+    q = _quality()
+    # deltas 0.10, 0.20, 0.30, 0.00, 0.15: mean 0.15, sd (ddof 1) = sqrt(0.05 / 4) = 0.111803,
+    # t(0.975, 4) = 2.776445 -> half width 2.776445 * 0.111803 / sqrt(5) = 0.138822
+    ci = q.t_interval([0.10, 0.20, 0.30, 0.00, 0.15])
+    assert ci["mean"] == pytest.approx(0.15) and ci["low"] == pytest.approx(0.011178, abs=1e-6)
+    assert ci["high"] == pytest.approx(0.288822, abs=1e-6)
+    a = q.parse_args(["--track", "iid", "--epochs", "10", "--methods", "A", "B", "--compute-factor", "2"])
+
+    def row(method, seed, dice, hd95=10.0, budget=3):
+        return {"method": method, "budget": budget, "seed": seed, "epochs": 10, "dice": dice, "hd95": hd95}
+    lo = [0.50, 0.40, 0.45, 0.55, 0.50]
+    rows = [row(q.demo.BASELINE, s, d) for s, d in enumerate(lo)]
+    rows += [row(q.FULL, s, 0.9, budget=None) for s in range(5)]
+    rows += [row(q.COMPUTE_MATCHED, s, d) for s, d in enumerate(lo)]
+    rows += [row(q.SELFTRAIN, s, d + 0.02 + 0.01 * (s % 2)) for s, d in enumerate(lo)]
+    # A - self-training = 0.01 + (0.10, 0.20, 0.30, 0.00, 0.15): the hand interval above, shifted by 0.01
+    x = [0.10, 0.20, 0.30, 0.00, 0.15]
+    rows += [row("A", s, d + 0.03 + 0.01 * (s % 2) + x[s], hd95=9.0) for s, d in enumerate(lo)]
+    # B: better than both baselines on every seed but with a worse HD95
+    rows += [row("B", s, d + 0.2, hd95=12.0) for s, d in enumerate(lo)]
+    v = {e["method"]: e for e in q.verdicts(a, rows)["3"]}
+    assert v["A"]["vs_selftrain"]["mean"] == pytest.approx(0.16)
+    assert v["A"]["vs_selftrain"]["low"] == pytest.approx(0.021178, abs=1e-6)
+    assert v["A"]["vs_selftrain"]["high"] == pytest.approx(0.298822, abs=1e-6)
+    assert v["A"]["vs_compute_matched"]["wins"] == 5 and v["A"]["beats_nnunet"] is True
+    assert v["B"]["beats_nnunet"] is False and "HD95" in v["B"]["verdict"]
+    # the self-training row is judged against compute-matched labeled-only only: +0.02 / +0.03, interval > 0
+    assert v[q.SELFTRAIN]["vs_selftrain"] is None and v[q.SELFTRAIN]["beats_nnunet"] is True
+    # a row that loses to self-training on one seed of five by enough
+    rows2 = [r for r in rows if r["method"] != "A"] + [row("A", s, d + 0.025 + (0.2 if s else -0.1))
+                                                        for s, d in enumerate(lo)]
+    va = {e["method"]: e for e in q.verdicts(a, rows2)["3"]}["A"]
+    assert va["beats_nnunet"] is False and "self-training" in va["verdict"] and va["vs_selftrain"]["wins"] == 4
+    # four seeds: no verdict
+    v4 = {e["method"]: e for e in q.verdicts(a, [r for r in rows if r["seed"] < 4])["3"]}
+    assert v4["A"]["beats_nnunet"] is None and "no verdict" in v4["A"]["verdict"]
+    text = q.verdict_markdown(a, q.verdicts(a, rows))
+    assert "+0.160 [+0.021, +0.299]" in text and "beats nnU-Net" in text
+
+
+def test_track_json_keeps_the_other_tracks(tmp_path):
+    q = _quality()
+    path = str(tmp_path / "q.json")
+    with open(path, "w") as f:
+        json.dump({"summary": {"2": []}, "runs": [1]}, f)   # the single-track file of issue 14 = random track
+    q.write_track_json(path, "iid", {"runs": [2]})
+    with open(path) as f:
+        data = json.load(f)
+    assert data == {"tracks": {"random": {"summary": {"2": []}, "runs": [1]}, "iid": {"runs": [2]}}}
