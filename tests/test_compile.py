@@ -68,7 +68,7 @@ def module_state_dicts(checkpoint: dict, trainer) -> dict:
 
 CASES = [  # (trainer, predict with stock nnUNetv2_predict)
     ("nnUNetTrainerMeanTeacher_short", True), ("nnUNetTrainerMN_short", True), ("nnUNetTrainerSKCDF_short", True),
-    ("nnUNetTrainerCML_short", True),
+    ("nnUNetTrainerCML_short", True), ("nnUNetTrainerWeakStrong_short", True),
     # variants that change the architecture
     ("nnUNetTrainerSKCDF_noSKCM", False), ("nnUNetTrainerSKCDF_DF_short", False),
     ("nnUNetTrainerCML_identical_short", False),

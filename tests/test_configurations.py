@@ -23,6 +23,8 @@ SUPPORTED = [  # (trainer, configuration, plans)
     ("nnUNetTrainerMeanTeacher_short", "3d_fullres", RESENC),
     ("nnUNetTrainerMN_short", "3d_fullres", RESENC),
     ("nnUNetTrainerCML_short", "3d_fullres", RESENC),
+    ("nnUNetTrainerWeakStrong_short", "2d", "nnUNetPlans"),
+    ("nnUNetTrainerWeakStrong_short", "3d_fullres", RESENC),
 ]
 REFUSED = [  # (trainer, configuration, plans, what the error must say)
     ("nnUNetTrainerMN_short", "2d", "nnUNetPlans", "needs a 3D configuration"),

@@ -20,7 +20,7 @@ from nnunetv2_semisup.methods.mn.segformer import SEGFORMER_ENV, save_tiny_segfo
 HERE = os.path.dirname(os.path.abspath(__file__))
 COPY_ID = 985
 TRAINERS = ["nnUNetTrainerMeanTeacher_short", "nnUNetTrainerMN_short", "nnUNetTrainerSKCDF_short",
-            "nnUNetTrainerCML_short"]
+            "nnUNetTrainerCML_short", "nnUNetTrainerWeakStrong_short"]
 # modules trained through DDP (Mean Teacher's teacher is an EMA, never trained)
 DDP_WRAPPED = {"nnUNetTrainerMN_short": ["mn_segformer_state", "network"]}
 

@@ -57,7 +57,8 @@ def first_trainable(module):
 
 
 @pytest.mark.parametrize("name", ["nnUNetTrainerMeanTeacher_short", "nnUNetTrainerMN_short",
-                                  "nnUNetTrainerSKCDF_short", "nnUNetTrainerCML_short"])
+                                  "nnUNetTrainerSKCDF_short", "nnUNetTrainerCML_short",
+                                  "nnUNetTrainerWeakStrong_short"])
 def test_grad_scaler_skips_inf_steps_per_optimiser_and_clips_unscaled(amp_dataset, monkeypatch, name):
     pp, segformer = amp_dataset
     monkeypatch.setenv(SEGFORMER_ENV, segformer)
