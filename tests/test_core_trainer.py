@@ -270,3 +270,19 @@ def test_progress_png_is_nnunets_plot_with_our_panels_below(tmp_path, monkeypatc
     legend = [t.get_text() for ax in saved[0].axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert {"loss_tr", "loss_val", "epoch duration", "loss_sup", "loss_unsup", "batch_unlabeled"} <= set(legend)
     assert ("monitor_w" in legend) == monitored
+
+
+def test_mean_teacher_keeps_the_labeled_batch_and_adds_unlabeled_on_top(planned_dataset):
+    """Default: nnU-Net's B = 2 labeled patches intact + 2 unlabeled (UA-MT's 2 + 2); ``mt_unlabeled_batch_size``
+    changes B_u; ``_halfBatch`` keeps the old split of B (1 + 1)."""
+    t = make_trainer(planned_dataset)
+    t._set_batch_size_and_oversample()   # nnU-Net's initialize() does this
+    assert t.batch_size == 2 and t.get_batch_composition() == (2, 2)
+    t.mt_unlabeled_batch_size = 3
+    assert t.get_batch_composition() == (2, 3)
+    t.mt_unlabeled_batch_size = 0
+    with pytest.raises(ValueError, match="mt_unlabeled_batch_size"):
+        t.get_batch_composition()
+    half = make_trainer(planned_dataset, "nnUNetTrainerMeanTeacher_halfBatch_short")
+    half._set_batch_size_and_oversample()
+    assert half.get_batch_composition() == (1, 1)

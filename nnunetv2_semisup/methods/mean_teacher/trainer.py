@@ -7,9 +7,14 @@ nnU-Net's network, as used for 3D segmentation by UA-MT (Yu et al., MICCAI 2019)
   the input plus Gaussian noise (σ = 0.1, clipped to ±0.2) and gets no gradient.
 - Weight λ(e) = 0.1 · exp(−5 (1 − e/E_r)²) for epochs e < E_r = 0.4 · num_epochs, then 0.1 (sigmoid ramp-up).
 - Supervised loss = nnU-Net's loss (Dice + CE with deep supervision) on the labeled batch.
+- Batch: nnU-Net's B labeled patches intact plus B unlabeled patches (UA-MT: 2 + 2, nnU-Net's usual B = 2), so the
+  labeled data is seen as often as by nnU-Net alone (``mt_unlabeled_batch_size`` changes B_u; until 2026-12-06 the
+  default split B into ⌈B/2⌉ + ⌊B/2⌋, kept by ``nnUNetTrainerMeanTeacher_halfBatch``).
 - ``network_weights`` in the checkpoint = the student (what ``nnUNetv2_predict`` uses); the teacher is saved
   under ``mt_teacher_weights``.
 """
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +41,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSup):
         self.mt_rampup_fraction = 0.4
         self.mt_noise_std = 0.1
         self.mt_noise_clip = 0.2
+        self.mt_unlabeled_batch_size: Optional[int] = None   # B_u on top of nnU-Net's B labeled; None = B
         self.loss_terms = ("sup", "cons")
         self.teacher = None
         self.mt_global_step = 0
@@ -50,6 +56,12 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSup):
             p.requires_grad_(False)
         self.teacher.eval()
         self.extra_checkpoint_objects["mt_teacher_weights"] = self.teacher
+
+    def get_batch_composition(self) -> Tuple[int, int]:
+        b_u = self.batch_size if self.mt_unlabeled_batch_size is None else int(self.mt_unlabeled_batch_size)
+        if b_u < 1:
+            raise ValueError(f"mt_unlabeled_batch_size must be >= 1, got {b_u}")
+        return self.batch_size, b_u
 
     def consistency_weight(self, epoch: float = None) -> float:
         epoch = self.current_epoch if epoch is None else epoch

@@ -1,8 +1,22 @@
-"""Mean Teacher variants: ``nnUNetTrainerMeanTeacher_short`` (tests, demo: ``ShortScheduleMixin``)."""
+"""Mean Teacher variants: ``_short`` (tests, demo: ``ShortScheduleMixin``) and ``_halfBatch`` (the default before
+2026-12-06: nnU-Net's batch B split into ⌈B/2⌉ labeled + ⌊B/2⌋ unlabeled patches, at least one each)."""
+from typing import Tuple
+
 from nnunetv2_semisup.methods.mean_teacher.trainer import nnUNetTrainerMeanTeacher
+from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup
 from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
 
-__all__ = ["nnUNetTrainerMeanTeacher", "nnUNetTrainerMeanTeacher_short"]
+__all__ = ["nnUNetTrainerMeanTeacher", "nnUNetTrainerMeanTeacher_short", "nnUNetTrainerMeanTeacher_halfBatch",
+           "nnUNetTrainerMeanTeacher_halfBatch_short"]
+
+
+class nnUNetTrainerMeanTeacher_halfBatch(nnUNetTrainerMeanTeacher):
+    def get_batch_composition(self) -> Tuple[int, int]:
+        return nnUNetTrainerSemiSup.get_batch_composition(self)
+
+
+class nnUNetTrainerMeanTeacher_halfBatch_short(ShortScheduleMixin, nnUNetTrainerMeanTeacher_halfBatch):
+    pass
 
 
 class nnUNetTrainerMeanTeacher_short(ShortScheduleMixin, nnUNetTrainerMeanTeacher):
