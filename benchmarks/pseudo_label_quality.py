@@ -43,6 +43,7 @@ TEACHER_KEYS = {"nnUNetTrainerMeanTeacher_short": "mt_teacher_weights"}
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="benchmarks/quality.py's --work folder")
+    p.add_argument("--track", default="random", help="quality.py's --track (default random: the issue-14 runs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", type=int, default=2, help="label budget of the runs to read (default 2)")
     p.add_argument("--methods", nargs="+", default=[demo.BASELINE] + q.DEFAULT_METHODS)
@@ -56,7 +57,8 @@ def parse_args(argv=None):
 
 
 def quality_args(args):
-    argv = ["--work", args.work, "--seeds", *map(str, args.seeds), "--budgets", str(args.budget)]
+    argv = ["--track", args.track, "--work", args.work, "--seeds", *map(str, args.seeds), "--budgets",
+            str(args.budget)]
     if args.epochs is not None:
         argv += ["--epochs", str(args.epochs)]
     if args.iterations is not None:

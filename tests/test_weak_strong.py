@@ -204,3 +204,20 @@ def test_train_stop_resume_predict_through_the_cli(planned_dataset, tmp_path):
     run_cli(["nnUNetv2_predict", "-i", os.path.join(ds.raw_folder, "imagesTs"), "-o", out, "-d", 957, "-c",
              "3d_fullres", "-f", "all", "-tr", TRAINER, "-device", "cpu", "--disable_tta", "-npp", 1, "-nps", 1], env)
     assert len(glob.glob(str(out / "*.nii.gz"))) == 3
+
+
+def test_contrast_remap_baseline_adds_the_remapping_to_nnunets_pipeline(planned_dataset):
+    """The mixed-domain track's augmentation-only baseline: nnU-Net's own pipeline, remapping right after the spatial
+    transform, nothing else changed."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2_semisup.data.intensity_remap import TissueContrastRemap
+    cls = recursive_find_trainer_class_by_name("nnUNetTrainer_contrastRemap_short")
+    plans = load_json(os.path.join(planned_dataset.preprocessed_folder, "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    t = cls(plans, "3d_fullres", "all", load_json(os.path.join(planned_dataset.preprocessed_folder, "dataset.json")),
+            torch.device("cpu"))
+    args = ((16, 32, 32), (-0.5, 0.5), None, (0, 1, 2), False)
+    stock = [repr(x) for x in nnUNetTrainer.get_training_transforms(*args).transforms]
+    ours = t.get_training_transforms(*args).transforms
+    assert isinstance(ours[1], RandomTransform) and isinstance(ours[1].transform, TissueContrastRemap)
+    assert ours[1].apply_probability == 0.5 and [repr(x) for x in ours[:1] + ours[2:]] == stock

@@ -10,3 +10,4 @@ from nnunetv2_semisup.methods.skcdf.variants import *  # noqa: F401,F403
 from nnunetv2_semisup.methods.mn.variants import *  # noqa: F401,F403
 from nnunetv2_semisup.workflows.finetune_trainer import *  # noqa: F401,F403
 from nnunetv2_semisup.methods.weak_strong.variants import *  # noqa: F401,F403
+from nnunetv2_semisup.training.contrast_remap import *  # noqa: F401,F403
