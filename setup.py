@@ -50,6 +50,7 @@ setup(
             "nnUNetv2_semisup_evaluate = nnunetv2_semisup.evaluation.evaluate_cli:main",
             "nnUNetv2_semisup_demo = nnunetv2_semisup.demo:main",
             "nnUNetv2_semisup_selftrain = nnunetv2_semisup.workflows.selftrain_cli:main",
+            "nnUNetv2_semisup_rank_unlabeled = nnunetv2_semisup.workflows.rank_unlabeled:main",
             "nnUNetv2_semisup_convert_LA = nnunetv2_semisup_conversion.convert_la:main",
             "nnUNetv2_semisup_convert_Pancreas = nnunetv2_semisup_conversion.convert_pancreas:main",
             "nnUNetv2_semisup_convert_Synapse = nnunetv2_semisup_conversion.convert_synapse:main",

@@ -180,12 +180,13 @@ def planned_jobs(args) -> list:
         for seed in args.convergence_seeds:
             jobs += [(FULL, None, seed, 2 * args.epochs)]
             jobs += [(demo.BASELINE, b, seed, 2 * args.epochs) for b in args.convergence_budgets]
-    if args.compute_factor > 0:
-        jobs += [(COMPUTE_MATCHED, b, seed, args.epochs) for seed in args.seeds for b in args.budgets]
     if not args.only_references:
         for seed in args.seeds:
             for budget in args.budgets:
                 jobs += [(m, budget, seed, args.epochs) for m in args.methods]
+    if args.compute_factor > 0:
+        jobs += [(COMPUTE_MATCHED, b, seed, args.epochs) for seed in args.seeds for b in args.budgets]
+    if not args.only_references:
         for seed in args.doubling_seeds:
             for budget in args.budgets:
                 jobs += [(m, budget, seed, 2 * args.epochs) for m in args.methods]
@@ -199,7 +200,10 @@ def job_settings(args, job) -> dict:
     if method == COMPUTE_MATCHED:
         settings["compute_factor"] = args.compute_factor
     if method == SELFTRAIN:
+        from nnunetv2_semisup.workflows.selftrain_cli import DEFAULT_KEEP, DEFAULT_SCORE
+        # the command's defaults are part of the row: a changed default retrains it
         settings["selftrain_args"] = list(args.selftrain_args)
+        settings["selftrain_defaults"] = {"keep": DEFAULT_KEEP, "score": DEFAULT_SCORE}
     return settings
 
 

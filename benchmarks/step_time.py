@@ -24,7 +24,7 @@ import tempfile
 import time
 
 DEFAULT_TRAINERS = ["nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMN", "nnUNetTrainerSKCDF",
-                    "nnUNetTrainerCML"]
+                    "nnUNetTrainerCML", "nnUNetTrainerWeakStrong"]
 
 
 def prepare_dataset(workdir: str, shape, features, patch, batch_size, dataset_id: int = 989) -> dict:

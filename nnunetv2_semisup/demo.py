@@ -48,8 +48,10 @@ METHOD_NAMES = {
     "nnUNetTrainerCML_short": "CML",
     "nnUNetTrainerSKCDF_paper_short": "SKCDF (_paper recipe)",
     "nnUNetTrainerCML_paper_short": "CML (_paper recipe)",
+    "nnUNetTrainerWeakStrong_short": "weak→strong",
+    "nnUNetTrainer_contrastRemap_short": "nnU-Net (labeled only) + contrast remapping",
 }
-LABELED_ONLY = {BASELINE}  # trainers that never read the unlabeled scans
+LABELED_ONLY = {BASELINE, "nnUNetTrainer_contrastRemap_short"}  # trainers that never read the unlabeled scans
 
 # Defaults calibrated on a 2-core CPU (see docs/benchmarks.md, "Quality (synthetic)"): the default synthetic shape
 # (24x48x48), nnU-Net's plans with a 16x32x32 patch and 8-32 features, and enough iterations (300) for the

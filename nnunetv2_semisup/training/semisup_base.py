@@ -347,6 +347,14 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         if isinstance(self.dataloader_train, SemiSupBatchIterator):
             self.dataloader_train.finish()  # nnU-Net only finishes its own two augmenters
 
+    # ------------------------------------------------------------------ views of a trained model
+    def inference_views(self) -> Dict[str, torch.nn.Module]:
+        """The trained model's independent predictors of one input, each a module returning logits (full
+        resolution first under deep supervision): where a method holds two (a teacher, two subnets, two decoders, a
+        2D and a 3D model), their disagreement shows where the model is unsure (``nnUNetv2_semisup_rank_unlabeled``).
+        Default: the network ``nnUNetv2_predict`` uses."""
+        return {"network": unwrap(self.network)}
+
     # ------------------------------------------------------------------ checkpoints
     # where get_method_state() is stored: None = checkpoint["semisup_state"]["method"]; a name = that top-level key
     # (SKCDF and CML keep the keys their first checkpoints used)

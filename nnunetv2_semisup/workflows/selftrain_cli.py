@@ -10,6 +10,7 @@ from nnunetv2_semisup.workflows.selftrain import (FINETUNE_TRAINER, Model, Runne
                                                   source_dataset_name)
 
 DEFAULT_KEEP = 0.8
+DEFAULT_SCORE = "confidence"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("pseudo-labels")
     g.add_argument("--keep", type=float, default=DEFAULT_KEEP,
                    help=f"share of the unlabeled scans kept, the most reliable first (default {DEFAULT_KEEP})")
-    g.add_argument("--score", default="confidence", choices=sorted(reliability.SCORES),
+    g.add_argument("--score", default=DEFAULT_SCORE, choices=sorted(reliability.SCORES),
                    help="reliability score that orders the cases (default confidence; disagreement needs several "
                         "folds, round_variance --rounds >= 2)")
     g.add_argument("--ignore-below", type=float, default=None, metavar="P",

@@ -116,6 +116,10 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
                                f"labeled weight={self.cml_labeled_weight}, beta={self.cml_beta:.4g} "
                                f"({len(self.configuration_manager.patch_size)}D configuration)")
 
+    def inference_views(self) -> dict:
+        net = unwrap(self.network)
+        return {"subnet1": net.net1, "subnet2": net.net2}
+
     def get_method_state(self) -> dict:
         return {**super().get_method_state(), "stage": self.cml_stage, "pretrain_epochs": self.cml_pretrain_epochs,
                 "mask_draws": self.cml_mask_draws, "selftrain_iterations": self.cml_selftrain_iterations}

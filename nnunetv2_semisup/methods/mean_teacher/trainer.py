@@ -67,6 +67,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSup):
         epoch = self.current_epoch if epoch is None else epoch
         return self.mt_consistency_weight * sigmoid_rampup(epoch, self.mt_rampup_fraction * self.num_epochs)
 
+    def inference_views(self) -> dict:
+        return {"student": unwrap(self.network), "teacher": self.teacher}
+
     def get_method_state(self) -> dict:
         return {**super().get_method_state(), "mt_global_step": self.mt_global_step}
 

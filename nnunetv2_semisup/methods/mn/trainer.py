@@ -350,6 +350,10 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         return out
 
     # ------------------------------------------------------------------ checkpoints
+    def inference_views(self) -> dict:
+        """The 3D U-Net (what predicts) and the 2D SegFormer run slice by slice on the same patch."""
+        return {"3d": unwrap(self.network), "2d": unwrap(self.network_2d)}
+
     def get_method_state(self) -> dict:
         plan = self.mn_plan
         done = self.current_epoch + 1  # epochs completed when the checkpoint is written (nnU-Net's convention)

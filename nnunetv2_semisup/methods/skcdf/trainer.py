@@ -170,6 +170,11 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         return sigmoid_rampup_weight(epoch, self.num_epochs, self.skcdf_lambda_u)
 
     # ------------------------------------------------------------------ training
+    def inference_views(self) -> dict:
+        """D_u's main head (what predicts) and D_l's, both after the encoder and the SKCM's self-attention mode."""
+        net = unwrap(self.network)
+        return {"D_u": _Decoder(net, "unlabeled"), "D_l": _Decoder(net, "labeled")}
+
     def get_method_state(self) -> dict:
         return {**super().get_method_state(),
                 "class_counts": None if self.skcdf_class_counts is None else np.asarray(self.skcdf_class_counts).copy(),
@@ -237,3 +242,15 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
     def after_step(self, terms: dict) -> None:
         self.skcdf_iterations += 1
         self.skcdf_last_ramp_weight = terms["w_u"]
+
+
+class _Decoder(torch.nn.Module):
+    """One decoder's main head of an SKCDF network as a module (inference path: encoder, SKCM self mode)."""
+
+    def __init__(self, net, which: str):
+        super().__init__()
+        self.net, self.which = net, which
+
+    def forward(self, x):
+        skips, b = self.net._encode(x, "self")
+        return (self.net.decoder_u if self.which == "unlabeled" else self.net.decoder_l)(skips, b)[0]

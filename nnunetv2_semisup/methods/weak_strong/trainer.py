@@ -139,6 +139,12 @@ class nnUNetTrainerWeakStrong(nnUNetTrainerSemiSup):
         strong = strong_intensity_transforms((0,) if do_dummy_2d else None, self.ws_remap_probability)
         return weak_strong_pipeline(self._train_transforms, strong, self.num_input_channels)
 
+    def inference_views(self) -> dict:
+        views = {"network": unwrap(self.network)}
+        if self.ws_teacher is not None:
+            views["ema_teacher"] = self.ws_teacher
+        return views
+
     def get_method_state(self) -> dict:
         return {**super().get_method_state(), "ws_global_step": self.ws_global_step}
 
