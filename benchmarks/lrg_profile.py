@@ -8,7 +8,6 @@ first co-training epoch (as a fraction of its co-training) at which the share re
 - the pre-fix default (W = 0.125·E global epochs, b_u = ⌊B·(η₀ − η)/η₀⌋ per epoch) for B = 2, for comparison.
 Pure schedule arithmetic (the functions the trainer calls); no training. Run: ``python benchmarks/lrg_profile.py``.
 """
-import math
 
 from nnunetv2_semisup.methods.mn.schedule import (TRAIN_2D, TRAIN_3D, MNEpochPlan, PolySchedule,
                                                   ReferenceCompositeSchedule, WarmupCosineSchedule, lr_warmup_epochs,
