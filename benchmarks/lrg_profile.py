@@ -43,7 +43,9 @@ def row(name, shares):
     return f"| {name} | " + " | ".join(f"{x:.2f}" for x in at) + " | " + " | ".join(firsts) + " |"
 
 
-def main():
+def main(argv=None):
+    import argparse
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     print("| model, setting | share at 0 % | 25 % | 50 % | 75 % | end | first ≥ 1/5 | ≥ 2/5 | ≥ 3/5 | ≥ 4/5 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     ref = ReferenceCompositeSchedule(1.0, 4000, 50, 500)

@@ -61,6 +61,18 @@ def test_array_and_direction_checks():
         "spacing (1.0, 2.0) differs")
 
 
+@pytest.mark.parametrize("field,value", [("shape", (2, 4, 4)), ("spacing", (1.0, 1.0, 2.5)),
+                                         ("origin", (0.0, 0.0, 5.0)),
+                                         ("direction", (-1, 0, 0, 0, 1, 0, 0, 0, 1))])
+def test_grid_mismatch_checks_every_field(field, value):
+    """One field at a time differs from channel 0's grid: each is caught and named."""
+    ref = {"shape": (2, 3, 4), "spacing": (1.0, 1.0, 2.0), "origin": (0.0, 0.0, 0.0),
+           "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}
+    assert grid_mismatch(ref, dict(ref)) is None
+    msg = grid_mismatch(ref, dict(ref, **{field: value}))
+    assert msg is not None and msg.startswith(field + " ")
+
+
 # ------------------------------------------------------------------------------------------------ preprocessing
 @pytest.mark.parametrize("kind,expected", [
     ("nan", r"7 NaN voxel\(s\)"), ("inf", r"2 infinite voxel\(s\)"), ("constant", r"constant image")])

@@ -65,7 +65,12 @@ def test_trains_resumes_and_predicts(configurations_dataset, tmp_path, trainer, 
     assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
     logs = sorted(f for f in os.listdir(fold) if f.startswith("training_log"))
     with open(os.path.join(fold, logs[-1])) as f:
-        assert "Epoch 1" in f.read()  # the resumed run trained the second epoch
+        resumed = f.read()
+    # the resumed run trained the second epoch only (a restart from epoch 0 would log "Epoch 0" again)
+    assert "Epoch 1" in resumed and "Epoch 0\n" not in resumed
+    import torch
+    final = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2 and len(final["logging"]["train_losses"]) == 2
     out = tmp_path / "pred"
     run_cli(["nnUNetv2_predict", "-i", os.path.join(env["nnUNet_raw"], NAME, "imagesTs"), "-o", out, "-d",
              DATASET_ID, "-c", configuration, "-f", "all", "-tr", trainer, "-p", plans, "-device", "cpu",

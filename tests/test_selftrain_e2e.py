@@ -163,8 +163,8 @@ def _nothing_written(ds, student_id):
         glob.glob(os.path.join(root, f"Dataset{student_id}_*")) for root in (ds.raw, ds.preprocessed, ds.results))
 
 
-@pytest.mark.parametrize("case", ["no_unlabeled", "id_taken", "teacher_other_dataset", "keep", "disagreement_1fold",
-                                  "five_folds_four_cases", "rounds_variance"])
+@pytest.mark.parametrize("case", ["no_unlabeled", "id_taken", "teacher_other_dataset", "teacher_other_plans", "keep",
+                                  "disagreement_1fold", "five_folds_four_cases", "rounds_variance"])
 def test_bad_inputs_refused_nothing_written(source, case):
     ds, env = source
     dataset, extra, expect = SOURCE_ID, [], None
@@ -183,6 +183,16 @@ def test_bad_inputs_refused_nothing_written(source, case):
         with open(os.path.join(folder, "plans.json"), "w") as f:
             json.dump(plans, f)
         dataset, expect = 963, "was trained on Dataset990_SemiSupSynthetic, not on Dataset963"
+    elif case == "teacher_other_plans":
+        _, pp = copy_planned_dataset(ds, 964, "SelfTrainReplanned")
+        folder = os.path.join(ds.results, "Dataset964_SelfTrainReplanned", f"{SHORT}__nnUNetPlans__3d_fullres")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(pp, "nnUNetPlans.json")) as f:
+            plans = json.load(f)
+        plans["configurations"]["3d_fullres"]["spacing"] = [5.0, 2.0, 2.0]   # the teacher's, before a re-plan
+        with open(os.path.join(folder, "plans.json"), "w") as f:
+            json.dump(plans, f)
+        dataset, expect = 964, "was trained with other plans than"
     elif case == "keep":
         extra, expect = ["--keep", 1.5], "--keep 1.5"
     elif case == "disagreement_1fold":

@@ -212,6 +212,17 @@ def check_teacher_matches(model: Model, dataset_json: dict) -> None:
             f"The teacher in {model.folder} was trained on {plans.get('dataset_name')}, not on {model.dataset} "
             f"(its plans.json says so): its pseudo-labels would not mean this dataset's labels. Train a teacher on "
             f"{model.dataset} (remove or rename that folder and run again) or name another one with -tr/-p/-c.")
+    current = os.path.join(nnunet_folder("nnUNet_preprocessed"), model.dataset, model.plans + ".json")
+    if os.path.isfile(current):
+        from nnunetv2_semisup.data.preprocess_unlabeled import PREPROCESSING_KEYS
+        now = read_json(current)["configurations"].get(model.configuration, {})
+        then = plans["configurations"].get(model.configuration, {})
+        differ = [k for k in PREPROCESSING_KEYS if k in now and now.get(k) != then.get(k)]
+        if differ:
+            raise SelfTrainError(
+                f"The teacher in {model.folder} was trained with other plans than {current} now holds (configuration "
+                f"'{model.configuration}' differs in {', '.join(differ)}): the dataset was re-planned after it was "
+                f"trained. Retrain the teacher (remove that folder) or restore the plans it was trained with.")
     if os.path.isfile(ds_file):
         trained = read_json(ds_file)
         for key, what in (("labels", "labels"), ("channel_names", "channels")):
