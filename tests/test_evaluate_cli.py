@@ -151,6 +151,29 @@ def test_origin_mismatch_refused_in_mm_mode(folders):
         evaluate_folders(str(ref_dir), str(pred_dir))
 
 
+def test_direction_mismatch_refused_in_mm_mode(folders):
+    ref_dir, pred_dir = folders
+    img = sitk.GetImageFromArray(_ref_case())
+    img.SetSpacing(SPACING)
+    img.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, 1))   # same shape, spacing and origin, flipped x axis
+    sitk.WriteImage(img, str(pred_dir / "case_0.nii.gz"))
+    with pytest.raises(EvaluationError, match=r"case 'case_0'.*direction"):
+        evaluate_folders(str(ref_dir), str(pred_dir))
+
+
+def test_predictions_of_another_file_ending_are_refused_with_their_names(folders, capsys):
+    """.nii predictions beside a .nii.gz dataset: every case would count as empty (Dice 0); refused instead."""
+    ref_dir, pred_dir = folders
+    for i in range(3):
+        img = sitk.ReadImage(str(pred_dir / f"case_{i}.nii.gz"))
+        sitk.WriteImage(img, str(pred_dir / f"case_{i}.nii"))
+        os.remove(pred_dir / f"case_{i}.nii.gz")
+    with pytest.raises(EvaluationError, match=r"file ending '\.nii\.gz'.*case_0\.nii"):
+        evaluate_folders(str(ref_dir), str(pred_dir), dataset_json=str(ref_dir.parent / "dataset.json"))
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-np", "1"]) == 1
+    assert "another ending" in capsys.readouterr().err
+
+
 def test_label_values_outside_label_set(folders):
     ref_dir, pred_dir = folders
     bad = _ref_case()

@@ -256,6 +256,14 @@ def evaluate_folders(ref_folder: str, pred_folder: str, labels: Optional[Sequenc
         raise EvaluationError(f"no reference label maps found in {ref_folder}"
                               + (f" with file ending {ending!r} (from {dataset_json})" if ending else ""))
     preds = list_cases(pred_folder, ending)
+    if not preds and ending:
+        other = sorted(f for f in os.listdir(pred_folder) if any(f.endswith(e) for e in KNOWN_ENDINGS))
+        if other:
+            # every prediction would count as empty: a run with another file ending is refused, not scored 0
+            raise EvaluationError(
+                f"no prediction in {pred_folder} has the dataset's file ending {ending!r} (from {dataset_json}), but "
+                f"{len(other)} label map(s) with another ending are there (e.g. {', '.join(other[:3])}). Predict "
+                f"with the dataset's ending (nnUNetv2_predict writes it), or convert the files.")
     missing = sorted(c for c in refs if c not in preds)
     unmatched = sorted(c for c in preds if c not in refs)
     if missing:
