@@ -146,6 +146,10 @@ def test_preprocess_before_planning_names_the_command(nnunet_env, tmp_path):
     proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", 991, "-c", "3d_fullres"], nnunet_env, expect_ok=False)
     assert proc.returncode == 1
     assert "nnUNetv2_plan_and_preprocess -d 991 -c 3d_fullres" in proc.stderr
+    # plans a planner makes: the command names that planner, not plan_and_preprocess (which never writes them)
+    proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", 991, "-c", "3d_fullres", "-p", "nnUNetResEncUNetMPlans"],
+                   nnunet_env, expect_ok=False)
+    assert proc.returncode == 1 and "nnUNetv2_plan_experiment -d 991 -pl nnUNetPlannerResEncM" in proc.stderr
     proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", 12345, "-c", "3d_fullres"], nnunet_env, expect_ok=False)
     assert proc.returncode == 1 and "12345" in proc.stderr
 

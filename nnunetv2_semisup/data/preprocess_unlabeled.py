@@ -189,6 +189,15 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
     plans_file = os.path.join(pp_base, plans_identifier + ".json")
     plan_cmd = f"nnUNetv2_plan_and_preprocess -d {dataset_name_or_id} -c {' '.join(configurations)}"
     if not os.path.isfile(plans_file):
+        if plans_identifier != "nnUNetPlans":
+            # nnUNetv2_plan_and_preprocess writes nnUNetPlans only; other plans come from their planner
+            known = {"nnUNetResEncUNetMPlans": "nnUNetPlannerResEncM", "nnUNetResEncUNetLPlans": "nnUNetPlannerResEncL",
+                     "nnUNetResEncUNetXLPlans": "nnUNetPlannerResEncXL"}
+            planner = known.get(plans_identifier, "<the planner of these plans>")
+            raise UnlabeledDataError(
+                f"Plans file {plans_file} not found: plans '{plans_identifier}' have not been made for this dataset. "
+                f"Run `nnUNetv2_plan_experiment -d {dataset_name_or_id} -pl {planner}` (after "
+                f"`{plan_cmd}`, which preprocesses the labeled cases these plans share), then this command again.")
         raise UnlabeledDataError(
             f"Plans file {plans_file} not found: the dataset has not been planned yet. Run `{plan_cmd}` first "
             f"(stock nnU-Net, labeled cases), then this command again.")
