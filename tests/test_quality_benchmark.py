@@ -221,7 +221,8 @@ def test_tracks_set_their_data_and_cache_folders():
     a = q.parse_args(["--track", "iid", "--cache", "c", "--work", "w"])
     assert (a.seeds, a.budgets, a.train_cases, a.test, a.preset) == ([0, 1, 2, 3, 4], [3], 24, 30, "cohort_iid")
     assert a.cache_dir == os.path.join("c", "iid") and q.dataset_config(a, 2, 3, 40).out.endswith(
-        os.path.join("w", "iid", "seed2_L3"))
+        os.path.join("w", "iid", "seed2_L3_e40"))
+    assert q.dataset_config(a, 2, 3, 80).out.endswith(os.path.join("w", "iid", "seed2_L3_e80"))
     assert q.data_settings(a, 0)["track"] == "iid"
     r = q.parse_args(["--track", "random", "--cache", "c"])
     # the random track's settings (and so its cache files of issue 14) are unchanged
