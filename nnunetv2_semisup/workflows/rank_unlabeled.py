@@ -146,10 +146,20 @@ def load_model(model_folder: str, fold: str, checkpoint: str, device: torch.devi
     args = dict(ckpt["init_args"])
     args["plans"] = dict(args["plans"], continue_training=False)
     args["device"] = device
-    with contextlib.redirect_stdout(io.StringIO()):
-        trainer = cls(**args)
-        trainer.log_file = os.devnull   # reading a model must not add a training log to its folder
-        trainer.load_checkpoint(path)   # initialises the trainer first, as nnU-Net's --c does
+    import tempfile
+    saved = os.environ.get("nnUNet_results")
+    # reading a model must not add a training log to its folder: nnU-Net's trainer opens one in its output folder,
+    # which it derives from nnUNet_results (read lazily), so the trainer is built with a temporary one
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        os.environ["nnUNet_results"] = tmp
+        try:
+            trainer = cls(**args)
+            trainer.load_checkpoint(path)   # initialises the trainer first, as nnU-Net's --c does
+        finally:
+            if saved is None:
+                os.environ.pop("nnUNet_results", None)
+            else:
+                os.environ["nnUNet_results"] = saved
     views = trainer.inference_views() if hasattr(trainer, "inference_views") else {"network": trainer.network}
     for v in views.values():
         v.eval()
