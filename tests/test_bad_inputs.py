@@ -205,3 +205,21 @@ def test_truncated_preprocessed_case_is_named_and_redone(copied):
     n = len(data_files)
     assert f"{n} unreadable" in proc.stdout and f"{n} to preprocess" in proc.stdout, proc.stdout
     assert all(open(f, "rb").read() == intact[f] for f in data_files)
+
+
+def test_preprocess_refuses_a_label_value_missing_from_dataset_json(copied):
+    """Planned without --verify_dataset_integrity, a labeled case with an undeclared label value would crash the
+    semi-supervised losses deep in epoch 0; the unlabeled preprocessing names the case and the value instead."""
+    env, raw, pp = copied
+    label = os.path.join(raw, "labelsTr", "syn_002.nii.gz")
+    img = sitk.ReadImage(label)
+    arr = sitk.GetArrayFromImage(img)
+    arr[0, 0, :2] = 7
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, label)
+    proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1, "--overwrite"], env,
+                   expect_ok=False)
+    assert proc.returncode == 1
+    assert "Labeled case 'syn_002'" in proc.stderr and "label value(s) [7]" in proc.stderr
+    assert "--verify_dataset_integrity" in proc.stderr and "Traceback" not in proc.stderr

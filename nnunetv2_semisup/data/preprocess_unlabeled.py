@@ -211,6 +211,9 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
     raw_dataset_json = load_json(raw_dataset_json_file) if os.path.isfile(raw_dataset_json_file) else dataset_json
     cases = find_unlabeled_cases(raw_folder, {**dataset_json, "semisup": raw_dataset_json.get("semisup", {})})
     plans_manager = PlansManager(plans)
+    problem = labeled_label_value_problem(raw_folder, dataset_json, plans_manager, dataset_name_or_id)
+    if problem:
+        raise UnlabeledDataError(problem)
 
     outputs = {}
     for configuration in configurations:
@@ -272,6 +275,31 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
 
     install_semisup_splits(raw_folder, pp_base, verbose=verbose)
     return outputs
+
+
+def labeled_label_value_problem(raw_folder: str, dataset_json: dict, plans_manager, dataset_id) -> Optional[str]:
+    """The first labeled case holding a label value that dataset.json does not declare (None if none does).
+
+    nnU-Net checks this only with ``--verify_dataset_integrity``; without it the semi-supervised losses fail deep in
+    training with a torch index error that names no case. Label-based datasets only (regions are nnU-Net's to check).
+    """
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    if label_manager.has_regions:
+        return None
+    allowed = set(int(v) for v in label_manager.all_labels)
+    if label_manager.ignore_label is not None:
+        allowed.add(int(label_manager.ignore_label))
+    rw = plans_manager.image_reader_writer_class()
+    for case, files in sorted(get_filenames_of_train_images_and_targets(raw_folder, dataset_json).items()):
+        seg, _ = rw.read_seg(files["label"])
+        extra = sorted(set(np.unique(seg).astype(int).tolist()) - allowed)
+        if extra:
+            return (f"Labeled case '{case}' ({files['label']}) holds label value(s) {extra} that dataset.json does not "
+                    f"declare (labels {dict(dataset_json['labels'])}); training would fail with an index error. Fix "
+                    f"the label file or dataset.json, then re-plan with `nnUNetv2_plan_and_preprocess -d {dataset_id} "
+                    f"--verify_dataset_integrity`.")
+    return None
 
 
 def install_semisup_splits(raw_folder: str, preprocessed_folder: str, verbose: bool = True) -> bool:
