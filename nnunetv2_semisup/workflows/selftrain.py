@@ -460,7 +460,7 @@ class Runner:
             resume = os.path.isfile(os.path.join(model.fold_folder(fold), "checkpoint_latest.pth"))
             args = ["nnUNetv2_train", model.dataset_id, model.configuration, fold, "-tr", model.trainer,
                     "-p", model.plans, "-device", self.s.device] + (["--c"] if resume else list(extra))
-            self.run(r, args, f"train_{role}_fold_{fold}",
+            self.run(r, args, re.sub(r"\W+", "_", f"train {role} fold {fold}").strip("_"),
                      f"{'resume' if resume else 'train'} the {role}, fold {fold}", EPOCH_LINE)
             if not os.path.isfile(model.final_checkpoint(fold)):
                 raise SelfTrainError(f"nnUNetv2_train ended without writing {model.final_checkpoint(fold)} (stopped "
