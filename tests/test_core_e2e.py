@@ -39,7 +39,7 @@ def test_mean_teacher_trains_and_stock_predict_works(planned_dataset, tmp_path):
     assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
     assert os.path.isfile(os.path.join(fold, "progress.png"))
     log = open([os.path.join(fold, f) for f in os.listdir(fold) if f.startswith("training_log")][0]).read()
-    assert "loss terms: sup=" in log and "Batch composition: 1 labeled + 1 unlabeled" in log
+    assert "loss terms: sup=" in log and "Batch composition: 2 labeled + 2 unlabeled" in log  # B + B (UA-MT)
     ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     for key in ("loss_sup", "loss_cons", "batch_labeled", "batch_unlabeled"):
         assert len(ckpt["logging"][key]) == 30

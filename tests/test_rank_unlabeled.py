@@ -181,7 +181,7 @@ def test_bad_inputs_refused_nothing_written(ranked_dataset, tmp_path, case):
     else:
         if case == "missing_fold":
             args = ["-tr", STOCK, "-f", 0, 3]
-            expect = "Fold 3 has no checkpoint_final.pth; folds with one: ['0', '1']"
+            expect = "Fold 3 has no checkpoint_final.pth ("
         elif case == "no_unlabeled":
             raw, _ = copy_planned_dataset(ds, 951, "RankNoUnlabeled")
             shutil.rmtree(os.path.join(raw, "imagesUnlabeled"))
@@ -207,4 +207,6 @@ def test_bad_inputs_refused_nothing_written(ranked_dataset, tmp_path, case):
         if case != "no_unlabeled":
             p = rank_cli(env, out, *args, expect_ok=False)
     assert p.returncode == 1 and expect in p.stderr and "Traceback" not in p.stderr, p.stderr
+    if case == "missing_fold":
+        assert "folds with one: ['0', '1']" in p.stderr, p.stderr
     assert (os.listdir(out) == ["keep.txt"]) if case == "not_empty" else not os.path.exists(out)

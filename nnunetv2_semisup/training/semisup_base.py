@@ -312,8 +312,10 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
             raise ValueError(f"{self.__class__.__name__}: invalid batch composition b_l={b_l}, b_u={b_u}")
         if not self._has_unlabeled:
             b_l, b_u = b_l + b_u, 0
-        if (b_l, b_u) != self.dataloader_train.composition:
+        if (b_l, b_u) != self.dataloader_train.composition or not getattr(self, "_composition_logged", False):
+            # logged at the first epoch too: the log says what each step saw (the LRG ramp changes it later)
             self.print_to_log_file(f"Batch composition: {b_l} labeled + {b_u} unlabeled")
+            self._composition_logged = True
         self._labeled_stream.set_batch_size(b_l)
         if self._unlabeled_stream is not None:
             self._unlabeled_stream.set_batch_size(b_u)
