@@ -2,7 +2,9 @@
 layout before the one-folder-per-method refactor (tests/data/legacy_checkpoints/) resume with the stock
 ``nnUNetv2_train --c`` (every extra module and the method state load; M&N without the hub) and the final model
 predicts with the stock ``nnUNetv2_predict``."""
+import json
 import os
+import sys
 import shutil
 
 import pytest
@@ -43,3 +45,26 @@ def test_legacy_checkpoint_resumes_and_predicts(compat_dataset, trainer, tmp_pat
     run_cli(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", pred, "-d", COPY_ID, "-c", "3d_fullres",
              "-f", "all", "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", 1, "-nps", 1], env)
     assert len([f for f in os.listdir(pred) if f.endswith(".nii.gz")]) == 3
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_legacy_checkpoint_loads_every_tensor(compat_dataset, trainer, tmp_path):
+    """Loading (what ``--c`` does before it trains on) puts every tensor of the file into the trainer: the network,
+    each extra module/optimizer/EMA teacher, and the method state, compared entry by entry (not only "it resumed")."""
+    ds, _ = compat_dataset
+    report = tmp_path / "report.json"
+    env = {**ds.env, "nnUNet_semisup_short_epochs": "3", "nnUNet_semisup_short_iterations": "2",
+           "nnUNet_semisup_segformer": str(tmp_path / "no_segformer_here")}  # the settings the files were saved with
+    run_cli([sys.executable, os.path.join(HERE, "compat_load_worker.py"), COPY_ID, trainer,
+             os.path.join(LEGACY, f"{trainer}.pth"), report], env)
+    r = json.loads(report.read_text())
+    # not state but values computed when a file is written: M&N's own-epoch counters (from the epoch being finished)
+    # and the transformers version that wrote the SegFormer config
+    computed_at_save = {"method.epoch_3d", "method.epoch_2d", "method.segformer_config.transformers_version"}
+    assert [d for d in r["differ"] if d not in computed_at_save] == [], r["differ"][:10]
+    assert r["current_epoch"] == 1
+    assert r["extra_keys"] or r["n_method_entries"], "each of these trainers keeps extra modules or method state"
+    for key in r["extra_keys"]:
+        # a GradScaler is CUDA-only: None on this CPU, so nothing to compare
+        assert any(c.startswith(key + ".") for c in r["compared"]) or (key in r["unused_here"] and "scaler" in key), key
+    assert sum(c.startswith("network_weights.") for c in r["compared"]) > 10

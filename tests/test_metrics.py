@@ -425,11 +425,12 @@ def test_aggregation_excludes_and_counts_nan_and_foreground_mean_is_mean_of_labe
     assert agg["foreground_mean"]["dice"] != pytest.approx(np.nanmean([0.5, 1.0, 0.2, 0.4, 0.9]))
 
 
-def _summary(tmp_path, name, fg_dice, label_dice, preset="dhc"):
+def _summary(tmp_path, name, fg_dice, label_dice, preset="dhc", **changed):
     s = {"generator": "nnunetv2_semisup", "mode": "paper", "preset": preset, "empty_policy": "dhc", "lcc": False,
          "units": "voxel", "hd95_definition": "pooled_p95", "asd_definition": "directed_pred_to_ref",
          "labels": {"1": "a"}, "mean": {"1": {"dice": label_dice, "asd": 1.0}},
          "foreground_mean": {"dice": fg_dice, "asd": 1.0}}
+    s.update(changed)
     path = tmp_path / name
     path.write_text(json.dumps(s))
     return str(path)
@@ -446,6 +447,57 @@ def test_aggregate_runs_mean_and_ddof0_std(tmp_path):
     bad = _summary(tmp_path, "other.json", 0.5, 0.5, preset="uamt")
     with pytest.raises(RunAggregationError, match="preset"):
         aggregate_runs(files + [bad])
+
+
+
+@pytest.mark.parametrize("key,other", [("mode", "mm"), ("preset", "uamt"), ("empty_policy", "raise"), ("lcc", True),
+                                       ("units", "mm"), ("hd95_definition", "medpy"),
+                                       ("asd_definition", "symmetric"), ("labels", {"1": "b"})])
+def test_aggregate_runs_refuses_each_differing_key(tmp_path, key, other):
+    """Each setting that changes the numbers refuses on its own, naming itself (not only the preset)."""
+    files = [_summary(tmp_path, f"s{i}.json", 0.6, 0.6) for i in range(2)]
+    reference = json.loads(open(files[0]).read())
+    assert reference[key] != other, "the test must change the key"
+    bad = _summary(tmp_path, "bad.json", 0.6, 0.6, **{key: other})
+    assert json.loads(open(bad).read())[key] == other
+    with pytest.raises(RunAggregationError, match=f"{key} = "):
+        aggregate_runs(files + [bad])
+
+
+
+def test_aggregate_runs_records_inputs_and_checks_every_run(tmp_path):
+    """One run aggregates to itself; the record names its inputs, settings and per-run means; a run that differs
+    is refused wherever it stands (second of two included); a missing metric (None, written for NaN) gives NaN."""
+    one = _summary(tmp_path, "one.json", 0.7, 0.6)
+    agg = aggregate_runs([one])
+    assert agg["n_runs"] == 1 and agg["foreground_std_over_runs"]["dice"] == 0.0
+    assert agg["aggregate_of"] == [one] and agg["std_ddof"] == 0 and agg["preset"] == "dhc"
+    assert agg["labels"] == {"1": "a"} and agg["per_label_mean"]["1"]["dice"] == pytest.approx(0.6)
+    two = _summary(tmp_path, "two.json", 0.5, 0.4)
+    agg = aggregate_runs([one, two])
+    assert agg["run_foreground_means"] == [{"dice": 0.7, "asd": 1.0}, {"dice": 0.5, "asd": 1.0}]
+    for order in ([one, _summary(tmp_path, "bad.json", 0.5, 0.5, lcc=True)],
+                  [_summary(tmp_path, "bad2.json", 0.5, 0.5, lcc=True), one, two]):
+        with pytest.raises(RunAggregationError, match="lcc = "):
+            aggregate_runs(order)
+    missing = _summary(tmp_path, "missing.json", 0.5, 0.5)
+    s = json.loads(open(missing).read())
+    s["foreground_mean"]["asd"] = None
+    open(missing, "w").write(json.dumps(s))
+    agg = aggregate_runs([one, missing])
+    assert math.isnan(agg["foreground_mean"]["asd"]) and agg["foreground_mean"]["dice"] == pytest.approx(0.6)
+    for bad_content, msg in (("{not json", "cannot read summary"), (json.dumps({"generator": "other"}),
+                                                                      "is not a summary.json")):
+        path = tmp_path / "broken.json"
+        path.write_text(bad_content)
+        with pytest.raises(RunAggregationError, match=msg):
+            aggregate_runs([one, str(path)])
+    with pytest.raises(RunAggregationError, match="at least one"):
+        aggregate_runs([])
+    no_fg = tmp_path / "nofg.json"
+    no_fg.write_text(json.dumps({"generator": "nnunetv2_semisup"}))
+    with pytest.raises(RunAggregationError, match="is not a summary.json"):
+        aggregate_runs([one, str(no_fg)])
 
 
 # ----------------------------------------------------------------------------------------------- settings

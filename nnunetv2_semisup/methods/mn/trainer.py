@@ -386,6 +386,8 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         if state["segformer_checkpoint"] != self.mn_segformer_checkpoint:
             self.print_to_log_file(f"NOTE: the checkpoint's SegFormer came from '{state['segformer_checkpoint']}', "
                                    f"now '{self.mn_segformer_checkpoint}'; the saved weights are used.")
+            # the weights still descend from the saved source: later checkpoints keep naming it
+            self.mn_segformer_checkpoint = state["segformer_checkpoint"]
         self.lr_scheduler.load_state_dict(state["scheduler_3d"])
         self.mn_scheduler_2d.load_state_dict(state["scheduler_2d"])
         self.mn_composition = tuple(state["composition"])
