@@ -107,7 +107,10 @@ def _stage_case(case: str, chans: Dict[int, tuple], stage: str, fe: str, ref_dim
     imgs = []
     for c in range(len(chans)):
         path, kind = chans[c]
-        img = read_scan(path, case)
+        try:
+            img = read_scan(path, case)
+        except ConversionError as e:
+            raise ConversionError(f"{e} Nothing was added.") from None
         if img.GetNumberOfComponentsPerPixel() != 1:
             raise ConversionError(f"case {case}: {path} has {img.GetNumberOfComponentsPerPixel()} components "
                                   f"per voxel; expected one scalar volume per channel")

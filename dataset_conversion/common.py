@@ -22,7 +22,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_semisup.data.image_checks import FIX_HINT, sitk_image_problems
+from nnunetv2_semisup.data.image_checks import (FIX_HINT, damaged_file_message, nifti_nonfinite_problems,
+                                                sitk_image_problems)
 from nnunetv2_semisup.progress import progress
 
 from .errors import ConversionError
@@ -131,12 +132,19 @@ def image_ending(path: str) -> Optional[str]:
 
 
 def read_image(path: str, what: str = "image") -> sitk.Image:
+    """The one reader of the converters: the image as SimpleITK reads it, after the file's own voxels were read in
+    full (NIfTI: SimpleITK hides NaN/Inf as 0 and truncation as blank slices; see ``nifti_nonfinite_problems``)."""
     if not os.path.isfile(path):
         raise ConversionError(f"{what} not found: {path}")
     try:
-        return sitk.ReadImage(path)
+        image = sitk.ReadImage(path)
     except RuntimeError as e:
-        raise ConversionError(f"cannot read {what} {path}: {str(e).strip().splitlines()[-1]}")
+        raise ConversionError(f"{what}: {damaged_file_message(path, e)}") from None
+    stored = nifti_nonfinite_problems(path)
+    if stored:
+        damaged = [p for p in stored if "damaged" in p]
+        raise ConversionError(f"{what}: " + (damaged[0] if damaged else f"{path}: {'; '.join(stored)}. {FIX_HINT}"))
+    return image
 
 
 def find_dicom_series(folder: str) -> List[Tuple[str, str]]:

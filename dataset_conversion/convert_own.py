@@ -23,7 +23,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from nnunetv2_semisup.data.image_checks import FIX_HINT, direction_problem, file_array_problems
+from nnunetv2_semisup.data.image_checks import (FIX_HINT, READ_ERRORS, damaged_file_message, direction_problem,
+                                                file_array_problems)
 
 from .common import (CaseData, DatasetInfo, Plan, SEMISUP_FORMAT_VERSION, SourceCase, cli, converter_record,
                      find_existing_dataset, label_to_uint8, load_json, print_summary, progress,
@@ -158,7 +159,11 @@ def check_existing(dataset_id: int, transductive: bool, argv, quiet: bool = Fals
     for case, chans in progress(sorted(groups["imagesUnlabeled"].items()), desc="checking unlabeled scans",
                                   quiet=quiet):
         for c in sorted(chans):
-            data, props = rw.read_images([chans[c]])
+            try:
+                data, props = rw.read_images([chans[c]])
+            except READ_ERRORS as e:
+                problems.append(damaged_file_message(chans[c], e))
+                continue
             found = file_array_problems(chans[c], data) + [p for p in [direction_problem(
                 props.get("sitk_stuff", {}).get("direction"))] if p]
             problems += [f"{chans[c]}: {p}" for p in found]

@@ -9,6 +9,8 @@ from typing import Dict, List, Optional, Tuple
 
 import SimpleITK as sitk
 
+from nnunetv2_semisup.data.image_checks import damaged_file_message
+
 from .common import image_ending, read_dicom_series, read_image, warn
 from .errors import ConversionError
 
@@ -68,7 +70,7 @@ def read_info(path: str) -> Tuple[Tuple[int, ...], Tuple[float, ...], Tuple[floa
     try:
         r.ReadImageInformation()
     except RuntimeError as e:
-        raise ConversionError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}")
+        raise ConversionError(damaged_file_message(path, e)) from None
     return r.GetSize(), r.GetSpacing(), r.GetOrigin(), r.GetDirection(), r.GetNumberOfComponents()
 
 

@@ -75,7 +75,9 @@ def test_grid_mismatch_checks_every_field(field, value):
 
 # ------------------------------------------------------------------------------------------------ preprocessing
 @pytest.mark.parametrize("kind,expected", [
-    ("nan", r"7 NaN voxel\(s\)"), ("inf", r"2 infinite voxel\(s\)"), ("constant", r"constant image")])
+    ("nan", r"7 NaN voxel\(s\)"), ("inf", r"2 infinite voxel\(s\)"), ("constant", r"constant image"),
+    ("truncated", r"is damaged or not an image \(.*\); re-export it"),
+    ("not_an_image", r"is damaged or not an image \(.*\); re-export it")])
 def test_preprocess_refuses_a_bad_unlabeled_scan(copied, kind, expected):
     import re
     env, raw, pp = copied
@@ -85,15 +87,20 @@ def test_preprocess_refuses_a_bad_unlabeled_scan(copied, kind, expected):
         _rewrite(victim, lambda a: a.__setitem__((slice(0, 1), slice(0, 1), slice(0, 7)), np.nan))
     elif kind == "inf":
         _rewrite(victim, lambda a: a.__setitem__((0, 0, slice(0, 2)), np.inf))
-    else:
+    elif kind == "constant":
         _rewrite(victim, lambda a: a.__setitem__(Ellipsis, 3.0))
+    elif kind == "truncated":  # SimpleITK reads this without a word, the lost slices blank
+        data = open(victim, "rb").read()
+        open(victim, "wb").write(data[: len(data) // 2])
+    else:
+        open(victim, "w").write("not an image\n")
     out = os.path.join(pp, UNLABELED_PP)
     shutil.rmtree(out)
     proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1], env,
                    expect_ok=False)
     assert proc.returncode == 1
     assert victim in proc.stderr and re.search(expected, proc.stderr), proc.stderr
-    assert "remove the case" in proc.stderr
+    assert "remove the case" in proc.stderr and "Traceback" not in proc.stderr
     # nothing of the bad case was written; no temporary leftovers
     assert not [f for f in os.listdir(out) if f.startswith(case + ".") or f.startswith(".tmp")]
 

@@ -121,6 +121,64 @@ def test_csv_bad_inputs(tmp_path, conv_env):
     assert leftovers(conv_env) == []
 
 
+def _nan_nifti(path, n=5):
+    a = _vol(0)
+    a[0, 0, :n] = np.nan
+    sitk.WriteImage(_img(a), path)
+
+
+def _truncate(path):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("nan", r"bad_t2.nii.gz: 5 NaN voxel\(s\) of 480"),
+    ("truncated", r"file .*bad_t2.nii.gz is damaged or not an image \(.*\); re-export it"),
+    ("not_an_image", r"file .*bad_t2.nii.gz is damaged or not an image \(.*\); re-export it")])
+def test_csv_refuses_nan_and_damaged_nifti_writing_nothing(tmp_path, conv_env, kind, expected):
+    """SimpleITK reads NaN in a NIfTI as 0 and a truncated .nii.gz as blank slices: the converter reads the file's
+    own voxels and refuses it by name, for a labeled and for an unlabeled case, with nothing in nnUNet_raw."""
+    src = str(tmp_path / "src")
+    csv_path = _write_source(src)
+    bad = os.path.join(src, "bad_t2.nii.gz")
+    if kind == "nan":
+        _nan_nifti(bad)
+        assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(bad))).any()  # what made this a silent bug
+    elif kind == "truncated":
+        sitk.WriteImage(_img(_vol(0)), bad)
+        _truncate(bad)
+    else:
+        open(bad, "w").write("hello\n")
+    hdr = "case,role,image_0000,image_0001,label"
+    for row in ("p1,labeled,bad_t2.nii.gz,p1_adc.mha,p1_seg.nii.gz", "p4,unlabeled,bad_t2.nii.gz,p4_adc.mha,"):
+        with open(csv_path, "w") as f:
+            f.write("\n".join([hdr, "p2,labeled,p2_t2.nrrd,p2_adc.mha,p2_seg.nii.gz", row]) + "\n")
+        with pytest.raises(ConversionError, match=expected) as e:
+            convert_own.run(["-i", src, "--csv", csv_path, "-d", "507"] + CSV_ARGS)
+        assert "\n" not in str(e.value)  # one line
+        assert leftovers(conv_env) == []
+
+
+def test_add_unlabeled_and_check_refuse_damaged_nifti(tmp_path, conv_env):
+    folder = _make_nnunet_dataset(str(conv_env), did=508, channels=1)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    sitk.WriteImage(_img(_vol(1)), str(scans / "u1_0000.nii.gz"))
+    sitk.WriteImage(_img(_vol(2)), str(scans / "u2_0000.nii.gz"))
+    _truncate(str(scans / "u2_0000.nii.gz"))
+    with pytest.raises(ConversionError, match=r"u2_0000.nii.gz is damaged or not an image .* Nothing was added"):
+        add_unlabeled.run(["-d", "508", "-i", str(scans)])
+    assert not os.path.exists(os.path.join(folder, "imagesUnlabeled"))
+    before = open(os.path.join(folder, "dataset.json")).read()
+    os.makedirs(os.path.join(folder, "imagesUnlabeled"))
+    sitk.WriteImage(_img(_vol(1)), os.path.join(folder, "imagesUnlabeled", "u3_0000.nii.gz"))
+    _truncate(os.path.join(folder, "imagesUnlabeled", "u3_0000.nii.gz"))
+    with pytest.raises(ConversionError, match=r"u3_0000.nii.gz is damaged or not an image"):
+        convert_own.run(["--check", "-d", "508"])
+    assert open(os.path.join(folder, "dataset.json")).read() == before
+
+
 def _make_nnunet_dataset(raw, did=503, channels=1):
     """A stock nnU-Net dataset (as a user would have it) with two labeled cases and one test case."""
     folder = os.path.join(raw, f"Dataset{did:03d}_Mine")

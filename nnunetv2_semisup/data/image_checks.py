@@ -39,13 +39,33 @@ def array_problems(array: np.ndarray) -> List[str]:
     return problems
 
 
+DAMAGED_HINT = "re-export it from its source (or remove the case)"
+
+
+# what a reader raises on a file it cannot read (SimpleITK: RuntimeError; nibabel/gzip: EOFError, OSError, ...)
+READ_ERRORS = (RuntimeError, OSError, EOFError, ValueError)
+
+
+def damaged_file_message(path: str, error: BaseException) -> str:
+    """One line for a file that cannot be read in full: which file, the reader's last word, the fix."""
+    detail = (str(error).strip().splitlines() or [""])[-1][:200]
+    return f"file {path} is damaged or not an image ({type(error).__name__}{': ' + detail if detail else ''}); " \
+           f"{DAMAGED_HINT}"
+
+
 def nifti_nonfinite_problems(path: str) -> List[str]:
-    """NaN/Inf voxels stored in a NIfTI file. SimpleITK's NIfTI reader returns them as 0 — silently, so the
-    array nnU-Net reads cannot show them — hence the file's own voxels are counted here (with nibabel)."""
+    """Read a NIfTI file in full as stored and count its NaN/Inf voxels.
+
+    SimpleITK's NIfTI reader returns NaN/Inf as 0 and reads a truncated ``.nii.gz`` without complaint (the missing
+    slices come back blank), so the array nnU-Net reads can show neither: the file's own voxels are read here (with
+    nibabel), and a file that cannot be read to its end is reported as damaged."""
     if not str(path).lower().endswith((".nii", ".nii.gz")):
         return []
     import nibabel
-    data = np.asanyarray(nibabel.load(str(path)).dataobj)
+    try:
+        data = np.asanyarray(nibabel.load(str(path)).dataobj)
+    except Exception as e:  # noqa: BLE001 - EOFError, zlib.error, ImageFileError, OSError...: all mean "damaged"
+        return [damaged_file_message(path, e)]
     if not np.issubdtype(data.dtype, np.floating):
         return []
     out = []

@@ -23,7 +23,7 @@ from typing import List, Optional
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
-from nnunetv2_semisup.data.image_checks import FIX_HINT, case_channel_problems
+from nnunetv2_semisup.data.image_checks import FIX_HINT, READ_ERRORS, case_channel_problems, damaged_file_message
 from nnunetv2_semisup.data.unlabeled_raw import UnlabeledDataError, find_unlabeled_cases
 from nnunetv2_semisup.progress import progress
 from nnunetv2_semisup.trainer_dir import ext_trainer_env_problem
@@ -91,7 +91,11 @@ def preprocess_unlabeled_case(case: str, image_files: List[str], output_folder: 
     rw = plans_manager.image_reader_writer_class()
     arrays, grids, props = [], [], []
     for f in image_files:
-        a, p = rw.read_images([f])
+        try:
+            a, p = rw.read_images([f])
+        except READ_ERRORS as e:
+            raise UnlabeledDataError(f"Unlabeled case '{case}': {damaged_file_message(f, e)}. Nothing of this case "
+                                     f"was written.") from None
         arrays.append(a)
         props.append(p)
         sitk_stuff = p.get("sitk_stuff", {})
