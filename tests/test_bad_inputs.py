@@ -230,3 +230,54 @@ def test_preprocess_refuses_a_label_value_missing_from_dataset_json(copied):
     assert proc.returncode == 1
     assert "Labeled case 'syn_002'" in proc.stderr and "label value(s) [7]" in proc.stderr
     assert "--verify_dataset_integrity" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ stale state
+def _preprocess(env):
+    return run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1], env)
+
+
+def test_missing_state_file_never_vouches_for_stale_cases(copied):
+    """Each unlabeled case carries the fingerprint of the plans it was made with: when the folder's state file is
+    lost, cases of the current plans stay done, cases of a re-plan (same folder name) are made again, never used."""
+    import pickle
+    env, raw, pp = copied
+    out = os.path.join(pp, UNLABELED_PP)
+    state = os.path.join(out, "semisup_preprocess.json")
+    cases = sorted(f[:-5] for f in os.listdir(out) if f.endswith(".b2nd") and not f.endswith("_seg.b2nd"))
+    n = len(cases)
+    # 1. state lost, plans unchanged: every case vouches for itself, nothing is redone, the state file comes back
+    saved_state = open(state).read()
+    os.remove(state)
+    proc = _preprocess(env)
+    assert f"{n} already done, 0 to preprocess" in proc.stdout, proc.stdout
+    assert json.loads(open(state).read())["sha256"] == json.loads(saved_state)["sha256"]
+    # 2. a re-plan to another spacing (the folder keeps its name), and the state file lost: every case is redone
+    import blosc2
+    before = blosc2.open(urlpath=os.path.join(out, cases[0] + ".b2nd"), mode="r").shape
+    plans_file = os.path.join(pp, "nnUNetPlans.json")
+    plans = json.load(open(plans_file))
+    spacing = plans["configurations"]["3d_fullres"]["spacing"]
+    plans["configurations"]["3d_fullres"]["spacing"] = [s * 2 for s in spacing]
+    json.dump(plans, open(plans_file, "w"), indent=2)
+    os.remove(state)
+    proc = _preprocess(env)
+    assert proc.stdout.count("preprocessed with other plans than the current ones") == n, proc.stdout
+    assert f"0 already done ({n} unusable removed), {n} to preprocess" in proc.stdout, proc.stdout
+    after = blosc2.open(urlpath=os.path.join(out, cases[0] + ".b2nd"), mode="r").shape
+    assert after != before and after[1] < before[1]  # coarser spacing, fewer voxels
+    # 3. a case written before cases carried a fingerprint, with no state file: nothing vouches for it -> redone
+    pkl = os.path.join(out, cases[1] + ".pkl")
+    props = pickle.load(open(pkl, "rb"))
+    del props["semisup_preprocessing_sha256"]
+    pickle.dump(props, open(pkl, "wb"))
+    os.remove(state)
+    proc = _preprocess(env)
+    assert f"{cases[1]}: the preprocessed case is not usable (it records no plans fingerprint" in proc.stdout
+    assert f"{n - 1} already done (1 unusable removed), 1 to preprocess" in proc.stdout, proc.stdout
+    # ... but with the state file present, such an older case is trusted (no mass re-run after an upgrade)
+    props = pickle.load(open(pkl, "rb"))
+    del props["semisup_preprocessing_sha256"]
+    pickle.dump(props, open(pkl, "wb"))
+    proc = _preprocess(env)
+    assert f"{n} already done, 0 to preprocess" in proc.stdout, proc.stdout

@@ -29,6 +29,7 @@ from nnunetv2_semisup.progress import progress
 from nnunetv2_semisup.trainer_dir import ext_trainer_env_problem
 
 STATE_FILE = "semisup_preprocess.json"
+CASE_FINGERPRINT_KEY = "semisup_preprocessing_sha256"  # in each unlabeled case's properties
 
 
 def unlabeled_folder_name(data_identifier: str) -> str:
@@ -112,6 +113,9 @@ def preprocess_unlabeled_case(case: str, image_files: List[str], output_folder: 
             f"Unlabeled case '{case}' ({image_files}) has {data.shape[0]} channel(s) after reading, dataset.json "
             f"declares {len(dataset_json['channel_names'])} ({dict(dataset_json['channel_names'])}). Store one "
             f"single-channel image per channel file.")
+    # the fingerprint of the plans travels with the case: a folder whose state file is lost still knows each case's
+    properties[CASE_FINGERPRINT_KEY] = _configuration_fingerprint(plans, configuration_manager, "", configuration)[
+        "sha256"]
     label_manager = plans_manager.get_label_manager(dataset_json)
     # Same keys as labeled cases, no locations: foreground-forced crops fall back to uniform ones.
     properties["class_locations"] = {k: [] for k in (label_manager.foreground_regions if label_manager.has_regions
@@ -145,9 +149,12 @@ def _is_complete(output_folder: str, dataset_class, case: str) -> bool:
     return all(os.path.isfile(os.path.join(output_folder, f)) for f in _dataset_class_files(dataset_class, case))
 
 
-def read_problem(output_folder: str, dataset_class, case: str) -> Optional[str]:
-    """Why a finished case cannot be read back (an interrupted copy, a full disk), or None: loads it with
-    nnU-Net's dataset class and decompresses every array."""
+def read_problem(output_folder: str, dataset_class, case: str, fingerprint: Optional[str] = None,
+                 trust_unrecorded: bool = True) -> Optional[str]:
+    """Why a finished case cannot be used (None if it can): it cannot be read back (an interrupted copy, a full
+    disk; loaded with nnU-Net's dataset class, every array decompressed), or it records another plans fingerprint
+    than ``fingerprint``, or it records none (written before cases carried theirs) and ``trust_unrecorded`` is False
+    (the folder's state file, the other witness, is missing)."""
     try:
         data, seg, _, properties = dataset_class(output_folder, [case]).load_case(case)
         np.asarray(data[:])
@@ -155,7 +162,12 @@ def read_problem(output_folder: str, dataset_class, case: str) -> Optional[str]:
         if not isinstance(properties, dict):
             return "its properties file does not hold a dict"
     except Exception as e:  # blosc2 / pickle / numpy errors of a damaged file
-        return f"{type(e).__name__}: {e}"
+        return f"cannot be read: {type(e).__name__}: {e}"
+    recorded = properties.get(CASE_FINGERPRINT_KEY)
+    if fingerprint is not None and recorded is not None and recorded != fingerprint:
+        return "it was preprocessed with other plans than the current ones"
+    if fingerprint is not None and recorded is None and not trust_unrecorded:
+        return f"it records no plans fingerprint and {STATE_FILE} is missing, so nothing vouches for it"
     return None
 
 
@@ -243,8 +255,7 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
                 f"{out} was preprocessed with different plans than the current {plans_file} (spacing, "
                 f"normalisation, resampling or intensity statistics of configuration '{configuration}' changed). "
                 f"Re-run with --overwrite to redo all unlabeled cases.")
-        if not os.path.isfile(state_file):
-            save_json(fingerprint, state_file)
+        state_was_missing = not os.path.isfile(state_file)
         for stale in [d for d in os.listdir(out) if d.startswith(".tmp_")]:
             shutil.rmtree(os.path.join(out, stale), ignore_errors=True)  # leftovers of an interrupted run
         for removed in sorted(_existing_cases(out, dataset_class) - set(cases)):
@@ -254,15 +265,17 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
         done = [c for c in cases if _is_complete(out, dataset_class, c)]
         unreadable = []
         for c in progress(done, desc=f"{configuration}: checking finished cases", quiet=not verbose):
-            problem = read_problem(out, dataset_class, c)
+            problem = read_problem(out, dataset_class, c, fingerprint["sha256"], trust_unrecorded=not state_was_missing)
             if problem:
-                print(f"{c}: the preprocessed case cannot be read ({problem}); preprocessing it again")
+                print(f"{c}: the preprocessed case is not usable ({problem}); preprocessing it again")
                 _remove_case(out, dataset_class, c)
                 unreadable.append(c)
+        if state_was_missing:  # written once every kept case has shown its own fingerprint (or was removed)
+            save_json(fingerprint, state_file)
         todo = [c for c in cases if not _is_complete(out, dataset_class, c)]
         if verbose:
             print(f"{configuration}: {len(cases)} unlabeled cases, {len(cases) - len(todo)} already done"
-                  f"{f' ({len(unreadable)} unreadable removed)' if unreadable else ''}, {len(todo)} to preprocess "
+                  f"{f' ({len(unreadable)} unusable removed)' if unreadable else ''}, {len(todo)} to preprocess "
                   f"-> {out}")
         args = [(c, cases[c], out, plans, configuration, dataset_json, dataset_class) for c in todo]
         bar = progress(total=len(args), desc=f"{configuration}: preprocessing", quiet=not verbose)
