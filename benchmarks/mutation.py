@@ -187,7 +187,7 @@ MODULE_TESTS = {
 
 def mutmut(args) -> int:
     try:
-        import mutmut as _  # noqa: F401
+        import mutmut  # noqa: F401
     except ImportError:
         print("mutmut is not installed: pip install mutmut", file=sys.stderr)
         return 2

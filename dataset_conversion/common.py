@@ -24,6 +24,7 @@ import SimpleITK as sitk
 
 from nnunetv2_semisup.data.image_checks import (FIX_HINT, damaged_file_message, nifti_nonfinite_problems,
                                                 sitk_image_problems)
+from nnunetv2_semisup.cli_errors import is_explained, os_error_message
 from nnunetv2_semisup.progress import progress
 
 from .errors import ConversionError
@@ -787,6 +788,11 @@ def cli(run: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequenc
         run(argv)
     except ConversionError as e:
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:
+        if not is_explained(e):
+            raise
+        print(f"ERROR: {os_error_message(e)}", file=sys.stderr, flush=True)
         return 1
     return 0
 

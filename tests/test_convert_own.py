@@ -423,3 +423,36 @@ def test_check_keeps_converter_provenance_and_validation_cases(tmp_path, conv_en
     convert_own.run(["--check", "-d", "510"])
     r = dataset_json(folder)["semisup"]
     assert r["labeled_cases"] == labeled + sorted(val) and r["validation_cases"] == [] and r["num_labeled"] == 8
+
+
+def test_a_write_the_file_system_refuses_is_one_line_with_the_fix(tmp_path, conv_env, monkeypatch, capsys):
+    """A read-only or full output folder ends the command with one line naming the path and the fix (root, who runs
+    these tests, may write anywhere: the refusal is raised where the command writes)."""
+    import errno
+    from nnunetv2_semisup_conversion import common
+
+    def refuse(path, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    src = str(tmp_path / "src")
+    csv_path = _write_source(src)
+    monkeypatch.setattr(common.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(common.os, "makedirs", refuse)
+    assert convert_own.main(["-i", src, "--csv", csv_path, "-d", "509"] + CSV_ARGS) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write" in err and "Permission denied" in err and "Traceback" not in err
+    assert "Choose an output folder you can write to" in err
+    monkeypatch.undo()
+    assert leftovers(conv_env) == []
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(conv_env))
+    monkeypatch.setattr(convert_own, "convert_csv", full)
+    assert convert_own.main(["-i", src, "--csv", csv_path, "-d", "509"] + CSV_ARGS) == 1
+    assert "no space left on the device" in capsys.readouterr().err
+
+    def bug(*a, **k):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+    monkeypatch.setattr(convert_own, "convert_csv", bug)
+    with pytest.raises(OSError):  # not an explained case: the traceback stays for a bug report
+        convert_own.main(["-i", src, "--csv", csv_path, "-d", "509"] + CSV_ARGS)

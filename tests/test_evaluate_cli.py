@@ -468,3 +468,18 @@ def test_compare_paper_ablation_through_cli(folders, tmp_path, capsys):
     line = next(l for l in printed.splitlines() if l.startswith("L_sup^l + L_sup^u "))
     assert "88.16" in line and "87.75" in line and line.endswith("nnUNetTrainerCML_noDis")
     assert "different convention" in printed  # medpy run vs CML's uamt_lcc table
+
+
+def test_unwritable_output_folder_is_one_line(monkeypatch, capsys, tmp_path):
+    """-o in a folder the user cannot write to: one line naming the path and the fix, exit 1, no traceback."""
+    import errno
+    from nnunetv2_semisup.evaluation import evaluate_cli
+
+    def refuse(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro" / "summary.json"))
+
+    monkeypatch.setattr(evaluate_cli, "evaluate_folders", refuse)
+    assert evaluate_cli.main(["-ref", str(tmp_path), "-pred", str(tmp_path), "-o", str(tmp_path / "ro")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write {tmp_path / 'ro' / 'summary.json'}" in err
+    assert "Choose an output folder you can write to" in err

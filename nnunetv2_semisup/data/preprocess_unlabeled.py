@@ -23,6 +23,7 @@ from typing import List, Optional
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
+from nnunetv2_semisup.cli_errors import is_explained, os_error_message
 from nnunetv2_semisup.data.image_checks import FIX_HINT, READ_ERRORS, case_channel_problems, damaged_file_message
 from nnunetv2_semisup.data.unlabeled_raw import UnlabeledDataError, find_unlabeled_cases
 from nnunetv2_semisup.progress import progress
@@ -355,6 +356,11 @@ def main(argv=None) -> int:
         preprocess_unlabeled(args.d, args.c, args.plans, args.np, args.overwrite, verbose=not args.quiet)
     except UnlabeledDataError as e:
         print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if not is_explained(e):
+            raise
+        print(f"ERROR: {os_error_message(e)}", file=sys.stderr)
         return 1
     problem = ext_trainer_env_problem()
     if problem:

@@ -18,6 +18,7 @@ import sys
 import warnings
 from typing import List, Optional
 
+from nnunetv2_semisup.cli_errors import is_explained, os_error_message
 from nnunetv2_semisup.evaluation.aggregate import RunAggregationError, aggregate_runs
 from nnunetv2_semisup.evaluation.evaluate import (EvaluationError, nan_to_none, default_output_folder,
                                                   evaluate_folders)
@@ -119,6 +120,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     except (EvaluationError, RunAggregationError) as e:
         print(f"nnUNetv2_semisup_evaluate: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if not is_explained(e):
+            raise
+        print(f"nnUNetv2_semisup_evaluate: error: {os_error_message(e)}", file=sys.stderr)
         return 1
 
 

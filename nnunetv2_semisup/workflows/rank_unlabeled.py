@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from nnunetv2_semisup.cli_errors import is_explained, os_error_message
 from nnunetv2_semisup.workflows import reliability
 
 SCORES = {"combined": True, "entropy": True, "disagreement": True, "view_dice": False, "confidence": False}
@@ -366,6 +367,11 @@ def main(argv=None) -> int:
         rank(args)
     except (RankError, SelfTrainError) as e:
         print(f"nnUNetv2_semisup_rank_unlabeled: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if not is_explained(e):
+            raise
+        print(f"nnUNetv2_semisup_rank_unlabeled: {os_error_message(e)}", file=sys.stderr)
         return 1
     return 0
 

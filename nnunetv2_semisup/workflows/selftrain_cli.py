@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from nnunetv2_semisup.cli_errors import is_explained, os_error_message
 from nnunetv2_semisup.workflows import reliability
 from nnunetv2_semisup.workflows.commands import CommandError
 from nnunetv2_semisup.workflows.selftrain import (FINETUNE_TRAINER, Model, Runner, SelfTrainError, SelfTrainSettings,
@@ -105,6 +106,11 @@ def main(argv=None) -> int:
         runner.run_all()
     except (SelfTrainError, CommandError) as e:
         print(f"nnUNetv2_semisup_selftrain: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if not is_explained(e):
+            raise
+        print(f"nnUNetv2_semisup_selftrain: {os_error_message(e)}", file=sys.stderr)
         return 1
     return 0
 
