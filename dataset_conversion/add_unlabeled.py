@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import SimpleITK as sitk
 
 from nnunetv2_semisup.data.image_checks import FIX_HINT, nifti_nonfinite_problems, sitk_image_problems
+from nnunetv2_semisup.data.leak_guard import LEAK_HINT, leak_problem, reference_digests, voxel_digest
 
 from .common import (SEMISUP_FORMAT_VERSION, cli, converter_record, find_existing_dataset, load_json, progress,
                      raw_root, require_dir, same_grid, write_json_atomic, describe_grid)
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="folder with the unlabeled scans")
     p.add_argument("--prefix", default="", help="prepended to every new case name (e.g. 'extra_')")
     p.add_argument("--quiet", action="store_true", help="no progress bar (also off when output is not a terminal)")
+    p.add_argument("--allow-copies", action="store_true",
+                   help="do not refuse a scan whose voxels equal a test (imagesTs) or labeled (imagesTr) scan's "
+                        "(the leak guard); for a deliberate duplicate only")
     return p
 
 
@@ -103,7 +107,8 @@ def _reference_dim(folder: str, fe: str) -> Optional[int]:
     return r.GetDimension()
 
 
-def _stage_case(case: str, chans: Dict[int, tuple], stage: str, fe: str, ref_dim: Optional[int]) -> None:
+def _stage_case(case: str, chans: Dict[int, tuple], stage: str, fe: str, ref_dim: Optional[int],
+                forbidden: Optional[Dict[str, str]] = None) -> None:
     imgs = []
     for c in range(len(chans)):
         path, kind = chans[c]
@@ -123,6 +128,10 @@ def _stage_case(case: str, chans: Dict[int, tuple], stage: str, fe: str, ref_dim
         problems = sitk_image_problems(img) + (nifti_nonfinite_problems(path) if kind == "file" else [])
         if problems:
             raise ConversionError(f"case {case}: {path}: {'; '.join(problems)}. {FIX_HINT} Nothing was added.")
+        if c == 0 and forbidden:
+            leak = leak_problem(case, path, voxel_digest(sitk.GetArrayViewFromImage(img)), forbidden)
+            if leak:
+                raise ConversionError(f"{leak}. {LEAK_HINT} Nothing was added.")
         imgs.append(img)
         out = os.path.join(stage, f"{case}_{c:04d}{fe}")
         if kind == "file" and path.lower().endswith(fe):
@@ -262,10 +271,15 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
                               + ", ".join(f"{c} ({where})" for c, where in clash.items())
                               + "; rename the inputs or use --prefix")
     ref_dim = _reference_dim(folder, fe)
+    forbidden = None
+    if not args.allow_copies:
+        rec = dj.get("semisup") if isinstance(dj.get("semisup"), dict) else {}
+        forbidden = reference_digests(folder, fe, bool(rec.get("transductive", False)),
+                                      lambda f: sitk.GetArrayFromImage(sitk.ReadImage(f)))
     stage = _fresh_stage(folder)
     try:
         for case, chans in progress(sorted(groups.items()), desc="checking and staging", quiet=args.quiet):
-            _stage_case(case, chans, stage, fe, ref_dim)
+            _stage_case(case, chans, stage, fe, ref_dim, forbidden)
         added = {case: os.path.relpath(chans[0][0], src) for case, chans in groups.items()}
         add_id = uuid.uuid4().hex
         dj["semisup"] = _updated_record(dj, folder, fe, added, src, add_id, argv)

@@ -281,3 +281,24 @@ def test_missing_state_file_never_vouches_for_stale_cases(copied):
     pickle.dump(props, open(pkl, "wb"))
     proc = _preprocess(env)
     assert f"{n} already done, 0 to preprocess" in proc.stdout, proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------ leak guard
+def test_preprocess_refuses_a_renamed_copy_of_a_test_scan(copied):
+    """A test scan copied into imagesUnlabeled under another name would train the model on its own test set: the
+    voxels give it away; nothing of it is written; --allow-copies is the documented way through."""
+    env, raw, pp = copied
+    test_scan = sorted(glob.glob(os.path.join(raw, "imagesTs", "*_0000.nii.gz")))[0]
+    copy = os.path.join(raw, "imagesUnlabeled", "innocent_0000.nii.gz")
+    shutil.copyfile(test_scan, copy)
+    out = os.path.join(pp, UNLABELED_PP)
+    proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1], env,
+                   expect_ok=False)
+    name = os.path.basename(test_scan)[: -len("_0000.nii.gz")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"unlabeled case 'innocent' ({copy}) has the same voxels as imagesTs/{name}" in proc.stderr, proc.stderr
+    assert "--transductive" in proc.stderr
+    assert not [f for f in os.listdir(out) if f.startswith("innocent") or f.startswith(".tmp")]
+    proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1, "--allow-copies"],
+                   env)
+    assert os.path.isfile(os.path.join(out, "innocent.b2nd"))

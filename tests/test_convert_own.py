@@ -184,9 +184,9 @@ def _make_nnunet_dataset(raw, did=503, channels=1):
     folder = os.path.join(raw, f"Dataset{did:03d}_Mine")
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         os.makedirs(os.path.join(folder, sub))
-    for case, sub in (("a", "imagesTr"), ("b", "imagesTr"), ("t", "imagesTs")):
-        for c in range(channels):
-            sitk.WriteImage(_img(_vol(c)), os.path.join(folder, sub, f"{case}_{c:04d}.nii.gz"))
+    for k, (case, sub) in enumerate((("a", "imagesTr"), ("b", "imagesTr"), ("t", "imagesTs"))):
+        for c in range(channels):  # every scan its own voxels (the leak guard compares them)
+            sitk.WriteImage(_img(_vol(c + 100 * k)), os.path.join(folder, sub, f"{case}_{c:04d}.nii.gz"))
         if sub == "imagesTr":
             sitk.WriteImage(_img(_lab()), os.path.join(folder, "labelsTr", f"{case}.nii.gz"))
     with open(os.path.join(folder, "dataset.json"), "w") as f:
@@ -313,7 +313,7 @@ def _scans(tmp_path, names):
     scans = tmp_path / "scans"
     scans.mkdir(parents=True, exist_ok=True)
     for k, n in enumerate(names):
-        sitk.WriteImage(_img(_vol(k)), str(scans / f"{n}.nii.gz"))
+        sitk.WriteImage(_img(_vol(k + 1000)), str(scans / f"{n}.nii.gz"))
     return str(scans)
 
 
@@ -456,3 +456,29 @@ def test_a_write_the_file_system_refuses_is_one_line_with_the_fix(tmp_path, conv
     monkeypatch.setattr(convert_own, "convert_csv", bug)
     with pytest.raises(OSError):  # not an explained case: the traceback stays for a bug report
         convert_own.main(["-i", src, "--csv", csv_path, "-d", "509"] + CSV_ARGS)
+
+
+def test_add_unlabeled_refuses_a_renamed_copy_of_a_test_or_labeled_scan(tmp_path, conv_env):
+    """A renamed copy (another file name, even another format or storage type with the same voxel values) of an
+    imagesTs or imagesTr scan is refused by name; --allow-copies lets a deliberate duplicate through."""
+    import glob
+    folder = _make_nnunet_dataset(str(conv_env), did=510, channels=1)
+    test_scan = sorted(glob.glob(os.path.join(folder, "imagesTs", "*_0000.nii.gz")))
+    train_scan = sorted(glob.glob(os.path.join(folder, "imagesTr", "*_0000.nii.gz")))[0]
+    assert test_scan, "the fixture dataset needs a test scan"
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    sitk.WriteImage(_img(_vol(11)), str(scans / "fresh_0000.nii.gz"))
+    as_nrrd = sitk.ReadImage(test_scan[0])
+    sitk.WriteImage(as_nrrd, str(scans / "innocent_name.nrrd"))  # same voxels, other name and format
+    with pytest.raises(ConversionError, match=r"unlabeled case 'innocent_name' .* has the same voxels as "
+                                              r"imagesTs/.*--transductive"):
+        add_unlabeled.run(["-d", "510", "-i", str(scans)])
+    assert not os.path.exists(os.path.join(folder, "imagesUnlabeled"))
+    os.remove(scans / "innocent_name.nrrd")
+    import shutil
+    shutil.copyfile(train_scan, scans / "other_0000.nii.gz")
+    with pytest.raises(ConversionError, match=r"'other' .* has the same voxels as imagesTr/"):
+        add_unlabeled.run(["-d", "510", "-i", str(scans)])
+    add_unlabeled.run(["-d", "510", "-i", str(scans), "--allow-copies"])
+    assert len(cases_in(folder, "imagesUnlabeled")) == 2

@@ -18,13 +18,14 @@ import multiprocessing
 import os
 import shutil
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
 from nnunetv2_semisup.cli_errors import is_explained, os_error_message
 from nnunetv2_semisup.data.image_checks import FIX_HINT, READ_ERRORS, case_channel_problems, damaged_file_message
+from nnunetv2_semisup.data.leak_guard import LEAK_HINT, leak_problem, reference_digests, voxel_digest
 from nnunetv2_semisup.data.unlabeled_raw import UnlabeledDataError, find_unlabeled_cases
 from nnunetv2_semisup.progress import progress
 from nnunetv2_semisup.trainer_dir import ext_trainer_env_problem
@@ -80,8 +81,11 @@ def stale_preprocessing_problem(folder: str, plans: dict, configuration_manager,
 
 
 def preprocess_unlabeled_case(case: str, image_files: List[str], output_folder: str, plans: dict,
-                              configuration: str, dataset_json: dict, dataset_class) -> None:
-    """Preprocess one unlabeled case exactly like nnU-Net's preprocessor does an unlabeled (test) image."""
+                              configuration: str, dataset_json: dict, dataset_class,
+                              forbidden: Optional[Dict[str, str]] = None) -> None:
+    """Preprocess one unlabeled case exactly like nnU-Net's preprocessor does an unlabeled (test) image.
+
+    ``forbidden``: ``{voxel digest: scan}`` of the test/labeled scans this case must not copy (leak guard)."""
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2, comp_blosc2_params
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -104,8 +108,11 @@ def preprocess_unlabeled_case(case: str, image_files: List[str], output_folder: 
         grids.append({"shape": a.shape[1:], "spacing": p.get("spacing"), "origin": sitk_stuff.get("origin"),
                       "direction": sitk_stuff.get("direction")})
     problems = case_channel_problems(image_files, arrays, grids)
+    if forbidden:
+        problems += [p for p in [leak_problem(case, image_files[0], voxel_digest(arrays[0][0]), forbidden)] if p]
     if problems:
-        raise UnlabeledDataError(f"Unlabeled case '{case}' refused:\n  " + "\n  ".join(problems) + f"\n{FIX_HINT} "
+        hint = LEAK_HINT if forbidden and any("has the same voxels as" in p for p in problems) else FIX_HINT
+        raise UnlabeledDataError(f"Unlabeled case '{case}' refused:\n  " + "\n  ".join(problems) + f"\n{hint} "
                                  f"Nothing of this case was written.")
     data, seg, properties = preprocessor.run_case_npy(np.vstack(arrays).astype(np.float32, copy=False), None,
                                                       props[0], plans_manager, configuration_manager, dataset_json)
@@ -186,7 +193,8 @@ def _existing_cases(output_folder: str, dataset_class) -> set:
 
 
 def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_identifier: str = "nnUNetPlans",
-                         num_processes: int = 4, overwrite: bool = False, verbose: bool = True) -> dict:
+                         num_processes: int = 4, overwrite: bool = False, verbose: bool = True,
+                         allow_copies: bool = False) -> dict:
     """Preprocess all unlabeled scans of a dataset for the given configurations.
 
     Returns ``{configuration: output_folder}``. Raises UnlabeledDataError with the command to run when the
@@ -278,7 +286,14 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
             print(f"{configuration}: {len(cases)} unlabeled cases, {len(cases) - len(todo)} already done"
                   f"{f' ({len(unreadable)} unusable removed)' if unreadable else ''}, {len(todo)} to preprocess "
                   f"-> {out}")
-        args = [(c, cases[c], out, plans, configuration, dataset_json, dataset_class) for c in todo]
+        forbidden = None
+        if todo and not allow_copies:
+            # the scans an unlabeled one must not copy (imagesTs unless transductive, imagesTr), read once
+            rw = plans_manager.image_reader_writer_class()
+            transductive = bool(raw_dataset_json.get("semisup", {}).get("transductive", False))
+            forbidden = reference_digests(raw_folder, dataset_json["file_ending"], transductive,
+                                          lambda f: rw.read_images([f])[0][0])
+        args = [(c, cases[c], out, plans, configuration, dataset_json, dataset_class, forbidden) for c in todo]
         bar = progress(total=len(args), desc=f"{configuration}: preprocessing", quiet=not verbose)
         if num_processes <= 1 or len(args) <= 1:
             for a in args:
@@ -350,10 +365,14 @@ def main(argv=None) -> int:
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     parser.add_argument("-np", type=int, default=4, help="number of processes (default: 4)")
     parser.add_argument("--overwrite", action="store_true", help="redo every case (e.g. after re-planning)")
+    parser.add_argument("--allow-copies", action="store_true",
+                        help="do not refuse an unlabeled scan whose voxels equal a test (imagesTs) or labeled "
+                             "(imagesTr) scan's (the leak guard); for a deliberate duplicate only")
     parser.add_argument("--quiet", action="store_true", help="print errors only (no progress bars or summaries)")
     args = parser.parse_args(argv)
     try:
-        preprocess_unlabeled(args.d, args.c, args.plans, args.np, args.overwrite, verbose=not args.quiet)
+        preprocess_unlabeled(args.d, args.c, args.plans, args.np, args.overwrite, verbose=not args.quiet,
+                             allow_copies=args.allow_copies)
     except UnlabeledDataError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
