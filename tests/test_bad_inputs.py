@@ -290,7 +290,9 @@ def test_preprocess_refuses_a_renamed_copy_of_a_test_scan(copied):
     env, raw, pp = copied
     test_scan = sorted(glob.glob(os.path.join(raw, "imagesTs", "*_0000.nii.gz")))[0]
     copy = os.path.join(raw, "imagesUnlabeled", "innocent_0000.nii.gz")
-    shutil.copyfile(test_scan, copy)
+    img = sitk.ReadImage(test_scan)
+    img.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))  # also flipped: the same voxels still match
+    sitk.WriteImage(img, copy)
     out = os.path.join(pp, UNLABELED_PP)
     proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1], env,
                    expect_ok=False)
@@ -298,6 +300,9 @@ def test_preprocess_refuses_a_renamed_copy_of_a_test_scan(copied):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"unlabeled case 'innocent' ({copy}) has the same voxels as imagesTs/{name}" in proc.stderr, proc.stderr
     assert "--transductive" in proc.stderr
+    # the flip is named too (a warning: stock nnU-Net uses scans as stored)
+    assert "WARNING: 1 unlabeled scan(s) are stored in another orientation than the labeled cases' LPS: " \
+           "innocent (RPS)" in proc.stdout, proc.stdout
     assert not [f for f in os.listdir(out) if f.startswith("innocent") or f.startswith(".tmp")]
     proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1, "--allow-copies"],
                    env)

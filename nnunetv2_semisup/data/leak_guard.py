@@ -64,3 +64,37 @@ def find_leaks(cases: Iterable[Tuple[str, str, np.ndarray]], references: Dict[st
         if p:
             out.append(p)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ orientation
+def orientation_code(path: str) -> Optional[str]:
+    """Three-letter orientation (e.g. 'LPS') from the file's header, or None where it cannot be read (non-3D, a
+    format SimpleITK does not read)."""
+    import SimpleITK as sitk
+    try:
+        r = sitk.ImageFileReader()
+        r.SetFileName(path)
+        r.ReadImageInformation()
+        if r.GetDimension() != 3:
+            return None
+        return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(r.GetDirection())
+    except RuntimeError:
+        return None
+
+
+def orientation_warning(labeled_files: Iterable[str], unlabeled: Dict[str, str], show: int = 10) -> Optional[str]:
+    """A warning (not an error: stock nnU-Net uses every scan as stored) when unlabeled scans are stored in another
+    orientation than the labeled cases' majority, e.g. flipped or axis-swapped exports."""
+    from collections import Counter
+    codes = Counter(c for c in (orientation_code(f) for f in labeled_files) if c)
+    if not codes:
+        return None
+    majority, _ = codes.most_common(1)[0]
+    odd = {case: code for case, f in unlabeled.items() if (code := orientation_code(f)) and code != majority}
+    if not odd:
+        return None
+    listed = ", ".join(f"{c} ({o})" for c, o in list(sorted(odd.items()))[:show])
+    return (f"WARNING: {len(odd)} unlabeled scan(s) are stored in another orientation than the labeled cases' "
+            f"{majority}: {listed}{' ...' if len(odd) > show else ''}. nnU-Net uses every scan as stored (it "
+            f"resamples by spacing, not orientation), so a flipped or axis-swapped export teaches a flipped anatomy; "
+            f"re-export those scans in {majority} if that is what they are.")

@@ -25,7 +25,8 @@ from batchgenerators.utilities.file_and_folder_operations import load_json, save
 
 from nnunetv2_semisup.cli_errors import is_explained, os_error_message
 from nnunetv2_semisup.data.image_checks import FIX_HINT, READ_ERRORS, case_channel_problems, damaged_file_message
-from nnunetv2_semisup.data.leak_guard import LEAK_HINT, leak_problem, reference_digests, voxel_digest
+from nnunetv2_semisup.data.leak_guard import (LEAK_HINT, channel0_files, leak_problem, orientation_warning,
+                                              reference_digests, voxel_digest)
 from nnunetv2_semisup.data.unlabeled_raw import UnlabeledDataError, find_unlabeled_cases
 from nnunetv2_semisup.progress import progress
 from nnunetv2_semisup.trainer_dir import ext_trainer_env_problem
@@ -286,6 +287,12 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: List[str], plans_id
             print(f"{configuration}: {len(cases)} unlabeled cases, {len(cases) - len(todo)} already done"
                   f"{f' ({len(unreadable)} unusable removed)' if unreadable else ''}, {len(todo)} to preprocess "
                   f"-> {out}")
+        if todo and verbose:
+            warning = orientation_warning(channel0_files(os.path.join(raw_folder, "imagesTr"),
+                                                         dataset_json["file_ending"]).values(),
+                                          {c: cases[c][0] for c in todo})
+            if warning:
+                print(warning)
         forbidden = None
         if todo and not allow_copies:
             # the scans an unlabeled one must not copy (imagesTs unless transductive, imagesTr), read once
