@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from nnunetv2_semisup.data.image_checks import (FIX_HINT, damaged_file_message, nifti_nonfinite_problems,
                                                 sitk_image_problems)
 from nnunetv2_semisup.cli_errors import is_explained, os_error_message
+from nnunetv2_semisup.data.leak_guard import LEAK_HINT, voxel_digest
 from nnunetv2_semisup.progress import progress
 
 from .errors import ConversionError
@@ -682,11 +683,24 @@ def print_summary(rec: dict, folder: str) -> None:
     print("-" * (w + 40), flush=True)
 
 
+def unlabeled_copies(digests: Dict[str, Dict[str, str]], transductive: bool) -> List[str]:
+    """Unlabeled cases whose channel-0 voxels equal a labeled (or, unless transductive, a test) case's."""
+    refs = {d: f"the labeled case {c}" for c, d in digests["labeled"].items()}
+    if not transductive:
+        refs.update({d: f"the test case {c}" for c, d in digests["test"].items()})
+    return [f"unlabeled case {c} has the same voxels as {refs[d]}" for c, d in sorted(digests["unlabeled"].items())
+            if d in refs]
+
+
 def run_conversion(args, info: DatasetInfo, cases: Dict[str, SourceCase], plan: Plan, split_name: str,
                    converter: Dict[str, str], extra_record: Optional[Dict[str, object]] = None,
                    finalise: Optional[Callable[[], None]] = None,
-                   group_of: Optional[Callable[[str], str]] = None) -> str:
+                   group_of: Optional[Callable[[str], str]] = None, refuse_copies: bool = False) -> str:
     """Load, check and write every case of the plan, then dataset.json (+ splits_semisup.json); atomic.
+
+    Leak guard: an unlabeled case whose channel-0 voxels equal a labeled or (unless transductive) a test case's is
+    refused with ``refuse_copies`` (own data), otherwise warned about and recorded as ``unlabeled_copies`` (a
+    published split is reproduced as published, duplicates included).
 
     ``group_of(case_id)`` (e.g. ACDC: the patient): without a validation list, write nnU-Net's five folds over the
     labeled cases with all cases of a group in the same fold (nnU-Net's own split would separate them)."""
@@ -695,6 +709,7 @@ def run_conversion(args, info: DatasetInfo, cases: Dict[str, SourceCase], plan: 
     writer = DatasetWriter(args.dataset_id, args.name, args.overwrite)
     extra = dict(extra_record or {})
     repairs: Dict[str, object] = {}
+    digests: Dict[str, Dict[str, str]] = {"labeled": {}, "unlabeled": {}, "test": {}}  # leak guard, channel 0
     try:
         def load(i: str, role: str, need_label: bool) -> CaseData:
             case_id = info.case_id(i)
@@ -702,6 +717,8 @@ def run_conversion(args, info: DatasetInfo, cases: Dict[str, SourceCase], plan: 
             check_case_data(case_id, data, info.labels, need_label, role)
             if data.notes:
                 repairs[case_id] = data.notes
+            digests["labeled" if role == "validation" else role][case_id] = voxel_digest(
+                sitk.GetArrayViewFromImage(data.images[0]))
             return data
 
         jobs = [(i, "labeled" if i in plan.labeled else "validation") for i in plan.labeled + plan.validation] + \
@@ -726,6 +743,14 @@ def run_conversion(args, info: DatasetInfo, cases: Dict[str, SourceCase], plan: 
                     writer.write_case_images("imagesUnlabeled", info.case_id(i), data.images)
         os.makedirs(os.path.join(writer.tmp, "imagesTr"), exist_ok=True)
         os.makedirs(os.path.join(writer.tmp, "labelsTr"), exist_ok=True)
+        leaks = unlabeled_copies(digests, transductive=bool(args.transductive))
+        if leaks:
+            shown = "; ".join(leaks[:5]) + (f" (and {len(leaks) - 5} more)" if len(leaks) > 5 else "")
+            if refuse_copies:
+                raise ConversionError(f"{shown}. {LEAK_HINT} Nothing was written.")
+            warn(f"{shown}: the published split has unlabeled scans with the voxels of a labeled or test scan; "
+                 f"kept as published and recorded in dataset.json (semisup.unlabeled_copies)")
+            extra["unlabeled_copies"] = leaks
 
         if finalise is not None:
             finalise()  # the converter may update info.record from what the loaders found

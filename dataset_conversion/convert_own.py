@@ -29,6 +29,8 @@ from nnunetv2_semisup.data.image_checks import (FIX_HINT, READ_ERRORS, damaged_f
 from .common import (CaseData, DatasetInfo, Plan, SEMISUP_FORMAT_VERSION, SourceCase, cli, converter_record,
                      find_existing_dataset, label_to_uint8, load_json, print_summary, progress,
                      put_label_on_image_grid, raw_root, require_dir, run_conversion, warn, write_json_atomic)
+from nnunetv2_semisup.data.leak_guard import LEAK_HINT, leak_problem, reference_digests, voxel_digest
+
 from .errors import ConversionError
 from .nnunet_folders import CASE_NAME, check_channels, group_channel_files, label_files, read_scan, role_lists
 
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV mode, diagnostics only: write labels given for unlabeled cases to labelsUnlabeled/")
     p.add_argument("--overwrite", action="store_true", help="CSV mode: replace an existing dataset with this ID")
     p.add_argument("--quiet", action="store_true", help="no progress bar (also off when output is not a terminal)")
+    p.add_argument("--allow-copies", action="store_true",
+                   help="do not refuse an unlabeled scan whose voxels equal a test or labeled scan's (the leak "
+                        "guard); for a deliberate duplicate only")
     return p
 
 
@@ -67,7 +72,7 @@ def _geometry_matches(a, b) -> bool:
             and np.allclose(or_a, or_b, atol=max(1e-3, 0.05 * min(sp_a))) and np.allclose(dir_a, dir_b, atol=1e-3))
 
 
-def check_existing(dataset_id: int, transductive: bool, argv, quiet: bool = False) -> str:
+def check_existing(dataset_id: int, transductive: bool, argv, quiet: bool = False, allow_copies: bool = False) -> str:
     folder = find_existing_dataset(raw_root(), dataset_id)
     if folder is None:
         raise ConversionError(f"no dataset with ID {dataset_id} in {raw_root()} (expected a folder "
@@ -156,6 +161,8 @@ def check_existing(dataset_id: int, transductive: bool, argv, quiet: bool = Fals
                                           f"{lab}; dataset.json labels allow {sorted(label_values)}")
     # the unlabeled scans reach training without nnU-Net's integrity check: verify their voxels here
     problems = []
+    forbidden = None if allow_copies else reference_digests(
+        folder, fe, bool(transductive), lambda f: rw.read_images([f])[0][0])
     for case, chans in progress(sorted(groups["imagesUnlabeled"].items()), desc="checking unlabeled scans",
                                   quiet=quiet):
         for c in sorted(chans):
@@ -166,9 +173,12 @@ def check_existing(dataset_id: int, transductive: bool, argv, quiet: bool = Fals
                 continue
             found = file_array_problems(chans[c], data) + [p for p in [direction_problem(
                 props.get("sitk_stuff", {}).get("direction"))] if p]
+            if c == 0 and forbidden:
+                found += [p for p in [leak_problem(case, chans[c], voxel_digest(data[0]), forbidden)] if p]
             problems += [f"{chans[c]}: {p}" for p in found]
     if problems:
-        raise ConversionError("unlabeled scan(s) refused:\n  " + "\n  ".join(problems) + f"\n{FIX_HINT} "
+        hint = LEAK_HINT if any("has the same voxels as" in p for p in problems) else FIX_HINT
+        raise ConversionError("unlabeled scan(s) refused:\n  " + "\n  ".join(problems) + f"\n{hint} "
                               f"dataset.json was not changed.")
     rec = check_record(folder, dj, groups, bool(both_ts), argv)
     dj["semisup"] = rec
@@ -282,11 +292,12 @@ def convert_csv(args, argv) -> str:
                 f"list:{os.path.basename(args.csv)}", [])
     run_args = SimpleNamespace(dataset_id=args.dataset_id, name=args.name, overwrite=args.overwrite,
                                transductive=args.transductive, write_unlabeled_labels=args.write_unlabeled_labels,
-                               quiet=args.quiet)
+                               quiet=args.quiet, allow_copies=args.allow_copies)
     info = DatasetInfo("own", "own", "", labels, {str(i): c for i, c in enumerate(channels)},
                        description="own data, converted by nnunetv2_semisup", licence="see the data owner",
                        record={"spacing_source": "header", "intensity": "as provided"})
-    return run_conversion(run_args, info, cases, plan, "custom", converter_record(argv, "nnUNetv2_semisup_convert_own"))
+    return run_conversion(run_args, info, cases, plan, "custom", converter_record(argv, "nnUNetv2_semisup_convert_own"),
+                          refuse_copies=not args.allow_copies)
 
 
 def run(argv: Optional[Sequence[str]] = None) -> str:
@@ -294,7 +305,7 @@ def run(argv: Optional[Sequence[str]] = None) -> str:
     if args.check:
         if args.csv or args.input:
             raise ConversionError("--check validates an existing dataset; do not combine it with -i/--csv")
-        return check_existing(args.dataset_id, args.transductive, argv, args.quiet)
+        return check_existing(args.dataset_id, args.transductive, argv, args.quiet, args.allow_copies)
     if not args.input or not args.csv:
         raise ConversionError("give either --check -d ID (existing dataset) or -i FOLDER --csv FILE -d ID --name NAME")
     return convert_csv(args, argv)

@@ -279,7 +279,7 @@ def test_check_rejects_bad_datasets(tmp_path, conv_env):
     with pytest.raises(ConversionError, match="imagesUnlabeled: case u has channels \\[1\\]; dataset.json declares 1"):
         convert_own.run(["--check", "-d", "505"])
     os.remove(os.path.join(unl, "u_0001.nii.gz"))
-    sitk.WriteImage(_img(_vol(0)), os.path.join(unl, "t_0000.nii.gz"))
+    sitk.WriteImage(_img(_vol(200)), os.path.join(unl, "t_0000.nii.gz"))  # the test scan t itself (transductive)
     with pytest.raises(ConversionError, match="test case\\(s\\) also in imagesUnlabeled: t; .*--transductive"):
         convert_own.run(["--check", "-d", "505"])
     convert_own.run(["--check", "-d", "505", "--transductive"])
@@ -482,3 +482,32 @@ def test_add_unlabeled_refuses_a_renamed_copy_of_a_test_or_labeled_scan(tmp_path
         add_unlabeled.run(["-d", "510", "-i", str(scans)])
     add_unlabeled.run(["-d", "510", "-i", str(scans), "--allow-copies"])
     assert len(cases_in(folder, "imagesUnlabeled")) == 2
+
+
+def test_convert_own_refuses_an_unlabeled_row_copying_a_test_or_labeled_scan(tmp_path, conv_env):
+    """CSV mode: an unlabeled row whose channel 0 has a test row's voxels (another file, another format) is refused
+    with both case names, nothing written; --transductive exempts test scans; --check finds a copy put in by hand."""
+    src = str(tmp_path / "src")
+    csv_path = _write_source(src)
+    sitk.WriteImage(sitk.ReadImage(os.path.join(src, "p6_t2.nrrd")), os.path.join(src, "copy_t2.nii.gz"))
+    hdr = "case,role,image_0000,image_0001,label"
+    rows = [hdr, "p1,labeled,p1_t2.nrrd,p1_adc.mha,p1_seg.nii.gz", "p6,test,p6_t2.nrrd,p6_adc.mha,p6_seg.nii.gz",
+            "u9,unlabeled,copy_t2.nii.gz,p4_adc.mha,"]
+    with open(csv_path, "w") as f:
+        f.write("\n".join(rows) + "\n")
+    with pytest.raises(ConversionError, match=r"unlabeled case u9 has the same voxels as the test case p6\. .*"
+                                              r"Nothing was written"):
+        convert_own.run(["-i", src, "--csv", csv_path, "-d", "511"] + CSV_ARGS)
+    assert leftovers(conv_env) == []
+    folder = convert_own.run(["-i", src, "--csv", csv_path, "-d", "511", "--transductive"] + CSV_ARGS)
+    assert len(cases_in(folder, "imagesUnlabeled")) == 2  # u9 and the test case itself, on purpose
+    # --check on the converted dataset: a labeled scan copied into imagesUnlabeled by hand
+    import shutil
+    shutil.copyfile(os.path.join(folder, "imagesTr", "p1_0000.nii.gz"),
+                    os.path.join(folder, "imagesUnlabeled", "hand_0000.nii.gz"))
+    shutil.copyfile(os.path.join(folder, "imagesTr", "p1_0001.nii.gz"),
+                    os.path.join(folder, "imagesUnlabeled", "hand_0001.nii.gz"))
+    before = open(os.path.join(folder, "dataset.json")).read()
+    with pytest.raises(ConversionError, match=r"unlabeled case 'hand' .* has the same voxels as imagesTr/p1"):
+        convert_own.run(["--check", "-d", "511", "--transductive"])
+    assert open(os.path.join(folder, "dataset.json")).read() == before
