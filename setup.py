@@ -41,6 +41,8 @@ setup(
     extras_require={
         # medpy (GPL-3.0) is used only by the tests, to check the paper-mode metrics against it.
         "test": ["pytest>=7", "medpy>=0.5"],
+        # mutation testing (benchmarks/mutation.py mutmut), not part of CI
+        "mutation": ["mutmut>=3.3"],
     },
     entry_points={
         "console_scripts": [
