@@ -140,7 +140,7 @@ class SelfTrainSettings:
     student_plans: Optional[str] = None     # default: the teacher's plans name (moved), else "nnUNetPlans"
     student_folds: List[str] = field(default_factory=lambda: ["all"])
     rounds: int = 1
-    keep: float = 0.8
+    keep: float = 1.0
     score: str = "confidence"
     ignore_below: Optional[float] = None
     finetune: bool = False
