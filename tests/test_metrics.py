@@ -515,3 +515,37 @@ def test_settings_resolution():
                         ({"mode": "voxel"}, "unknown mode")):
         with pytest.raises(SettingsError, match=msg):
             resolve_settings(**kwargs)
+
+
+# ------------------------------------------------------------------------------------- small facts, by hand
+def test_overlap_reads_any_nonzero_label_as_foreground_and_empty_pairs_are_nan():
+    from nnunetv2_semisup.evaluation.metrics import dice, jaccard
+    pred, ref = np.array([0, 2, 2, 0]), np.array([0, 1, 0, 0])   # 2 and 1 are both "foreground" (2 & 1 == 0 as ints)
+    assert dice(pred, ref) == pytest.approx(2 * 1 / (2 + 1)) and jaccard(pred, ref) == pytest.approx(1 / 2)
+    empty = np.zeros(4, int)
+    assert math.isnan(dice(empty, empty)) and math.isnan(jaccard(empty, empty))
+    assert dice(empty, ref) == 0.0 and jaccard(pred, empty) == 0.0
+
+
+def test_union_bounding_box_margin_and_clipping_by_hand():
+    from nnunetv2_semisup.evaluation.metrics import union_bounding_box
+    a, b = np.zeros((10, 10), bool), np.zeros((10, 10), bool)
+    a[4, 5], b[6, 2] = True, True
+    assert union_bounding_box(a, b, margin=1) == (slice(3, 8), slice(1, 7))
+    assert union_bounding_box(a, b, margin=0) == (slice(4, 7), slice(2, 6))
+    c = np.zeros((10, 10), bool)
+    c[0, 9] = True
+    assert union_bounding_box(c, np.zeros_like(c), margin=2) == (slice(0, 3), slice(7, 10))  # clipped both ends
+    assert union_bounding_box(np.zeros_like(c), np.zeros_like(c)) is None
+
+
+def test_spacing_scalar_broadcast_and_invalid_spacing_refused():
+    from nnunetv2_semisup.evaluation.metrics import directed_surface_distances
+    p, g = np.zeros((1, 1, 8), bool), np.zeros((1, 1, 8), bool)
+    p[0, 0, 1], g[0, 0, 5] = True, True                      # 4 voxels apart along the last axis
+    d_pg, d_gp = directed_surface_distances(p, g, spacing=2.5, crop=False)
+    assert d_pg.tolist() == [10.0] and d_gp.tolist() == [10.0]
+    assert directed_surface_distances(p, g, spacing=(1.0, 1.0, 0.5))[0].tolist() == [2.0]
+    for bad in ((1.0, 1.0), (1.0, -1.0, 1.0), (1.0, 0.0, 1.0), (1.0, float("nan"), 1.0), (1.0, float("inf"), 1.0)):
+        with pytest.raises(ValueError, match="spacing must be 3 positive finite numbers"):
+            directed_surface_distances(p, g, spacing=bad)
