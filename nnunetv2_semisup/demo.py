@@ -369,6 +369,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("epochs", "iterations", "labeled", "test"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
+    unknown = [m for m in args.methods if not trainer_exists(m)]
+    if unknown:
+        p.error(f"--methods: unknown trainer(s) {', '.join(unknown)}; use a trainer of this package (e.g. "
+                f"{', '.join(DEFAULT_METHODS)}) or of nnU-Net (e.g. nnUNetTrainer)")
     if args.unlabeled < 1 and any(m not in LABELED_ONLY for m in args.methods):
         p.error("--unlabeled must be >= 1 for the semi-supervised trainers")
     if args.features == [0]:
@@ -376,6 +380,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.patch == [0, 0, 0]:
         args.patch = None
     return args
+
+
+def trainer_exists(name: str) -> bool:
+    """A trainer class of this package or of nnU-Net with this name (what nnUNetv2_train would find)."""
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    from nnunetv2_semisup.training import trainer_registry
+    if isinstance(getattr(trainer_registry, name, None), type):
+        return True
+    folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
+    return recursive_find_python_class(folder, name, "nnunetv2.training.nnUNetTrainer") is not None
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:

@@ -248,6 +248,9 @@ def evaluate_folders(ref_folder: str, pred_folder: str, labels: Optional[Sequenc
     in ``summary["unmatched_predictions"]`` and not evaluated.
     """
     settings = resolve_settings(mode, preset, empty_policy, lcc, include_hd)
+    for what, folder in (("reference", ref_folder), ("prediction", pred_folder)):
+        if not os.path.isdir(folder):
+            raise EvaluationError(f"{what} folder {folder} not found")
     dataset_json = dataset_json or find_dataset_json(ref_folder, pred_folder)
     eval_labels, names, allowed = load_labels(dataset_json, labels)
     ending = file_ending_from_dataset_json(dataset_json)
