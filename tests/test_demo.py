@@ -97,12 +97,34 @@ def test_demo_command_runs_end_to_end(tmp_path):
     assert "SegFormer" not in proc.stdout  # no M&N, no SegFormer note
     rows = [line for line in lines if line.startswith("| ") and any(m in line for m in methods)]
     assert len(rows) == len(methods), proc.stdout
+    labels_ts = out / "nnUNet_raw" / demo.DATASET_NAME / "labelsTs"
     for method, row in zip(methods, rows):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == method
         assert 0.0 <= float(cells[2]) <= 1.0 and float(cells[3]) >= 0.0
+        # the printed Dice, recomputed here from the prediction files with plain numpy (the demo's convention:
+        # per label over the cases, a case where both are empty left out; then the mean over the labels)
+        assert float(cells[2]) == pytest.approx(_mean_foreground_dice(labels_ts, out / "predictions" / method),
+                                                abs=0.0005 + 1e-9), (method, cells[2])
     assert not os.path.exists(env["nnUNet_raw"])
     for m in methods:
         assert os.path.isfile(out / "nnUNet_results" / demo.DATASET_NAME / f"{m}__nnUNetPlans__3d_fullres" /
                               "fold_all" / "checkpoint_final.pth")
         assert len(os.listdir(out / "predictions" / m)) >= 2
+
+
+def _mean_foreground_dice(ref_folder, pred_folder, labels=(1, 2, 3)):
+    import numpy as np
+    import SimpleITK as sitk
+    per_label = {k: [] for k in labels}
+    cases = sorted(f for f in os.listdir(ref_folder) if f.endswith(".nii.gz"))
+    assert cases and all(os.path.isfile(os.path.join(pred_folder, f)) for f in cases)
+    for f in cases:
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(ref_folder, f)))
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(pred_folder, f)))
+        for k in labels:
+            r, p = ref == k, pred == k
+            if r.any() or p.any():
+                per_label[k].append(2.0 * np.logical_and(r, p).sum() / (r.sum() + p.sum()))
+    means = [float(np.mean(v)) for v in per_label.values() if v]
+    return float(np.mean(means))
