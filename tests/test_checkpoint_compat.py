@@ -68,3 +68,22 @@ def test_legacy_checkpoint_loads_every_tensor(compat_dataset, trainer, tmp_path)
         # a GradScaler is CUDA-only: None on this CPU, so nothing to compare
         assert any(c.startswith(key + ".") for c in r["compared"]) or (key in r["unused_here"] and "scaler" in key), key
     assert sum(c.startswith("network_weights.") for c in r["compared"]) > 10
+
+
+def test_a_checkpoint_of_another_architecture_names_the_variant(compat_dataset, tmp_path):
+    """CML's heterogeneous subnets replaced identical ones: a checkpoint with identical subnets (here: written by
+    nnUNetTrainerCML_identical_short) loaded into today's default names the variant to resume with, not a raw
+    state-dict traceback; and the other way round."""
+    ds, _ = compat_dataset
+    env = {**ds.env, "nnUNet_semisup_short_epochs": "3", "nnUNet_semisup_short_iterations": "2"}
+    out = os.path.join(ds.results, COPY_NAME, "nnUNetTrainerCML_identical_short__nnUNetPlans__3d_fullres", "fold_all")
+    run_cli(["nnUNetv2_train", COPY_ID, "3d_fullres", "all", "-tr", "nnUNetTrainerCML_identical_short", "-device",
+             "cpu"], {**env, "nnUNet_semisup_short_stop_after": "1"}, expect_ok=False)
+    ckpt = os.path.join(out, "checkpoint_latest.pth")
+    assert os.path.isfile(ckpt)
+    p = run_cli([sys.executable, os.path.join(HERE, "compat_load_worker.py"), COPY_ID, "nnUNetTrainerCML_short", ckpt,
+                 tmp_path / "r.json"], env, expect_ok=False)
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert "does not fit the one nnUNetTrainerCML_short builds now" in last and "nnUNetTrainerCML_identical" in last
+    assert "Missing key" in last or "Unexpected key" in last or "size mismatch" in last

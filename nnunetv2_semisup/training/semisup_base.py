@@ -361,6 +361,20 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
     # where get_method_state() is stored: None = checkpoint["semisup_state"]["method"]; a name = that top-level key
     # (SKCDF and CML keep the keys their first checkpoints used)
     method_state_key: Optional[str] = None
+    # variants whose networks an older default of this trainer built (README, "Upgrading"): named when a checkpoint's
+    # network does not fit, so a model trained before the change can be resumed under the right name
+    architecture_variants: Tuple[str, ...] = ()
+
+    def architecture_mismatch_message(self, filename: str, error: BaseException) -> str:
+        lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if ln.startswith(("Missing key", "Unexpected key", "size mismatch"))),
+                      lines[-1] if lines else "")
+        hint = (f"resume it with the variant that builds that network ({', '.join(self.architecture_variants)}) "
+                if self.architecture_variants else "resume it with the trainer (and plans) that wrote it ")
+        return (f"{filename} holds a network that does not fit the one {self.__class__.__name__} builds now "
+                f"({detail[:300]}). If it was trained before a default of this trainer changed, {hint}after copying "
+                f"its model folder to that trainer's name (README, 'Upgrading'); the same name predicts it with "
+                f"nnUNetv2_predict -tr.")
 
     def get_method_state(self) -> dict:
         """Plain (picklable) method state saved in the checkpoint; override and call super()."""
@@ -416,7 +430,12 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
         if not self.was_initialized:
             self.before_resume_initialize(checkpoint)
-        super().load_checkpoint(filename_or_checkpoint)
+        try:
+            super().load_checkpoint(filename_or_checkpoint)
+        except RuntimeError as e:
+            if "state_dict" not in str(e):
+                raise
+            raise RuntimeError(self.architecture_mismatch_message(filename_or_checkpoint, e)) from None
         if "semisup_state" not in checkpoint:
             raise RuntimeError(f"{filename_or_checkpoint} was not written by a nnunetv2_semisup trainer (no "
                                f"'semisup_state'); it cannot be resumed with {self.__class__.__name__}. Use "

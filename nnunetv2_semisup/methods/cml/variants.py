@@ -28,6 +28,7 @@ __all__ = ["nnUNetTrainerCML", "nnUNetTrainerCML_identical", "nnUNetTrainerCML_h
 
 class nnUNetTrainerCML_identical(nnUNetTrainerCML):
     cml_hetero = False
+    architecture_variants = ("nnUNetTrainerCML",)
 
 
 class nnUNetTrainerCML_hetero(nnUNetTrainerCML):
