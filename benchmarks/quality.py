@@ -19,7 +19,8 @@ also trains labeled-only and fully supervised at twice the epochs (seeds ``--con
     python benchmarks/quality.py --device cuda --epochs 1000 --iterations 250 --features 0 --patch 0 0 0
 
 Without ``nnUNet_semisup_segformer`` M&N uses a tiny randomly initialised SegFormer (offline; labelled so in every
-output). Writes ``quality_synthetic.md``, ``quality_synthetic.json`` and ``quality_synthetic_gap.png`` to ``--docs``.
+output). Writes ``quality_<track>.md`` and ``quality_<track>.png`` per track and ``quality_synthetic.json`` (every
+track's runs) to ``--docs``.
 """
 import argparse
 import json
