@@ -210,7 +210,7 @@ def test_truncated_preprocessed_case_is_named_and_redone(copied):
     # a normal re-run (no --overwrite) finds the unreadable cases and preprocesses them again
     proc = run_cli(["nnUNetv2_semisup_preprocess", "-d", COPY_ID, "-c", "3d_fullres", "-np", 1], env)
     n = len(data_files)
-    assert f"{n} unreadable" in proc.stdout and f"{n} to preprocess" in proc.stdout, proc.stdout
+    assert f"{n} unusable removed" in proc.stdout and f"{n} to preprocess" in proc.stdout, proc.stdout
     assert all(open(f, "rb").read() == intact[f] for f in data_files)
 
 
