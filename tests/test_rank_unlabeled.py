@@ -101,7 +101,9 @@ def ranked_dataset(planned_dataset, tmp_path_factory):
     save_tiny_segformer(segformer)
     env = dict(ds.env, nnUNet_semisup_short_epochs="1", nnUNet_semisup_short_iterations="2")
     env[SEGFORMER_ENV] = segformer
-    run_cli(["nnUNetv2_semisup_preprocess", "-d", RANK_ID, "-c", "3d_fullres", "-np", 1, "--overwrite"], env)
+    # the "easy" unlabeled scans are the training images themselves, on purpose: past the leak guard
+    run_cli(["nnUNetv2_semisup_preprocess", "-d", RANK_ID, "-c", "3d_fullres", "-np", 1, "--overwrite",
+             "--allow-copies"], env)
     for fold in (0, 1):
         run_cli(["nnUNetv2_train", RANK_ID, "3d_fullres", fold, "-tr", STOCK, "-device", "cpu"],
                 dict(env, nnUNet_semisup_short_epochs="20", nnUNet_semisup_short_iterations="15",
