@@ -127,6 +127,15 @@ def _nan_nifti(path, n=5):
     sitk.WriteImage(_img(a), path)
 
 
+def _scan_folder(tmp_path, seeds):
+    """tmp_path/scans holding one synthetic volume per file name (``{file name: seed of its voxels}``)."""
+    scans = tmp_path / "scans"
+    scans.mkdir(parents=True, exist_ok=True)  # a test may add to it
+    for name, seed in seeds.items():
+        sitk.WriteImage(_img(_vol(seed)), str(scans / name))
+    return scans
+
+
 def _truncate(path):
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
@@ -162,10 +171,7 @@ def test_csv_refuses_nan_and_damaged_nifti_writing_nothing(tmp_path, conv_env, k
 
 def test_add_unlabeled_and_check_refuse_damaged_nifti(tmp_path, conv_env):
     folder = _make_nnunet_dataset(str(conv_env), did=508, channels=1)
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    sitk.WriteImage(_img(_vol(1)), str(scans / "u1_0000.nii.gz"))
-    sitk.WriteImage(_img(_vol(2)), str(scans / "u2_0000.nii.gz"))
+    scans = _scan_folder(tmp_path, {"u1_0000.nii.gz": 1, "u2_0000.nii.gz": 2})
     _truncate(str(scans / "u2_0000.nii.gz"))
     with pytest.raises(ConversionError, match=r"u2_0000.nii.gz is damaged or not an image .* Nothing was added"):
         add_unlabeled.run(["-d", "508", "-i", str(scans)])
@@ -199,11 +205,7 @@ def test_add_unlabeled_all_formats_then_check(tmp_path, conv_env, capsys):
     folder = _make_nnunet_dataset(str(conv_env))
     with pytest.raises(ConversionError, match="imagesUnlabeled is missing or empty; .*nnUNetv2_semisup_add_unlabeled"):
         convert_own.run(["--check", "-d", "503"])
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    sitk.WriteImage(_img(_vol(1)), str(scans / "scan one.nii.gz"))
-    sitk.WriteImage(_img(_vol(2)), str(scans / "s2.nrrd"))
-    sitk.WriteImage(_img(_vol(3)), str(scans / "s3_0000.mha"))
+    scans = _scan_folder(tmp_path, {"scan one.nii.gz": 1, "s2.nrrd": 2, "s3_0000.mha": 3})
     hu, _ = ct_body_volume()
     write_dicom_series(str(scans / "patient4" / "study" / "series"), hu, PANCREAS_SPACING, PANCREAS_ORIGIN, "P4")
     add_unlabeled.run(["-d", "503", "-i", str(scans)])
@@ -235,11 +237,7 @@ def test_add_unlabeled_all_formats_then_check(tmp_path, conv_env, capsys):
 
 def test_add_unlabeled_checks_and_atomicity(tmp_path, conv_env):
     folder = _make_nnunet_dataset(str(conv_env), did=504, channels=2)
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    sitk.WriteImage(_img(_vol(1)), str(scans / "u1_0000.nii.gz"))
-    sitk.WriteImage(_img(_vol(2)), str(scans / "u1_0001.nrrd"))
-    sitk.WriteImage(_img(_vol(3)), str(scans / "u2_0000.nii.gz"))
+    scans = _scan_folder(tmp_path, {"u1_0000.nii.gz": 1, "u1_0001.nrrd": 2, "u2_0000.nii.gz": 3})
     with pytest.raises(ConversionError, match="case u2: channels \\[0\\] found; the dataset has 2 channel"):
         add_unlabeled.run(["-d", "504", "-i", str(scans)])
     assert not os.path.exists(os.path.join(folder, "imagesUnlabeled"))       # nothing half-written
@@ -300,9 +298,7 @@ def test_add_unlabeled_refuses_a_dataset_file_ending_it_cannot_write(tmp_path, c
     dj["file_ending"] = ".png"
     with open(os.path.join(folder, "dataset.json"), "w") as f:
         json.dump(dj, f)
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    sitk.WriteImage(_img(_vol(1)), str(scans / "u1.nii.gz"))
+    scans = _scan_folder(tmp_path, {"u1.nii.gz": 1})
     with pytest.raises(ConversionError, match="dataset file ending .png is not a 3D volume format this command "
                                               "writes \\(.nii.gz, .nii, .nrrd, .mha\\)"):
         add_unlabeled.run(["-d", "507", "-i", str(scans)])
@@ -310,11 +306,7 @@ def test_add_unlabeled_refuses_a_dataset_file_ending_it_cannot_write(tmp_path, c
 
 
 def _scans(tmp_path, names):
-    scans = tmp_path / "scans"
-    scans.mkdir(parents=True, exist_ok=True)
-    for k, n in enumerate(names):
-        sitk.WriteImage(_img(_vol(k + 1000)), str(scans / f"{n}.nii.gz"))
-    return str(scans)
+    return str(_scan_folder(tmp_path, {f"{n}.nii.gz": k + 1000 for k, n in enumerate(names)}))
 
 
 def _fail_on_move(monkeypatch, after):
@@ -466,9 +458,7 @@ def test_add_unlabeled_refuses_a_renamed_copy_of_a_test_or_labeled_scan(tmp_path
     test_scan = sorted(glob.glob(os.path.join(folder, "imagesTs", "*_0000.nii.gz")))
     train_scan = sorted(glob.glob(os.path.join(folder, "imagesTr", "*_0000.nii.gz")))[0]
     assert test_scan, "the fixture dataset needs a test scan"
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    sitk.WriteImage(_img(_vol(11)), str(scans / "fresh_0000.nii.gz"))
+    scans = _scan_folder(tmp_path, {"fresh_0000.nii.gz": 11})
     as_nrrd = sitk.ReadImage(test_scan[0])
     sitk.WriteImage(as_nrrd, str(scans / "innocent_name.nrrd"))  # same voxels, other name and format
     with pytest.raises(ConversionError, match=r"unlabeled case 'innocent_name' .* has the same voxels as "
