@@ -386,7 +386,7 @@ def trainer_exists(name: str) -> bool:
     """A trainer class of this package or of nnU-Net with this name (what nnUNetv2_train would find)."""
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-    from nnunetv2_semisup.training import trainer_registry
+    from nnunetv2_semisup import trainers as trainer_registry
     if isinstance(getattr(trainer_registry, name, None), type):
         return True
     folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")

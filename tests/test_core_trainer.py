@@ -230,7 +230,7 @@ def test_checkpoint_keys_are_nnunets_plus_the_extras(started_trainer, tmp_path):
     ("nnUNetTrainerCML", False, False, 2, None)])
 def test_capabilities_are_class_attributes_checked_by_the_base(name, regions, ignore, dims, match):
     import types
-    from nnunetv2_semisup.training import trainer_registry
+    from nnunetv2_semisup import trainers as trainer_registry
     cls = getattr(trainer_registry, name)
     tr = cls.__new__(cls)
     tr.label_manager = types.SimpleNamespace(has_regions=regions, has_ignore_label=ignore, ignore_label=4)
@@ -245,30 +245,46 @@ def test_capabilities_are_class_attributes_checked_by_the_base(name, regions, ig
 
 
 @pytest.mark.parametrize("monitored", [False, True])
-def test_progress_png_is_nnunets_plot_with_our_panels_below(tmp_path, monkeypatch, monitored):
-    """progress.png is drawn by nnU-Net's own plot_progress_png (its three panels, its panel size) with the loss
-    terms + batch composition (and monitored values, if any) as extra rows of the same figure."""
-    from matplotlib.figure import Figure
+def test_progress_png_is_nnunets_plot_with_our_panels_below(tmp_path, monitored):
+    """progress.png = nnU-Net's own plot_progress_png, pixel for pixel (drawn by its unmodified LocalLogger), with
+    the loss terms + batch composition (and monitored values, if any) as rows of nnU-Net's panel size below it."""
+    import numpy as np
     from PIL import Image
+    from matplotlib.figure import Figure
+    from nnunetv2.training.logging import nnunet_logger
+    from nnunetv2.training.logging.nnunet_logger import LocalLogger
     from nnunetv2_semisup.training.progress_plot import SemiSupLocalLogger
-    saved = []
-    real_savefig = Figure.savefig
-    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), real_savefig(fig, *a, **k)))
+    pyplot_before = nnunet_logger.plt
     logger = SemiSupLocalLogger()
     logger.register(["batch_labeled", "batch_unlabeled", "loss_sup", "loss_unsup"] + (["monitor_w"] if monitored else []))
+    stock = LocalLogger()
     for e in range(4):
         for k in logger.my_fantastic_logging:
-            logger.log(k, [0.5] if k == "dice_per_class_or_region" else 0.1 * e, e)
-    logger.plot_progress_png(str(tmp_path))
+            value = [0.5] if k == "dice_per_class_or_region" else 0.1 * e + (0.05 if k == "loss_unsup" else 0)
+            logger.log(k, value, e)
+            if k in stock.my_fantastic_logging:
+                stock.log(k, value, e)
+    saved = []
+    real_savefig = Figure.savefig
+    with pytest.MonkeyPatch.context() as mp:  # only to look at our figure's axes
+        mp.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), real_savefig(fig, *a, **k)))
+        logger.plot_progress_png(str(tmp_path))
+    assert nnunet_logger.plt is pyplot_before  # nnU-Net's module is not patched
+    (tmp_path / "stock").mkdir()
+    stock.plot_progress_png(str(tmp_path / "stock"))
+    ours = np.asarray(Image.open(tmp_path / "progress.png").convert("RGB"))
+    theirs = np.asarray(Image.open(tmp_path / "stock" / "progress.png").convert("RGB"))
     rows = 5 if monitored else 4
-    width, height = Image.open(tmp_path / "progress.png").size
-    assert height / width == pytest.approx(54 / 30 * rows / 3)  # nnU-Net's 30 x 54 inch figure holds 3 rows
-    ylabels = [ax.get_ylabel() for ax in saved[0].axes]
-    expected = ["loss", "time [s]", "learning rate", "loss term"] + (["monitored value"] if monitored else [])
-    assert [y for y in ylabels if y in expected + ["monitored value"]] == expected
-    assert {"pseudo dice", "samples per batch"} <= set(ylabels)  # the twin axes of panels 1 and 4
-    legend = [t.get_text() for ax in saved[0].axes if ax.get_legend() for t in ax.get_legend().get_texts()]
-    assert {"loss_tr", "loss_val", "epoch duration", "loss_sup", "loss_unsup", "batch_unlabeled"} <= set(legend)
+    assert ours.shape[1] == theirs.shape[1]
+    assert ours.shape[0] == pytest.approx(theirs.shape[0] * rows / 3, abs=2)  # nnU-Net's 3 rows + ours, same size
+    assert np.array_equal(ours[:theirs.shape[0]], theirs)  # nnU-Net's plot on top, unchanged
+    assert ours[theirs.shape[0]:].std() > 0  # something is drawn below
+    assert not list(tmp_path.glob("*.partial*"))
+    ylabels = [ax.get_ylabel() for ax in saved[-1].axes]
+    assert ylabels[0] == "loss term" and "samples per batch" in ylabels
+    assert ("monitored value" in ylabels) == monitored
+    legend = [t.get_text() for ax in saved[-1].axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert {"loss_sup", "loss_unsup", "batch_labeled", "batch_unlabeled"} <= set(legend)
     assert ("monitor_w" in legend) == monitored
 
 

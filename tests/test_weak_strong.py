@@ -14,6 +14,7 @@ from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from conftest import copy_planned_dataset, run_cli
+from nnunetv2_semisup.data.intensity_remap import TissueContrastRemap, remap_intensities
 from nnunetv2_semisup.methods.weak_strong import augment
 from nnunetv2_semisup.methods.weak_strong.trainer import confident_pseudo_labels, cutmix_with_partner
 
@@ -78,11 +79,11 @@ def test_remapping_reorders_tissues_by_hand():
     # 0.2 + t·0.6 for t = 0.9, 0.1, 0.5, 0.3, 0.7 -> 0.74, 0.26, 0.50, 0.38, 0.62: tissue 0.2 -> 0.74, 0.5 -> 0.5,
     # 0.8 -> 0.62 (the darkest tissue became the brightest); 0.275 (half way between the first two) -> 0.50
     x = torch.tensor([0.2] * 40 + [0.5] * 40 + [0.8] * 40 + [0.275])
-    y = augment.remap_intensities(x, torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7]))
+    y = remap_intensities(x, torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7]))
     assert y[0] == pytest.approx(0.74) and y[40] == pytest.approx(0.5) and y[80] == pytest.approx(0.62)
     assert y[-1] == pytest.approx(0.5)
     torch.manual_seed(1)
-    t = augment.TissueContrastRemap()
+    t = TissueContrastRemap()
     img = torch.cat([torch.full((1, 10, 10, 10), v) for v in (0.2, 0.5, 0.8)], 1)
     orders = set()
     for _ in range(30):

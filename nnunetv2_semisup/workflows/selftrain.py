@@ -264,7 +264,7 @@ def _trainer_class(name: str):
     """The trainer class nnU-Net would use for ``-tr name`` (None if no such trainer exists)."""
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-    import nnunetv2_semisup.training.trainer_registry as registry
+    import nnunetv2_semisup.trainers as registry
     cls = getattr(registry, name, None)
     if cls is None:
         import warnings

@@ -23,7 +23,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 
-from nnunetv2_semisup.data.intensity_remap import TissueContrastRemap, remap_intensities  # noqa: F401 (re-exported)
+from nnunetv2_semisup.data.intensity_remap import TissueContrastRemap
 
 # nnU-Net's intensity transforms (what the weak view leaves out)
 INTENSITY_TRANSFORMS = (GaussianNoiseTransform, GaussianBlurTransform, MultiplicativeBrightnessTransform,
