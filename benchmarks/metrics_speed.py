@@ -1,4 +1,4 @@
-"""Time to evaluate one 512×512×200 two-class case (docs/evaluation.md §2 crop; issue 7 "Measure and record").
+"""Time to evaluate one 512×512×200 two-class case (docs/evaluation.md §2 crop).
 
 Compares, on the same synthetic label maps (z, y, x) = (200, 512, 512):
 - ``paper`` mode with the union-bounding-box crop (the default),

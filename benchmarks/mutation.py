@@ -1,4 +1,4 @@
-"""Mutation testing: does the suite fail when a method is broken? (issue 31; not part of CI, minutes to hours.)
+"""Mutation testing: does the suite fail when a method is broken? (Not part of CI; minutes to hours.)
 
 Two parts, both run in a temporary copy of the repository (the working tree is never touched):
 
@@ -142,7 +142,7 @@ def planted(args) -> int:
                   f"({failing_test(p.stdout) or last_line(p.stdout)}, {time.time() - t0:.0f} s)", flush=True)
     if args.report:
         with open(args.report, "w") as f:
-            f.write("# Planted mutants (issue 31)\n\nWritten by `python benchmarks/mutation.py planted --report "
+            f.write("# Planted mutants\n\nWritten by `python benchmarks/mutation.py planted --report "
                     f"{args.report}`. Each mutant is a one-line change, planted alone in a copy of the repository; "
                     "the test that fails on it is named.\n\n| mutant | file | change | result | failing test |\n"
                     "|---|---|---|---|---|\n")
@@ -288,7 +288,7 @@ def mutmut_version() -> str:
 def parse_args(argv: Optional[Sequence[str]] = None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="part")
-    a = sub.add_parser("planted", help="the hand-planted mutants of issue 31 (default)")
+    a = sub.add_parser("planted", help="the hand-planted mutants (default)")
     a.add_argument("--report", default=None, help="write a Markdown table here")
     a.add_argument("--timeout", type=int, default=1200, help="seconds per test run")
     b = sub.add_parser("mutmut", help="mutmut over modules, each against its own fast tests")

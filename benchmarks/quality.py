@@ -62,7 +62,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--track", choices=list(TRACKS), default="iid",
                    help="iid (default: the primary track), unseen_A / unseen_C (mixed-domain, controlled unseen "
-                        "scanner) or random (issue 14's table); sets the defaults of the next five options")
+                        "scanner) or random (the first mixed-domain table); sets the defaults of the next five options")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="dataset/run seeds (iid: 0-4)")
     p.add_argument("--budgets", type=int, nargs="+", default=None, help="labeled training cases (iid: 3)")
     p.add_argument("--train-cases", type=int, default=None, help="training cases per seed, labeled + unlabeled "
@@ -118,7 +118,7 @@ def parse_args(argv=None):
     if any(b not in args.budgets for b in args.convergence_budgets):
         p.error(f"--convergence-budgets {args.convergence_budgets} must be among --budgets {args.budgets}")
     args.cache = args.cache or os.path.join(args.work, "runs")
-    # the random track's files sit in the cache's root (issue 14), every other track in a sub-folder of its name
+    # the random track's files sit in the cache's root (its layout predates the tracks), every other track in a sub-folder of its name
     args.cache_dir = args.cache if args.track == "random" else os.path.join(args.cache, args.track)
     return args
 
@@ -484,7 +484,7 @@ def verdict_markdown(args, verdict: dict) -> str:
     return "\n\n".join(parts)
 
 
-CONVERGED = 0.02  # issue 14: doubling the iterations moves a converged reference by less than this
+CONVERGED = 0.02  # doubling the iterations moves a converged reference by less than this
 
 
 def convergence_means(conv: list) -> list:
@@ -605,7 +605,7 @@ def write_track_json(path: str, track: str, entry: dict) -> None:
             data = json.load(f)
     except (OSError, ValueError):
         data = {}
-    if "tracks" not in data:   # the single-track layout of issue 14 held the random track
+    if "tracks" not in data:   # the single-track layout (before the tracks) held the random track
         data = {"tracks": {"random": data} if data else {}}
     data["tracks"][track] = entry
     tmp = path + ".tmp"

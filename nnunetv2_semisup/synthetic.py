@@ -222,7 +222,7 @@ def make_synthetic_dataset(output_folder: str, num_labeled: int = 4, num_unlabel
     ``spacing`` default to the preset's. Cases are drawn in the order labeled, unlabeled, test from one RNG, so a
     dataset with the same seed and more labeled / fewer unlabeled cases holds the same images.
 
-    ``cohort`` draws each case's scanner at random (generator version 3; the mixed-domain table of issue 14);
+    ``cohort`` draws each case's scanner at random (generator version 3; the first mixed-domain table, benchmark track 'random');
     ``cohort_iid`` assigns scanners by :func:`cohort_scanner_plan` (labeled, unlabeled and test cases from one
     balanced mixture); ``cohort`` with ``unseen`` gives the controlled mixed-domain track (labeled cases never from
     that scanner)."""

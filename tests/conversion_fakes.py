@@ -1,4 +1,4 @@
-"""Tiny fake inputs in the exact on-disk formats of the dataset releases (see shared/spec/datasets.md).
+"""Tiny fake inputs in the exact on-disk formats of the dataset releases (see docs/spec/datasets.md).
 
 Every builder returns what a test needs to check the geometry: marker voxels are placed at known (x, y, z) indices.
 """

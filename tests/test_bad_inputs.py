@@ -1,4 +1,4 @@
-"""What a user sees on bad input (issue 17): NaN/Inf/constant unlabeled scans refused with the file and the count,
+"""What a user sees on bad input : NaN/Inf/constant unlabeled scans refused with the file and the count,
 channel grids that differ, a non-finite loss that stops training without touching the last checkpoint, and a
 truncated preprocessed case that names the file and is redone by a normal re-run. Each through the real command.
 

@@ -1,4 +1,4 @@
-"""Model folders written by an earlier version keep working (issue 13, "Must not change"): checkpoints saved by the
+"""Model folders written by an earlier version keep working : checkpoints saved by the
 layout before the one-folder-per-method refactor (tests/data/legacy_checkpoints/) resume with the stock
 ``nnUNetv2_train --c`` (every extra module and the method state load; M&N without the hub) and the final model
 predicts with the stock ``nnUNetv2_predict``."""

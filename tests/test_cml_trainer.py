@@ -1,4 +1,4 @@
-"""CML trainer tests on the planned synthetic dataset: spec cml.md §5 properties 10, 11, 13, 14, 16 and the
+"""CML trainer tests on the planned synthetic dataset: docs/spec/cml.md §5 properties 10, 11, 13, 14, 16 and the
 end-to-end run through the real CLI (train the short variant on CPU, resume with --c, stock predict)."""
 import math
 import os

@@ -1,4 +1,4 @@
-"""CML unit tests: spec cml.md §5 properties 1-9, 12, 14, 15 (fast, no dataset needed)."""
+"""CML unit tests: docs/spec/cml.md §5 properties 1-9, 12, 14, 15 (fast, no dataset needed)."""
 import math
 
 import numpy as np

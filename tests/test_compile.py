@@ -1,4 +1,4 @@
-"""torch.compile as nnU-Net applies it on CUDA (issue 15 §1), forced on here on the CPU.
+"""torch.compile as nnU-Net applies it on CUDA, forced on here on the CPU.
 
 nnU-Net compiles ``self.network`` in ``initialize`` when ``_do_i_compile()`` says so (on CUDA by default, never on the
 CPU). These tests force that decision on and give ``torch.compile`` the cheap ``eager`` backend (the wrapping —

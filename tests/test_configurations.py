@@ -1,4 +1,4 @@
-"""nnU-Net's ``2d`` configuration and residual-encoder presets through the real CLI (issue 16 §4, §5).
+"""nnU-Net's ``2d`` configuration and residual-encoder presets through the real CLI.
 
 One synthetic dataset planned by stock nnU-Net for ``3d_fullres`` and ``2d`` (default planner) and for ``3d_fullres``
 with ``nnUNetPlannerResEncM`` (``nnUNetResEncUNetMPlans``, which reuses nnUNetPlans' preprocessed data), networks

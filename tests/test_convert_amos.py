@@ -18,7 +18,7 @@ TR, VA = amos_ids()
 TRAIN, EVAL, TEST = (load_list("AMOS", f"dhc_{n}.txt") for n in ("train", "eval", "test"))
 TS = ["amos_0002", "amos_0901"]                     # release imagesTs: one CT, one MRI (IDs not in any list)
 LAB5 = ["amos_0078", "amos_0158", "amos_0170", "amos_0192", "amos_0391", "amos_0396", "amos_0410", "amos_0514",
-        "amos_0548", "amos_0578"]                       # SKCDF Table 2's 10 labeled cases (spec §1.3)
+        "amos_0548", "amos_0578"]                       # SKCDF Table 2's 10 labeled cases (docs/spec/datasets_more.md §1.3)
 MRI = lambda ids: [i for i in ids if int(i[-4:]) >= 500]  # noqa: E731
 CT = lambda ids: [i for i in ids if int(i[-4:]) < 500]  # noqa: E731
 

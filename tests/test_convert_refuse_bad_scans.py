@@ -1,6 +1,6 @@
 """Every published-dataset converter refuses a scan with NaN, infinite or constant voxels by name and writes
-nothing (issue 31). NaN/Inf are written into the NIfTI sources, where SimpleITK would read them as 0: the converters'
-one reader reads the file's own voxels (issue 33)."""
+nothing. NaN/Inf are written into the NIfTI sources, where SimpleITK would read them as 0: the converters'
+one reader reads the file's own voxels."""
 import glob
 import os
 import re

@@ -1,4 +1,4 @@
-"""Multi-GPU training (issue 15 §3) with two CPU processes and the gloo backend (tests/ddp_worker.py).
+"""Multi-GPU training with two CPU processes and the gloo backend (tests/ddp_worker.py).
 
 For each default trainer: the planned (global) batch of 4 is split by nnU-Net into 2 per rank and the methods
 compose their labeled/unlabeled batches from that per-rank size; every module the trainer trains or keeps (the

@@ -1,4 +1,4 @@
-"""nnUNetv2_semisup_evaluate on small temporary folders (spec/metrics.md §1, §6, §8 property 10)."""
+"""nnUNetv2_semisup_evaluate on small temporary folders (docs/spec/metrics.md §1, §6, §8 property 10)."""
 import csv
 import json
 import math
@@ -275,9 +275,9 @@ def test_every_published_table_is_well_formed_and_renders():
     assert " 1.0 " in synapse and "13.0" in synapse  # the 13 per-class Dice of the user's row
 
 
-# ----------------------------------------------------------------------------------------------- spec §6 keys
+# ----------------------------------------------------------------------------------------------- docs/spec/metrics.md §6 keys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Hard-coded from spec/metrics.md §6 (not taken from the implementation).
+# Hard-coded from docs/spec/metrics.md §6 (not taken from the implementation).
 SPEC_SUMMARY_KEYS = ("generator", "version", "mode", "preset", "units", "empty_policy", "lcc", "hd95_definition",
                      "asd_definition", "reference_folder", "prediction_folder", "n_cases", "labels", "mean", "std",
                      "median", "foreground_mean", "per_case_csv")
@@ -290,7 +290,7 @@ def _documented_extensions():
     """Backticked names in the two 'extensions beyond the spec' paragraphs of docs/evaluation.md."""
     with open(os.path.join(REPO, "docs", "evaluation.md"), encoding="utf-8") as f:
         text = f.read()
-    summary_part = text.split("**Extensions beyond spec §6**", 1)[1].split("\n\n", 1)[0]
+    summary_part = text.split("**Extensions beyond docs/spec/metrics.md §6**", 1)[1].split("\n\n", 1)[0]
     csv_part = text.split("**extensions beyond the spec** are", 1)[1].split("\n\n", 1)[0]
     names = lambda part: set(re.findall(r"`([a-z_0-9]+)`", part))  # noqa: E731
     return names(summary_part), names(csv_part)
@@ -407,19 +407,19 @@ def test_ablation_tables_match_the_spec_numbers():
     mn, cml = published_tables("LA/8/ablation")
     assert mn.source.startswith("M&N Table 4") and cml.source.startswith("CML Table 4")
     assert (mn.preset, cml.preset) == ("medpy", "uamt_lcc")
-    # spec/mn.md §6 Table 4
+    # docs/spec/mn.md §6 Table 4
     assert _row(mn, "SegFormer LoRA + 3D UNet, no LRG") == (("87.14", "77.35", "8.43", "2.36"), "own")
     assert _variant(mn, "SegFormer LoRA + 3D UNet, no LRG") == "nnUNetTrainerMN_uniform"
     assert _row(mn, "SegFormer whole fine-tuning + 3D UNet")[0] == ("91.39", "84.20", "5.02", "1.38")
     assert _row(mn, "ResUNet (ResNet-50, ImageNet) whole + 3D UNet")[0] == ("91.11", "83.74", "5.38", "1.41")
     assert _variant(mn, "ResUNet (ResNet-50, ImageNet) whole + 3D UNet") == "—"
     assert _row(mn, "SegFormer LoRA + 3D UNet, no iterative co-training")[0] == ("89.40", "81.32", "6.06", "1.74")
-    # spec/cml.md §6 Table 4 (LA columns, then ACDC)
+    # docs/spec/cml.md §6 Table 4 (LA columns, then ACDC)
     assert _row(cml, "L_sup^l + L_sup^u")[0] == ("88.16", "—", "9.83", "2.32", "87.75", "6.35", "1.71")
     assert _variant(cml, "L_sup^l + L_sup^u") == "nnUNetTrainerCML_noDis"
     assert _row(cml, "L_sup^l + L_dis")[0][:4] == ("83.73", "—", "18.92", "4.80")
     t3, t4, t5 = published_tables("synapse/20/ablation")
-    # spec/skcdf.md §6 Tables 3-5
+    # docs/spec/skcdf.md §6 Tables 3-5
     values = _row(t3, "+ DF + SKCM")[0]
     assert (values[0], values[3]) == ("59.17 ± 1.95", "7.78 ± 4.61")
     assert dict(zip(t3.columns, values))["Es"] == "17.9" and dict(zip(t3.columns, values))["LAG"] == "38.8"
@@ -440,7 +440,7 @@ def test_ablation_tables_match_the_spec_numbers():
 
 
 def test_acdc_tables_match_the_spec_numbers():
-    """CML Table 2 and the ACDC columns of Table 4 (spec datasets_more.md §3.5, cml.md §6), typed in from the spec."""
+    """CML Table 2 and the ACDC columns of Table 4 (docs/spec/datasets_more.md §3.5, docs/spec/cml.md §6), typed in from the spec."""
     from nnunetv2_semisup.evaluation.published import published_tables
 
     (t3,), (t7,), (abl,) = (published_tables(k) for k in ("ACDC/3", "acdc/7", "ACDC/7/ablation"))

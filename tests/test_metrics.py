@@ -1,4 +1,4 @@
-"""Unit tests of the evaluation metrics: spec/metrics.md §8 properties 1-9.
+"""Unit tests of the evaluation metrics: docs/spec/metrics.md §8 properties 1-9.
 
 medpy (GPL-3.0) is imported here only, as the reference for paper mode (property 1).
 """
@@ -415,7 +415,7 @@ def test_aggregation_excludes_and_counts_nan_and_foreground_mean_is_mean_of_labe
     assert agg["median"]["2"]["hd95"] == pytest.approx(8.0)
     assert agg["mean"]["1"]["hd95"] == pytest.approx(2.0)
     assert agg["mean"]["1"]["n"] == 3
-    # n_nan (spec §6, an integer) = cases with any NaN metric: b (hd95, assd) and c (all); per metric separately
+    # n_nan (docs/spec/metrics.md §6, an integer) = cases with any NaN metric: b (hd95, assd) and c (all); per metric separately
     assert agg["mean"]["1"]["n_nan"] == 2 and type(agg["mean"]["1"]["n_nan"]) is int
     assert agg["std"]["1"]["n_nan"] == agg["median"]["1"]["n_nan"] == 2 and agg["mean"]["2"]["n_nan"] == 0
     assert agg["mean"]["1"]["n_nan_per_metric"] == {"dice": 1, "jaccard": 1, "hd95": 2, "assd": 2}

@@ -1,4 +1,4 @@
-"""Mixed precision as on CUDA (issue 15 §2), with CPU stand-ins: ``torch.autocast("cpu", bfloat16)`` for nnU-Net's
+"""Mixed precision as on CUDA, with CPU stand-ins: ``torch.autocast("cpu", bfloat16)`` for nnU-Net's
 float16 autocast and ``torch.amp.GradScaler("cpu")`` for its CUDA GradScaler.
 
 For every default trainer, on real batches of the planned dataset: a step whose gradients hold an inf is skipped by

@@ -1,4 +1,4 @@
-"""M&N end to end through the real CLI (spec mn.md §5 properties 24, 25; 7 and 22 on a real run).
+"""M&N end to end through the real CLI (docs/spec/mn.md §5 properties 24, 25; 7 and 22 on a real run).
 
 A tiny SegFormer is written with ``save_pretrained`` and loaded through ``nnUNet_semisup_segformer``;
 ``nnUNetTrainerMN_short`` trains on CPU (4 epochs: W = 1 warm-up, then 3D, 2D, 3D; T_3D = 3, T_2D = 2); the run is

@@ -1,4 +1,4 @@
-"""M&N loss (spec mn.md §5 properties 9–12 and 14)."""
+"""M&N loss (docs/spec/mn.md §5 properties 9–12 and 14)."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""M&N schedules, LRG and epoch bookkeeping (spec mn.md §5 properties 1–8, 22 first half)."""
+"""M&N schedules, LRG and epoch bookkeeping (docs/spec/mn.md §5 properties 1–8, 22 first half)."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""M&N 2D wrapper and slicing (spec mn.md §5 properties 15–20), with a tiny SegFormer saved by ``save_pretrained``
+"""M&N 2D wrapper and slicing (docs/spec/mn.md §5 properties 15–20), with a tiny SegFormer saved by ``save_pretrained``
 to a temporary folder and loaded through ``nnUNet_semisup_segformer`` (the real ``from_pretrained`` path)."""
 import os
 import subprocess

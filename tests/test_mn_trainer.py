@@ -1,4 +1,4 @@
-"""M&N training mechanics in-process on the planned synthetic dataset (spec mn.md §5 properties 13, 21, 22
+"""M&N training mechanics in-process on the planned synthetic dataset (docs/spec/mn.md §5 properties 13, 21, 22
 (uniform crops before the first refresh), 23, 26). The tiny SegFormer is loaded through
 ``nnUNet_semisup_segformer``."""
 import copy
@@ -175,7 +175,7 @@ def test_region_or_ignore_label_rejected(mn_env, kind):  # property 26
                                      "nnUNetTrainerMN_scratch", "nnUNetTrainerMN_lrglinear",
                                      "nnUNetTrainerMN_uniform", "nnUNetTrainerMN_fixedpseudo", "nnUNetTrainerMN_paper",
                                      "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_short"])
-def test_variants(mn_env, variant):  # spec §4, found by name through nnU-Net's own trainer lookup
+def test_variants(mn_env, variant):  # docs/spec/mn.md §4, found by name through nnU-Net's own trainer lookup
     import math
     from nnunetv2_semisup.methods.mn.schedule import ReferenceCompositeSchedule
     t = make_trainer(mn_env, variant)

@@ -1,4 +1,4 @@
-"""Pictures (issue 17): the PNG writer on a tiny case — file exists, has the expected size, the outlined pixels sit
+"""Pictures: the PNG writer on a tiny case — file exists, has the expected size, the outlined pixels sit
 exactly on the boundaries of the labels — and ``nnUNetv2_semisup_evaluate --png`` through the real command."""
 import os
 

@@ -225,7 +225,7 @@ def test_tracks_set_their_data_and_cache_folders():
     assert q.dataset_config(a, 2, 3, 80).out.endswith(os.path.join("w", "iid", "seed2_L3_e80"))
     assert q.data_settings(a, 0)["track"] == "iid"
     r = q.parse_args(["--track", "random", "--cache", "c"])
-    # the random track's settings (and so its cache files of issue 14) are unchanged
+    # the random track's settings (and so its cache files from before the i.i.d. track) are unchanged
     assert r.cache_dir == "c" and "track" not in q.data_settings(r, 0) and r.budgets == [2]
     u = q.parse_args(["--track", "unseen_A"])
     assert u.preset == "cohort" and u.unseen == "A" and q.dataset_config(u, 0, 4, 40).unseen == "A"
@@ -288,7 +288,7 @@ def test_track_json_keeps_the_other_tracks(tmp_path):
     q = _quality()
     path = str(tmp_path / "q.json")
     with open(path, "w") as f:
-        json.dump({"summary": {"2": []}, "runs": [1]}, f)   # the single-track file of issue 14 = random track
+        json.dump({"summary": {"2": []}, "runs": [1]}, f)   # the single-track layout from before the i.i.d. track = random track
     q.write_track_json(path, "iid", {"runs": [2]})
     with open(path) as f:
         data = json.load(f)

@@ -1,4 +1,4 @@
-"""SKCDF end to end through the real CLI on the synthetic 3-foreground-class dataset (spec skcdf.md §5, property
+"""SKCDF end to end through the real CLI on the synthetic 3-foreground-class dataset (docs/spec/skcdf.md §5, property
 18): train ``nnUNetTrainerSKCDF_short`` on CPU, resume with ``--c`` (restored state compared in-process), and
 predict with stock ``nnUNetv2_predict`` (strict load of ``network_weights`` into ``build_network_architecture``).
 """

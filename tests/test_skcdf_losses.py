@@ -1,4 +1,4 @@
-"""SKCDF losses, masks, probabilities and ramp (spec skcdf.md §5, properties 9–15)."""
+"""SKCDF losses, masks, probabilities and ramp (docs/spec/skcdf.md §5, properties 9–15)."""
 import math
 
 import numpy as np

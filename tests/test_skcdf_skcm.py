@@ -1,4 +1,4 @@
-"""SKCM unit tests (spec skcdf.md §5, properties 1–6): a deliberately naive SKCM written from §1.3 with explicit
+"""SKCM unit tests (docs/spec/skcdf.md §5, properties 1–6): a deliberately naive SKCM written from §1.3 with explicit
 loops over samples, patches and heads, against the vectorised port."""
 import itertools
 import math
@@ -33,7 +33,7 @@ def _softmax_rows(a):
 
 
 def naive_self_attention(e, att, block_kind):
-    """e: (T, C) for one sample and patch; per-head channel attention with the reference's head layout (spec §1.3),
+    """e: (T, C) for one sample and patch; per-head channel attention with the reference's head layout (docs/spec/skcdf.md §1.3),
     written out index by index: local block — head h holds the projected channels j with j mod N = h and its
     channel c returns to index c·N + h; global block — head h holds channels h·C … h·C + C − 1 (head-major split)
     but its channel c also returns to index c·N + h (channel-major merge)."""
@@ -122,7 +122,7 @@ def naive_global(h, block, mode):
 
 
 def naive_skcm(h, skcm, mode):
-    """Naive SKCM; odd sides: zero-pad at the end, naive local block, crop (spec §3.1)."""
+    """Naive SKCM; odd sides: zero-pad at the end, naive local block, crop (docs/spec/skcdf.md §3.1)."""
     p = skcm.local_block.patch
     pads = [(-s) % p for s in h.shape[2:]]
     hp = F.pad(h, (0, pads[2], 0, pads[1], 0, pads[0]))

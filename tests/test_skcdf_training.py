@@ -1,4 +1,4 @@
-"""SKCDF network paths, EMA knowledge transfer and trainer logic (spec skcdf.md §5, properties 7, 8, 9, 16, 17, 19),
+"""SKCDF network paths, EMA knowledge transfer and trainer logic (docs/spec/skcdf.md §5, properties 7, 8, 9, 16, 17, 19),
 plus bad-input handling and the variant table (§4)."""
 import types
 

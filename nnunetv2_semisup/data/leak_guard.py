@@ -1,4 +1,4 @@
-"""Leak guard: an unlabeled scan whose voxels equal a test or labeled scan's is refused (issue 33).
+"""Leak guard: an unlabeled scan whose voxels equal a test or labeled scan's is refused.
 
 Name clashes between ``imagesUnlabeled`` and ``imagesTr``/``imagesTs`` are caught by the discovery; a *renamed copy*
 is not, and a test scan in the unlabeled pool makes every test number optimistic (the trainers learn from it). So
