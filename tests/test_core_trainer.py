@@ -153,6 +153,11 @@ def test_consistency_weight_schedule(planned_dataset):
     assert trainer.consistency_weight(40) == pytest.approx(0.1)
     assert trainer.consistency_weight(99) == pytest.approx(0.1)
     assert sigmoid_rampup(5, 0) == 1.0
+    uamt = make_trainer(planned_dataset, "nnUNetTrainerMeanTeacher_uamtRamp_short")
+    uamt.num_epochs = 100  # UA-MT: the ramp spans the whole run
+    assert uamt.consistency_weight(40) == pytest.approx(0.1 * math.exp(-5 * 0.36))
+    assert uamt.consistency_weight(50) == pytest.approx(0.1 * math.exp(-5 * 0.25))
+    assert uamt.consistency_weight(100) == pytest.approx(0.1)
 
 
 def test_softmax_mse_value():

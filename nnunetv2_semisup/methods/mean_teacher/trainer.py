@@ -6,6 +6,9 @@ nnU-Net's network, as used for 3D segmentation by UA-MT (Yu et al., MICCAI 2019)
 - Consistency = mean squared error between student and teacher softmax on the unlabeled batch; the teacher sees
   the input plus Gaussian noise (σ = 0.1, clipped to ±0.2) and gets no gradient.
 - Weight λ(e) = 0.1 · exp(−5 (1 − e/E_r)²) for epochs e < E_r = 0.4 · num_epochs, then 0.1 (sigmoid ramp-up).
+  UA-MT ramps over its whole run (λ reaches half strength only at 63 % of it); 40 % lets the unlabeled term act at
+  full weight for the last 60 % of any schedule length, which is what a short or long nnU-Net run needs to profit
+  from it. ``nnUNetTrainerMeanTeacher_uamtRamp`` keeps UA-MT's whole-run ramp.
 - Supervised loss = nnU-Net's loss (Dice + CE with deep supervision) on the labeled batch.
 - Batch: nnU-Net's B labeled patches intact plus B unlabeled patches (UA-MT: 2 + 2, nnU-Net's usual B = 2), so the
   labeled data is seen as often as by nnU-Net alone (``mt_unlabeled_batch_size`` changes B_u; until 2026-12-06 the
