@@ -75,7 +75,9 @@ def main(dataset_id, trainer_name, checkpoint_file, report_file):
             differ.append(k)
     report = {"extra_keys": sorted(trainer.extra_checkpoint_objects),
               "unused_here": sorted(k for k, o in trainer.extra_checkpoint_objects.items() if o is None), "compared": compared, "differ": differ,
-              "current_epoch": trainer.current_epoch, "n_method_entries": len(b)}
+              "current_epoch": trainer.current_epoch, "n_method_entries": len(b),
+              # method state the file predates: the value the trainer adopted for it
+              "added_since": {k: str(a[k]) for k in a if k not in b}}
     with open(report_file, "w") as f:
         json.dump(report, f, indent=1)
 

@@ -235,3 +235,41 @@ def test_missing_checkpoint_names_the_variable(tmp_path):  # property 20
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert "ERR" in proc.stdout and SEGFORMER_ENV in proc.stdout, proc.stdout + proc.stderr
     assert "nnunetv2-semisup-test/no-such-segformer" in proc.stdout
+
+
+def test_input_window_from_the_plans_by_hand():
+    """CT (nnU-Net: clip to the foreground's 0.5/99.5 percentiles, z-score with its mean/std): the window is that
+    clip range in z units, so HU → [0, 1] is one fixed HU window; ``reference``: [−175, 250] HU; z-scored: [−3, 3]."""
+    from nnunetv2_semisup.methods.mn.segformer import apply_window, input_window
+    props = {"0": {"mean": 50.0, "std": 100.0, "percentile_00_5": -950.0, "percentile_99_5": 1050.0},
+             "1": {"mean": 3.0, "std": 2.0, "percentile_00_5": 1.0, "percentile_99_5": 9.0}}
+    lows, highs = input_window(["CTNormalization", "ZScoreNormalization"], props)
+    assert lows == pytest.approx([-10.0, -3.0]) and highs == pytest.approx([10.0, 3.0])
+    lows, highs = input_window(["CTNormalization", "NoNormalization"], props, "reference")
+    assert lows == pytest.approx([-2.25, 1.0]) and highs == pytest.approx([2.0, 9.0])
+    # 40 HU → z = −0.1 → (−0.1 + 2.25) / 4.25 = 0.50588, whatever else is in the patch (the reference: 215 / 425)
+    z = torch.full((1, 1, 2, 2, 2), -0.1)
+    assert float(apply_window(z, torch.tensor([-2.25]), torch.tensor([2.0]))[0, 0, 0, 0, 0]) == pytest.approx(215 / 425)
+    with pytest.raises(ValueError, match="FancyNormalization.*mn_2d_input_window = 'patch'"):
+        input_window(["FancyNormalization"], {"0": {}})
+
+
+def test_fixed_window_gives_a_tissue_one_value_in_every_patch():
+    """The same tissue (value 0.4) inside patches of different content: the fixed window maps it to one value; the
+    old per-patch mapping (``"patch"``) to different ones."""
+    from nnunetv2_semisup.methods.mn.slicing import SliceWiseModel
+
+    class Identity2D(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    patches = torch.full((3, 1, 2, 8, 8), 0.4)
+    patches[0, :, :, :4] = -2.0   # a dark neighbour
+    patches[1, :, :, :4] = 2.5    # a bright neighbour
+    patches[2, :, :, :2] = 0.0    # a darker and a brighter neighbour
+    patches[2, :, :, 2:4] = 1.0
+    fixed = SliceWiseModel(Identity2D(), use_checkpointing=False, window=([-3.0], [3.0]))(patches)
+    assert torch.allclose(fixed[:, 0, :, 6, 6], torch.full((3, 2), 3.4 / 6))
+    per_patch = SliceWiseModel(Identity2D(), use_checkpointing=False, window="patch")(patches)
+    assert per_patch[:, 0, 0, 6, 6].tolist() == pytest.approx([1.0, 0.0, 0.4], abs=1e-3)
+    assert torch.equal(SliceWiseModel(Identity2D(), use_checkpointing=False, window=None)(patches), patches)

@@ -91,10 +91,29 @@ class CMLDualNetwork(nn.Module):
     """Two independent U-Nets; ``forward`` averages their logits (inference), ``return_all`` exposes both outputs
     and both bottleneck features (training)."""
 
-    def __init__(self, net1: nn.Module, net2: nn.Module):
+    def __init__(self, net1: nn.Module, net2: nn.Module, hetero: bool = False):
         super().__init__()
         self.net1 = net1
         self.net2 = net2
+        self.hetero = hetero
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        """nn.Module's, except that weights of the other subnet pair (identical vs heterogeneous: the default changed)
+        stop with the trainer variant that builds them — also in ``nnUNetv2_predict``, which calls this."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, **kwargs)
+        except RuntimeError as e:
+            other = any(k.startswith("net2.decoder.transpconvs.") and k.endswith(".conv.weight") for k in state_dict)
+            if other == self.hetero:  # not the pair's layout that differs: nn.Module's own message says what does
+                raise
+            mine, theirs = ("heterogeneous", "identical") if self.hetero else ("identical", "heterogeneous")
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            detail = next((ln for ln in lines if ln.startswith(("Missing key", "Unexpected key"))), "")[:200]
+            variant = "nnUNetTrainerCML_identical" if self.hetero else "nnUNetTrainerCML"
+            raise RuntimeError(f"{detail + ' — ' if detail else ''}these CML weights hold {theirs} subnets, the "
+                               f"trainer builds {mine} ones (CML's default became the heterogeneous pair): load them with "
+                               f"-tr {variant} (its _short/_paper variants likewise), after copying the model folder "
+                               f"to that trainer's name (README, 'Upgrading')") from e
 
     @staticmethod
     def _run(net: nn.Module, x: torch.Tensor) -> Tuple[Output, torch.Tensor]:
@@ -124,4 +143,4 @@ def build_cml_network(plans_manager, configuration_manager, num_input_channels: 
                         enable_deep_supervision, hetero=False)
     net2 = build_subnet(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                         enable_deep_supervision, hetero=hetero)
-    return CMLDualNetwork(net1, net2)
+    return CMLDualNetwork(net1, net2, hetero=hetero)

@@ -5,13 +5,14 @@
 concatenation with the 3-channel input subsampled with stride 4 → ``ConvTranspose2d(hidden + 3, C, 4, stride 4)``
 → crop to H × W (top-left) when a side is not a multiple of 4.
 
-- What the SegFormer sees (docs/mn.md "What the SegFormer sees"): ``SliceWiseModel`` maps every 3D patch, per
-  sample and channel, to [0, 1] (its 0.5th/99.5th percentiles → 0/1, clipped) — a natural image's range, like the
-  reference's [0, 1] CT input, instead of nnU-Net's signed z-scores. Then 1 input channel is replicated to 3 and
-  any other number goes through the reference's 1×1 adapter stack C_in → 16 → 16 → 3 (ReLU between), initialised
-  so that every channel reaches the RGB input (channel i → colour i mod 3, averaged; with fewer than 3 channels the
-  remaining colours get the channel mean) — the reference's constant init computes ReLU(Σ channels), which merges
-  the channels into one grey value. With ``imagenet_normalization`` the RGB image is then normalised with the
+- What the SegFormer sees (docs/mn.md "What the SegFormer sees"): ``SliceWiseModel`` maps nnU-Net's normalised
+  intensities, per channel, through one fixed window to [0, 1] (``input_window``: for CT the dataset's foreground
+  0.5th/99.5th percentiles, exactly nnU-Net's own clip; for z-scored channels z ∈ [−3, 3]) — a natural image's
+  range, like the reference's [0, 1] CT input, and the same tissue always gets the same value. Then 1 input
+  channel is replicated to 3 and any other number goes through the reference's 1×1 adapter stack C_in → 16 → 16
+  → 3 (ReLU between), initialised so that every channel reaches the RGB input (channel i → colour i mod 3,
+  averaged; with fewer than 3 channels the remaining colours get the channel mean) — the reference's constant
+  init computes ReLU(Σ channels), which merges the channels into one grey value. With ``imagenet_normalization`` the RGB image is then normalised with the
   ImageNet mean/std, exactly what ``SegformerImageProcessor`` does to a [0, 1]-scaled photo for this checkpoint.
   No resizing (as the reference).
 - Fine-tuning modes (Table 4): ``"lora"`` (peft LoRA r 64, α 64, dropout 0.1 on every encoder linear layer,
@@ -47,6 +48,9 @@ LORA_TARGET_ALIASES = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "d
                        "dense1": "fc1", "dense2": "fc2"}
 FINETUNE_MODES = ("lora", "whole", "decoder", "freeze")
 INPUT_MAPPINGS = ("imagenet", "unit", "none")  # mn_2d_input_mapping
+INPUT_WINDOWS = ("dataset", "reference", "patch")  # mn_2d_input_window
+Z_WINDOW = (-3.0, 3.0)  # z-scored channels: 99.7 % of a normal distribution
+REFERENCE_CT_WINDOW = (-175.0, 250.0)  # HU window of the reference's Pancreas-CT loader, mapped to [0, 1]
 # ImageNet statistics of SegformerImageProcessor (image_mean / image_std) for the nvidia SegFormer checkpoints
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -152,6 +156,46 @@ def patch_to_unit_range(x: torch.Tensor, low: float = 0.005, high: float = 0.995
     q = torch.quantile(flat[..., ::stride], torch.tensor([low, high], device=x.device), dim=-1)  # (2, N, C)
     lo, hi = [t.reshape(*t.shape, *([1] * (x.ndim - 2))).to(x.dtype) for t in q]
     return ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+
+
+def input_window(schemes: Sequence[str], intensity_properties: dict, kind: str = "dataset"):
+    """Per-channel (low, high) in nnU-Net's normalised units that ``apply_window`` maps to 0 and 1.
+
+    ``kind = "dataset"``: CT channels (``CTNormalization``: clip to the foreground's 0.5th/99.5th percentile, then
+    z-score with the foreground mean/std) get exactly that clip range, so the window is a fixed HU window of this
+    dataset; z-scored channels get ``Z_WINDOW``; channels already in [0, 1] keep [0, 1]; unnormalised channels get
+    the foreground percentiles. ``"reference"``: CT channels get the reference's [−175, 250] HU window instead.
+    """
+    lows, highs = [], []
+    for c, scheme in enumerate(schemes):
+        props = intensity_properties.get(str(c), intensity_properties.get(c))
+        if scheme == "CTNormalization":
+            lo_hu, hi_hu = ((props["percentile_00_5"], props["percentile_99_5"]) if kind == "dataset"
+                            else REFERENCE_CT_WINDOW)
+            std = max(props["std"], 1e-8)
+            lo, hi = (lo_hu - props["mean"]) / std, (hi_hu - props["mean"]) / std
+        elif scheme == "ZScoreNormalization":
+            lo, hi = Z_WINDOW
+        elif scheme in ("RescaleTo01Normalization", "RGBTo01Normalization"):
+            lo, hi = 0.0, 1.0
+        elif scheme == "NoNormalization":
+            lo, hi = props["percentile_00_5"], props["percentile_99_5"]
+        else:
+            raise ValueError(f"M&N does not know the 2D input window of nnU-Net's normalisation '{scheme}' (channel "
+                             f"{c}); set mn_2d_input_window = 'patch' in a trainer subclass to map each patch by its "
+                             f"own percentiles")
+        if not hi > lo:
+            raise ValueError(f"M&N 2D input window of channel {c} ({scheme}) is empty: [{lo}, {hi}]; check the "
+                             f"plans' foreground_intensity_properties_per_channel")
+        lows.append(float(lo)), highs.append(float(hi))
+    return lows, highs
+
+
+def apply_window(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """(x − low)/(high − low) per channel (``low``/``high``: (C,)), clipped to [0, 1]; x is (N, C, *spatial)."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    low, high = low.view(shape).to(x.dtype), high.view(shape).to(x.dtype)
+    return ((x - low) / (high - low)).clamp(0, 1)
 
 
 class SegFormer2D(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from nnunetv2_semisup.methods.mn.segformer import patch_to_unit_range
+from nnunetv2_semisup.methods.mn.segformer import apply_window, patch_to_unit_range
 
 
 def to_slices(x: torch.Tensor, axis: int = 0) -> torch.Tensor:
@@ -92,19 +92,31 @@ class SliceWiseModel(nn.Module):
 
     One module call per training step, so DDP can wrap it (chunking and checkpointing happen inside).
 
-    ``unit_range``: map every patch (per sample and channel, over the whole 3D patch so all its slices share one
-    mapping) to [0, 1] first (``segformer.patch_to_unit_range``), the range a model pretrained on natural images
-    expects instead of nnU-Net's z-scores.
+    ``window``: map nnU-Net's intensities to [0, 1] first, the range a model pretrained on natural images expects
+    instead of nnU-Net's z-scores — ``(low, high)`` per channel (``segformer.input_window``: one fixed window, so a
+    tissue gets the same value in every patch), ``"patch"`` (each patch by its own percentiles,
+    ``segformer.patch_to_unit_range``; the default before 2026-12-06) or None (nnU-Net's intensities as they are).
     """
 
     def __init__(self, model: nn.Module, axis: int = 0, chunk_size: int = 32, use_checkpointing: bool = True,
-                 unit_range: bool = False):
+                 window=None):
         super().__init__()
         self.model = model
         self.axis, self.chunk_size, self.use_checkpointing = axis, chunk_size, use_checkpointing
-        self.unit_range = unit_range
+        self.set_window(window)
+
+    def set_window(self, window) -> None:
+        self.per_patch = window == "patch"
+        fixed = window is not None and not self.per_patch
+        device = next(iter(self.model.parameters()), torch.empty(0)).device
+        # not persistent: derived from the plans, and checkpoints keep the keys they had before
+        for i, name in enumerate(("window_low", "window_high")):
+            value = torch.tensor(window[i], dtype=torch.float32, device=device) if fixed else None
+            self.register_buffer(name, value, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.unit_range:
+        if self.per_patch:
             x = patch_to_unit_range(x)
+        elif self.window_low is not None:
+            x = apply_window(x, self.window_low, self.window_high)
         return slicewise_forward(self.model, x, self.axis, self.chunk_size, self.use_checkpointing)

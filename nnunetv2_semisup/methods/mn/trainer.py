@@ -22,8 +22,9 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
 from nnunetv2_semisup.methods.mn.losses import (MNLoss, build_targets, deep_supervision_loss,
                                              scale_factors)
-from nnunetv2_semisup.methods.mn.segformer import (INPUT_MAPPINGS, REFERENCE_LORA_TARGETS, build_segformer_2d,
-                                                   check_slice_size, segformer_checkpoint_from_env)
+from nnunetv2_semisup.methods.mn.segformer import (INPUT_MAPPINGS, INPUT_WINDOWS, REFERENCE_LORA_TARGETS,
+                                                   build_segformer_2d, check_slice_size, input_window,
+                                                   segformer_checkpoint_from_env)
 from nnunetv2_semisup.methods.mn.pseudo_label_refresh import PseudoLabelRefreshMixin
 from nnunetv2_semisup.methods.mn.slicing import SliceWiseModel
 from nnunetv2_semisup.methods.mn.schedule import (TRAIN_2D, TRAIN_3D, WARMUP, MNEpochPlan, ModelLRScheduler,
@@ -53,12 +54,14 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         self.mn_2d_lr, self.mn_2d_weight_decay, self.mn_2d_warmup_ratio = 1e-3, 0.01, 50 / 4000
         self.mn_2d_grad_clip: Optional[float] = None  # reference: no clipping of the 2D model
         self.mn_3d_optimizer = "sgd"  # "sgd" = nnU-Net's SGD (initial_lr, weight_decay); "adamw" (reference)
-        self.mn_3d_grad_clip: Optional[float] = 12.0  # nnU-Net's gradient-norm clipping; None = off
         # supervised stage = this share of each model's own schedule (paper: 500 of 4000), or W epochs if given
         self.mn_warmup_fraction, self.mn_warmup_epochs = 0.125, None
         self.mn_lrg_mode = "paper"  # "paper" | "linear" | "uniform"
         self.mn_lrg_batch_size: Optional[int] = 5  # LRG share quantised as ⌊r·5⌋/5 (paper's B); None: planned B
         self.mn_2d_input_mapping = "imagenet"  # "imagenet" | "unit" (reference's [0, 1]) | "none" (nnU-Net's)
+        # how intensities reach [0, 1] ("imagenet"/"unit"): "dataset" (one window from the plans), "reference"
+        # (CT: the reference's [-175, 250] HU), "patch" (each patch by its percentiles; default before 2026-12-06)
+        self.mn_2d_input_window = "dataset"
         self.mn_2d_pretrained = True  # False: SegFormer from random initialisation (_scratch), never a fallback
         self.mn_cotraining = True  # False: 2D trained during warm-up only, then a fixed teacher
         self.mn_slice_axis, self.mn_2d_chunk_size, self.mn_2d_checkpointing = 0, 32, True
@@ -87,6 +90,7 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
     # ------------------------------------------------------------------ setup
     def _check_supported(self):
         choices = {"mn_lrg_mode": ("paper", "linear", "uniform"), "mn_2d_input_mapping": INPUT_MAPPINGS,
+                   "mn_2d_input_window": INPUT_WINDOWS,
                    "mn_schedule": ("nnunet", "reference"), "mn_slice_axis": (0, 1, 2)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -117,8 +121,7 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         slice_shape = [s for i, s in enumerate(self.configuration_manager.patch_size) if i != self.mn_slice_axis]
         check_slice_size(segformer, self.num_input_channels, slice_shape, self.device)
         self.network_2d = SliceWiseModel(segformer, self.mn_slice_axis, self.mn_2d_chunk_size,
-                                         self.mn_2d_checkpointing,
-                                         unit_range=self.mn_2d_input_mapping != "none").to(self.device)
+                                         self.mn_2d_checkpointing, window=self._input_window()).to(self.device)
         n_train = sum(p.numel() for p in segformer.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in segformer.parameters())
         self.print_to_log_file(f"M&N: 2D model has {n_all} parameters, {n_train} trainable")
@@ -139,7 +142,39 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         self.print_to_log_file(f"M&N: E={p.num_epochs}, warm-up W={p.warmup_epochs}, T_3D={p.T_3d}, T_2D={p.T_2d}, "
                                f"LRG '{self.mn_lrg_mode}' (share quantised by {self.lrg_batch_size}), schedule "
                                f"'{self.mn_schedule}', batch {self.batch_size}, 2D input "
-                               f"'{self.mn_2d_input_mapping}'")
+                               f"'{self.mn_2d_input_mapping}', window '{self.mn_2d_input_window}'")
+
+    def _adopt_or_refuse_input_window(self, state: dict) -> None:
+        """A checkpoint from before ``mn_2d_input_window`` existed mapped every patch by its own percentiles: the run
+        finishes as it began (the window has no weights, the 2D model's were trained on it). A checkpoint that
+        names another window was trained by another variant: refuse and name it."""
+        if "input_window" not in state:
+            self.print_to_log_file("NOTE: the checkpoint predates mn_2d_input_window and mapped each patch by its own "
+                                   "percentiles; this run continues so ('patch'). New runs use "
+                                   f"'{self.mn_2d_input_window}'.")
+            self.mn_2d_input_window = "patch"
+            unwrap(self.network_2d).set_window("patch")
+            return
+        variant = {"patch": "nnUNetTrainerMN_patchWindow", "reference": "nnUNetTrainerMN_paper"}.get(
+            state["input_window"])
+        raise ValueError(f"{self.__class__.__name__}: the checkpoint's 2D model was trained on inputs mapped to "
+                         f"[0, 1] with the '{state['input_window']}' window, this trainer uses "
+                         f"'{self.mn_2d_input_window}'; " + (f"resume with -tr {variant} (after copying the model "
+                                                            f"folder to that trainer's name) or " if variant else "")
+                         + "set mn_2d_input_window in a subclass")
+
+    def _input_window(self):
+        """What ``SliceWiseModel`` maps to [0, 1]: None, "patch" or per-channel (low, high) from the plans."""
+        if self.mn_2d_input_mapping == "none":
+            return None
+        if self.mn_2d_input_window == "patch":
+            return "patch"
+        lows, highs = input_window(self.configuration_manager.normalization_schemes,
+                                   self.plans_manager.foreground_intensity_properties_per_channel,
+                                   self.mn_2d_input_window)
+        self.print_to_log_file(f"M&N: 2D input window ({self.mn_2d_input_window}) per channel, nnU-Net units: "
+                               + ", ".join(f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(lows, highs)))
+        return lows, highs
 
     @property
     def lrg_batch_size(self) -> int:
@@ -291,7 +326,7 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         with self.autocast():
             output = self.network(x)
             loss, dice, kl = deep_supervision_loss(self.mn_loss, output, targets, self.mn_ds_weights)
-        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.mn_3d_grad_clip,
+        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.grad_clip,
                                free_gradients=True, terms={"dice_3d": dice, "kl_3d": kl})
         return self.log_values({"3d": loss, "dice_3d": dice, "kl_3d": kl})
 
@@ -366,6 +401,7 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
                 "scheduler_3d": self.lr_scheduler.state_dict(), "scheduler_2d": self.mn_scheduler_2d.state_dict(),
                 "lrg_mode": self.mn_lrg_mode, "schedule": self.mn_schedule,
                 "lrg_batch_size": self.mn_lrg_batch_size, "input_mapping": self.mn_2d_input_mapping,
+                "input_window": self.mn_2d_input_window,
                 "pretrained_2d": self.mn_2d_pretrained, "composition": tuple(self.mn_composition),
                 "uniform_rng": self.mn_rng.bit_generator.state, "refreshes": list(self.mn_refreshes)}
 
@@ -377,6 +413,8 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
                  state.get("lrg_batch_size"), state.get("input_mapping", "none"))
         now = (plan.num_epochs, plan.warmup_epochs, plan.cotraining, self.mn_lrg_mode, self.mn_schedule,
                self.mn_lrg_batch_size, self.mn_2d_input_mapping)
+        if saved[-1] != "none" and state.get("input_window", "patch") != self.mn_2d_input_window:
+            self._adopt_or_refuse_input_window(state)
         if saved != now:
             raise ValueError(f"{self.__class__.__name__}: the checkpoint was trained with (num_epochs, W, "
                              f"cotraining, lrg_mode, schedule, lrg_batch_size, 2d_input_mapping) = {saved}, this "

@@ -13,8 +13,10 @@
   co-training").
 - ``nnUNetTrainerMN_paper``: reference hyperparameters (B = 5, 8 iterations/epoch, W = 500, 4000 own epochs per
   model, AdamW for both, composite schedule with restart, no clipping, foreground oversampling 0.5, [0, 1]
-  SegFormer input without ImageNet mean/std).
+  SegFormer input without ImageNet mean/std, CT through the reference's [−175, 250] HU window).
 - ``nnUNetTrainerMN_paper_lrglinear``: ``_paper`` + linear LRG, the fully code-faithful schedule.
+- ``nnUNetTrainerMN_patchWindow``: the 2D input mapped to [0, 1] by each patch's own percentiles (the default
+  before 2026-12-06; resumes runs started then).
 - ``nnUNetTrainerMN_short``: test/demo variant (``ShortScheduleMixin``), 6 epochs, chunks of 16 slices.
 """
 import torch
@@ -25,7 +27,7 @@ from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
 __all__ = ["nnUNetTrainerMN", "nnUNetTrainerMN_whole", "nnUNetTrainerMN_decoder", "nnUNetTrainerMN_freeze",
            "nnUNetTrainerMN_scratch", "nnUNetTrainerMN_lrglinear",
            "nnUNetTrainerMN_uniform", "nnUNetTrainerMN_fixedpseudo", "nnUNetTrainerMN_paper",
-           "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_short"]
+           "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_patchWindow", "nnUNetTrainerMN_short"]
 
 
 class nnUNetTrainerMN_whole(nnUNetTrainerMN):
@@ -95,12 +97,13 @@ class nnUNetTrainerMN_paper(nnUNetTrainerMN):
         self.mn_3d_optimizer, self.initial_lr, self.weight_decay = "adamw", 1e-4, 0.01
         self.mn_2d_lr, self.mn_2d_weight_decay = 1e-3, 0.01
         self.mn_schedule = "reference"
-        self.mn_3d_grad_clip = self.mn_2d_grad_clip = None
+        self.grad_clip = self.mn_2d_grad_clip = None
         self.oversample_foreground_percent = 0.5
         self.unlabeled_oversample_foreground_percent = self.mn_unlabeled_oversample = 0.5
         self.mn_lrg_mode = "paper"
         self.mn_lrg_batch_size = 5  # = B: one composition per epoch, exactly eq. 10
         self.mn_2d_input_mapping = "unit"  # the reference fed [0, 1] images, no ImageNet mean/std
+        self.mn_2d_input_window = "reference"  # CT: its [-175, 250] HU window; other channels: the dataset's
 
 
 class nnUNetTrainerMN_paper_lrglinear(nnUNetTrainerMN_paper):
@@ -108,6 +111,13 @@ class nnUNetTrainerMN_paper_lrglinear(nnUNetTrainerMN_paper):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.mn_lrg_mode = "linear"
+
+
+class nnUNetTrainerMN_patchWindow(nnUNetTrainerMN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_2d_input_window = "patch"
 
 
 class nnUNetTrainerMN_short(ShortScheduleMixin, nnUNetTrainerMN):
