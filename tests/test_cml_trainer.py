@@ -153,7 +153,7 @@ def test_architecture_switch_set_in_init_is_refused(planned_dataset):
 
 def test_paper_variant_lr(planned_dataset):
     t = make_trainer("nnUNetTrainerCML_paper")
-    assert (t.cml_batch_size, t.num_epochs, t.num_iterations_per_epoch, t.cml_grad_clip) == (4, 85, 200, None)
+    assert (t.cml_batch_size, t.num_epochs, t.num_iterations_per_epoch, t.grad_clip) == (4, 85, 200, None)
     t.initialize()
     assert t.cml_pretrain_epochs == 10
     opt = t.optimizer.param_groups[0]
@@ -169,6 +169,20 @@ def test_paper_variant_lr(planned_dataset):
     assert isinstance(t, nnUNetTrainerCML_paper)
 
 
+def test_paper_variant_in_2d_is_the_acdc_script(planned_dataset):
+    """docs/spec/cml.md §1.1, ACDC column: batch 12 + 12, 10000 + 30000 iterations, constant LR 0.01, λ1/λ2/β
+    0.5/0.1/1/2."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+    t = get_trainer_from_args(str(DATASET_ID), "2d", "all", "nnUNetTrainerCML_paper", device=torch.device("cpu"))
+    assert (t.cml_batch_size, t.num_epochs * t.num_iterations_per_epoch, t.grad_clip) == (12, 40000, None)
+    assert round(t.cml_pretrain_fraction * t.num_epochs) * t.num_iterations_per_epoch == 10000
+    assert (t.cml_lambda1, t.cml_lambda2, t.cml_beta) == (0.5, 0.1, 0.5)
+    t.cml_stage = "selftrain"
+    for k in (0, 2500, 29999):
+        t.cml_selftrain_iterations = k
+        assert t.cml_iteration_lr() == 0.01
+
+
 def test_paper_short_spreads_the_references_six_lr_levels_over_its_selftraining(planned_dataset, monkeypatch):
     """Reference: 15000 self-training iterations at 0.01·0.1^⌊k/2500⌋, i.e. six levels 1e-2 … 1e-7. The benchmark's
     80 × 50 schedule pretrains round(0.12 · 80) = 10 epochs, so 70 · 50 = 3500 self-training iterations hold six
@@ -180,7 +194,7 @@ def test_paper_short_spreads_the_references_six_lr_levels_over_its_selftraining(
     assert (t.num_epochs, t.num_iterations_per_epoch, t.cml_pretrain_epochs, t.cml_batch_size) == (80, 50, 10, 4)
     assert t.cml_paper_decay_every == 584
     opt = t.optimizer.param_groups[0]
-    assert (opt["momentum"], opt["nesterov"], opt["weight_decay"], t.cml_grad_clip) == (0.9, False, 1e-4, None)
+    assert (opt["momentum"], opt["nesterov"], opt["weight_decay"], t.grad_clip) == (0.9, False, 1e-4, None)
     t.cml_stage = "selftrain"
     for k, lr in ((0, 1e-2), (583, 1e-2), (584, 1e-3), (2919, 1e-6), (2920, 1e-7), (3499, 1e-7)):
         t.cml_selftrain_iterations = k
@@ -306,7 +320,7 @@ def test_variant_attributes(planned_dataset):
         assert t.cml_binary_threshold == 0.5
         assert t.uses_unlabeled() == (name != "nnUNetTrainerCML_supOnly")
     default = make_trainer("nnUNetTrainerCML")
-    assert (default.cml_grad_clip, default.initial_lr, default.weight_decay) == (12.0, 1e-2, 3e-5)
+    assert (default.grad_clip, default.initial_lr, default.weight_decay) == (12.0, 1e-2, 3e-5)
 
 
 def test_2d_configuration_gets_the_papers_acdc_recipe(planned_dataset):

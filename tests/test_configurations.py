@@ -25,11 +25,11 @@ SUPPORTED = [  # (trainer, configuration, plans)
     ("nnUNetTrainerCML_short", "3d_fullres", RESENC),
     ("nnUNetTrainerWeakStrong_short", "2d", "nnUNetPlans"),
     ("nnUNetTrainerWeakStrong_short", "3d_fullres", RESENC),
+    ("nnUNetTrainerSKCDF_short", "3d_fullres", RESENC),
 ]
 REFUSED = [  # (trainer, configuration, plans, what the error must say)
     ("nnUNetTrainerMN_short", "2d", "nnUNetPlans", "needs a 3D configuration"),
     ("nnUNetTrainerSKCDF_short", "2d", "nnUNetPlans", "needs a 3D configuration"),
-    ("nnUNetTrainerSKCDF_short", "3d_fullres", RESENC, "PlainConvUNet"),
 ]
 
 

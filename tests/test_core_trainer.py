@@ -137,6 +137,14 @@ def test_ema_update_formula():
     assert torch.equal(student.weight, torch.full((1, 2), 3.0))  # the source is untouched
 
 
+@pytest.mark.parametrize("old", ["skcdf_grad_clip", "cml_grad_clip", "mn_3d_grad_clip"])
+def test_a_renamed_attribute_stops_with_its_new_name(planned_dataset, old):
+    t = make_trainer(planned_dataset)
+    setattr(t, old, None)  # what a subclass written for the old name does; it would otherwise be ignored
+    with pytest.raises(ValueError, match=f"{old} \\(now grad_clip\\)"):
+        t.initialize()
+
+
 def test_mean_teacher_decay_warmup():
     assert mean_teacher_ema_decay(0, 0.99) == 0.0  # first step: teacher := student
     assert mean_teacher_ema_decay(1, 0.99) == 0.5
@@ -261,7 +269,8 @@ def test_progress_png_is_nnunets_plot_with_our_panels_below(tmp_path, monitored)
     from nnunetv2_semisup.training.progress_plot import SemiSupLocalLogger
     pyplot_before = nnunet_logger.plt
     logger = SemiSupLocalLogger()
-    logger.register(["batch_labeled", "batch_unlabeled", "loss_sup", "loss_unsup"] + (["monitor_w"] if monitored else []))
+    logger.register(["batch_labeled", "batch_unlabeled", "loss_sup", "loss_unsup"]
+                    + (["monitor_w"] if monitored else []))
     stock = LocalLogger()
     for e in range(4):
         for k in logger.my_fantastic_logging:

@@ -216,7 +216,7 @@ def test_variants(mn_env, variant):  # docs/spec/mn.md §4, found by name throug
         for sched in (t.lr_scheduler.schedule, t.mn_scheduler_2d.schedule):
             assert isinstance(sched, ReferenceCompositeSchedule)
             assert (sched.total, sched.warmup, sched.restart) == (4000, 50, 500)
-        assert t.mn_3d_grad_clip is None and t.mn_2d_grad_clip is None
+        assert t.grad_clip is None and t.mn_2d_grad_clip is None
         assert t.oversample_foreground_percent == 0.5 and t.unlabeled_oversample_foreground_percent == 0.5
         assert [math.ceil(f * t.mn_plan.T_3d) for f in t.mn_pseudo_refresh_fractions] == [1000, 1500, 2000, 3000]
         assert t.mn_2d_input_mapping == "unit" and t.lrg_batch_size == t.batch_size == 5

@@ -161,7 +161,7 @@ def test_variants_found_by_nnunet_and_configured(planned_dataset):
                                device=torch.device("cpu"))
     tr.initialize()
     assert tr.num_iterations_per_epoch == 3 and tr.num_epochs == 1500
-    assert tr.get_batch_composition() == (2, 2) and tr.skcdf_grad_clip is None
+    assert tr.get_batch_composition() == (2, 2) and tr.grad_clip is None
     group = tr.optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.3, 0.9, True, 3e-5)
     drops = [m for m in tr.network.modules() if isinstance(m, torch.nn.Dropout3d)]
@@ -173,7 +173,7 @@ def test_variants_found_by_nnunet_and_configured(planned_dataset):
                                   device=torch.device("cpu"))
     short.initialize()
     assert (short.num_epochs, short.num_iterations_per_epoch) == (4, 5)
-    assert short.get_batch_composition() == (2, 2) and short.skcdf_grad_clip is None
+    assert short.get_batch_composition() == (2, 2) and short.grad_clip is None
     group = short.optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.3, 0.9, True, 3e-5)
     assert all(m.p == 0.5 for m in short.network.modules() if isinstance(m, torch.nn.Dropout3d))

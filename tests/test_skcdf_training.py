@@ -40,7 +40,7 @@ def stub_trainer(net, cls=nnUNetTrainerSKCDF, **overrides):
     tr.skcdf_use_ema, tr.skcdf_ema_omega, tr.skcdf_mask_mode = True, 0.99, "reference"
     tr.skcdf_p = np.array([0.01, 0.2, 0.5, 1.0])
     tr.current_epoch, tr.num_epochs = 0, 10
-    tr.skcdf_rampup, tr.skcdf_lambda_u, tr.skcdf_grad_clip = True, 10.0, 12.0
+    tr.skcdf_rampup, tr.skcdf_lambda_u, tr.grad_clip = True, 10.0, 12.0
     tr.skcdf_iterations, tr.skcdf_last_ramp_weight = 0, None
     for k, v in overrides.items():
         setattr(tr, k, v)
@@ -261,6 +261,29 @@ def test_odd_bottleneck_network_runs():
     assert out.labeled_main.shape == (2, 3, 12, 20, 28) and out.unlabeled_aux.shape == (1, 3, 12, 20, 28)
     with pytest.raises(ValueError, match="3D configuration"):
         SKCDFNet(1, 3, 3, [4, 8, 8], nn.Conv2d, 3, [1, 2, 2], 1, 1, (16, 16))
+
+
+def test_residual_encoder_network_for_the_resenc_presets():
+    """``n_blocks_per_stage`` (ResEnc plans) builds nnU-Net's ResidualEncoder as the shared encoder: the bottleneck
+    shape computed for the SKCM equals what the encoder really outputs (odd bottleneck sides), both decoders and the
+    heads run, each residual branch's last norm starts at zero (ResidualEncoderUNet's init), and the plain
+    arguments are refused together with the residual ones."""
+    from dynamic_network_architectures.building_blocks.residual import BasicBlockD
+    from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+    torch.manual_seed(0)
+    kw = dict(conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU)
+    net = SKCDFNet(1, 3, 3, [4, 8, 8], nn.Conv3d, 3, [1, 2, 2], None, 1, (12, 20, 28), n_blocks_per_stage=[1, 2, 2],
+                   **kw)
+    assert isinstance(net.encoder, ResidualEncoder)
+    real = net.encoder(torch.randn(1, 1, 12, 20, 28))[-1].shape[2:]
+    assert net.bottleneck_shape == tuple(real) == (3, 5, 7)
+    out = net(torch.randn(2, 1, 12, 20, 28), torch.randn(2, 1, 12, 20, 28))
+    assert out.labeled_main.shape == (4, 3, 12, 20, 28) and out.unlabeled_aux.shape == (2, 3, 12, 20, 28)
+    assert net(torch.randn(1, 1, 12, 20, 28)).shape == (1, 3, 12, 20, 28)
+    blocks = [m for m in net.encoder.modules() if isinstance(m, BasicBlockD)]
+    assert len(blocks) == 5 and all(float(b.conv2.norm.weight.abs().sum()) == 0 for b in blocks)
+    with pytest.raises(ValueError, match="exactly one"):
+        SKCDFNet(1, 3, 3, [4, 8, 8], nn.Conv3d, 3, [1, 2, 2], 1, 1, (12, 20, 28), n_blocks_per_stage=[1, 1, 1])
 
 
 # ----------------------------------------------------------------------------------------- property 19

@@ -1,4 +1,4 @@
-"""Small helpers every method shares: float32 promotion, one-hot targets, EMA of weights, the sigmoid ramp-up and
+"""Small helpers every method shares: float32 promotion, one-hot targets, hard-label checks, EMA of weights, the sigmoid ramp-up and
 a model's eval-mode context."""
 from contextlib import contextmanager
 
@@ -15,6 +15,19 @@ def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
 def one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
     """(B, *spatial) integer labels → (B, C, *spatial) one-hot of ``dtype``."""
     return F.one_hot(labels.long(), num_classes).movedim(-1, 1).to(dtype)
+
+
+def hard_label_map(logits: torch.Tensor, target: torch.Tensor, who: str = "loss") -> torch.Tensor:
+    """A hard label map for ``logits`` (B, C, ...): (B, 1, ...) (nnU-Net's target layout) or (B, ...) → long
+    (B, ...); any other shape stops with both shapes named (``who``: the loss, for the message)."""
+    if target.ndim == logits.ndim:
+        if target.shape[1] != 1:
+            raise ValueError(f"{who} expects a hard label map (B, 1, ...) or (B, ...), got target shape "
+                             f"{tuple(target.shape)}")
+        target = target[:, 0]
+    if target.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(f"{who}: target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
+    return target.long()
 
 
 @torch.no_grad()

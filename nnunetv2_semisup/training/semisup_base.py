@@ -103,7 +103,14 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
             raise ValueError(f"{name} needs a {wanted} configuration (3D: 3d_fullres/3d_lowres, 2D: 2d); "
                              f"'{self.configuration_name}' has a {dims}D patch.")
 
+    # attributes that were renamed: a subclass still setting one would otherwise be ignored without a word
+    RENAMED_ATTRIBUTES = {"skcdf_grad_clip": "grad_clip", "cml_grad_clip": "grad_clip", "mn_3d_grad_clip": "grad_clip"}
+
     def initialize(self):
+        renamed = [f"{old} (now {new})" for old, new in self.RENAMED_ATTRIBUTES.items() if hasattr(self, old)]
+        if renamed:
+            raise ValueError(f"{self.__class__.__name__} sets renamed attributes: {', '.join(renamed)}; set the new "
+                             f"name instead")
         self.check_capabilities()
         problem = ext_trainer_env_problem()  # nnU-Net could not find the trainer again for --c, --val or predict
         if problem:
@@ -218,7 +225,7 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
     # ------------------------------------------------------------------ the training step
     # The contract (README, "The semi-supervised trainer base"): a method implements compute_losses and, if it needs
     # them, the two hooks; one with several optimisers (M&N) writes its own train_step from the same pieces.
-    grad_clip: Optional[float] = 12.0  # nnU-Net's gradient-norm clipping; None = off
+    grad_clip: Optional[float] = 12.0  # nnU-Net's gradient-norm clipping; None = off (every method's one attribute)
 
     def train_step(self, batch: dict) -> dict:
         x_l, y_l, x_u = self.batch_to_device(batch)

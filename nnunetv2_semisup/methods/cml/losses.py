@@ -2,7 +2,8 @@
 
 - ``cml_sup_loss``: sup(z, y) = ½·(CE(z, y) + Dice_ps(z, y)) with a hard label map y. CE is the mean over all
   voxels; Dice_ps = 1 − mean over samples n and classes c (background included) of
-  (2·Σ p·y + 1e-5)/(Σ p + Σ y + 1e-5) with p = softmax(z) (linear denominators). Float32. The reference loss.
+  (2·Σ p·y + 1e-5)/(Σ p + Σ y + 1e-5) with p = softmax(z) (linear denominators). Float32. The reference loss,
+  computed by nnU-Net's ``DC_and_CE_loss`` (per-sample Dice with background, smooth 1e-5).
 - ``feature_discrepancy``: dis(f_a, f_b) = 1 + mean over samples and voxels of the per-voxel cosine over channels of
   L2-normalised f_a and stopgrad(f_b) (eps 1e-6), range [0, 2] (paper eq. 1 as the code computes it). Float32.
 Pseudo-labels are in ``pseudo_labels.py``, the CutMix and heterogeneous targets in ``cutmix.py``.
@@ -11,44 +12,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunetv2.training.loss.dice import SoftDiceLoss
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 
-from nnunetv2_semisup.training.helpers import one_hot
+from nnunetv2_semisup.training.helpers import hard_label_map
 
 DICE_SMOOTH = 1e-5
 COSINE_EPS = 1e-6
 
 
-def _hard_labels(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """(B, 1, ...) or (B, ...) label map → long (B, ...) matching logits' spatial shape."""
-    if target.ndim == logits.ndim:
-        if target.shape[1] != 1:
-            raise ValueError(f"cml_sup_loss expects a hard label map (B, 1, ...), got target shape "
-                             f"{tuple(target.shape)}")
-        target = target[:, 0]
-    if target.shape[1:] != logits.shape[2:] or target.shape[0] != logits.shape[0]:
-        raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
-    return target.long()
-
-
-# nnU-Net's soft Dice with the reference's settings: per sample, background included, smooth 1e-5
-_PER_SAMPLE_DICE = SoftDiceLoss(apply_nonlin=None, batch_dice=False, do_bg=True, smooth=DICE_SMOOTH, ddp=False)
+# nnU-Net's Dice + CE with the reference's Dice settings: per sample, background included, smooth 1e-5. Its Dice
+# term is −Dice, so sup = ½·(DC_and_CE + 1)
+_DICE_AND_CE = DC_and_CE_loss({"batch_dice": False, "do_bg": True, "smooth": DICE_SMOOTH, "ddp": False}, {},
+                              weight_ce=1, weight_dice=1)
 
 
 def dice_ps_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 − mean_{n,c} (2·Σ p·y + 1e-5)/(Σ p + Σ y + 1e-5), per sample and class, background included = 1 + nnU-Net's
     ``SoftDiceLoss`` (2tp + fp + fn = Σ p + Σ y)."""
-    logits = logits.float()
-    y = _hard_labels(target, logits)
-    p = torch.softmax(logits, 1)
-    return 1 + _PER_SAMPLE_DICE(p, one_hot(y, logits.shape[1], p.dtype))
+    y = hard_label_map(logits, target, "cml_sup_loss")
+    return 1 + _DICE_AND_CE.dc(logits.float(), y[:, None])
 
 
 def cml_sup_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """sup(z, y) = ½·(CE(z, y) + Dice_ps(z, y)), float32 (docs/cml.md)."""
-    logits = logits.float()
-    y = _hard_labels(target, logits)
-    return 0.5 * (F.cross_entropy(logits, y) + dice_ps_loss(logits, y))
+    y = hard_label_map(logits, target, "cml_sup_loss")
+    return 0.5 * (_DICE_AND_CE(logits.float(), y[:, None]) + 1)
 
 
 class CMLSupLoss(nn.Module):

@@ -82,7 +82,6 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
         if len(self.configuration_manager.patch_size) == 2:
             # the paper's 2D (ACDC) recipe; 3D (LA, BraTS) uses the values above. Variants set theirs after this.
             self.cml_lambda1, self.cml_lambda2, self.cml_beta = 0.5, 0.1, 1 / 2
-        self.cml_grad_clip: Optional[float] = 12.0  # nnU-Net's clipping; None = off (_paper)
         self.loss_terms = ("sup_l1", "sup_l2", "sup_u1", "sup_u2", "dis_l", "dis_u")
         self.monitored_values = ("stage", "lcc_removed")
         # state (checkpointed under 'cml_state')
@@ -169,10 +168,6 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
             self.print_to_log_file(f"WARNING: cml_beta={self.cml_beta} gives a zero-sized CutMix box for patch "
                                    f"{tuple(patch_size)}: no mixing.")
         return mask
-
-    @property
-    def grad_clip(self) -> Optional[float]:
-        return self.cml_grad_clip
 
     def before_step(self) -> None:
         lr = self.cml_iteration_lr()

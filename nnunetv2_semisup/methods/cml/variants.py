@@ -7,7 +7,7 @@
 | ``nnUNetTrainerCML_noDis`` | λ2 = 0 (Table 4 "L_sup + L_sup^u") |
 | ``nnUNetTrainerCML_noUnsup`` | λ1 = 0 (Table 4 "L_sup + L_dis"; unlabeled patches still feed dis_u) |
 | ``nnUNetTrainerCML_supOnly`` | λ1 = λ2 = 0 (Table 4 "L_sup"; no unlabeled patches are loaded, none need to exist) |
-| ``nnUNetTrainerCML_paper`` | reference optimisation: B_l = B_u = 4; SGD lr 0.01, momentum 0.9, wd 1e-4, no Nesterov, no clipping; 200 iterations × 85 epochs, 10 pretraining epochs at constant LR; self-training LR 0.01·0.1^⌊k/2500⌋ (k = self-training iterations so far) |
+| ``nnUNetTrainerCML_paper`` | reference optimisation: B_l = B_u = 4; SGD lr 0.01, momentum 0.9, wd 1e-4, no Nesterov, no clipping; 200 iterations × 85 epochs, 10 pretraining epochs at constant LR; self-training LR 0.01·0.1^⌊k/2500⌋ (k = self-training iterations so far). In ``2d`` the reference's ACDC script instead: B_l = B_u = 12, 200 × 200 iterations, 25 % pretraining, constant LR 0.01 |
 | ``nnUNetTrainerCML_short`` | short schedule for tests, demo and the CPU benchmark (``ShortScheduleMixin``); the default pretraining share 0.12 (a 2–8 epoch run gets one pretraining epoch, see ``pretrain_epochs_for``) |
 | ``nnUNetTrainerCML_hetero_short`` | ``_hetero`` on the short schedule (= ``_short``) |
 | ``nnUNetTrainerCML_identical_short`` | ``_identical`` on the short schedule |
@@ -81,10 +81,18 @@ class nnUNetTrainerCML_paper(nnUNetTrainerCML):
         self.cml_batch_size = 4
         self.initial_lr = 0.01
         self.weight_decay = 1e-4
-        self.cml_grad_clip = None
+        self.grad_clip = None
         self.num_iterations_per_epoch = 200
         self.num_epochs = 85
         self.cml_pretrain_fraction = 0.12  # round(0.12 · 85) = 10 epochs = 2000 iterations
+        self.cml_paper_lr_decay = True  # LA's self-training step decay
+        if len(self.configuration_manager.patch_size) == 2:
+            # the reference's ACDC script: 10000 pretraining + 30000 self-training iterations (25 %), batch 12 + 12,
+            # constant LR 0.01 (λ1/λ2/β: the 2D values nnUNetTrainerCML sets)
+            self.cml_batch_size = 12
+            self.num_epochs = 200
+            self.cml_pretrain_fraction = 0.25
+            self.cml_paper_lr_decay = False
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
@@ -92,7 +100,7 @@ class nnUNetTrainerCML_paper(nnUNetTrainerCML):
         return optimizer, _PerIterationLR(self)
 
     def cml_iteration_lr(self) -> Optional[float]:
-        if self.cml_stage != SELFTRAIN:
+        if self.cml_stage != SELFTRAIN or not self.cml_paper_lr_decay:
             return self.initial_lr
         return self.initial_lr * 0.1 ** (self.cml_selftrain_iterations // self.cml_paper_decay_every)
 

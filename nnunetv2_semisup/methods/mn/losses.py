@@ -20,14 +20,9 @@ from torch import nn
 from nnunetv2_semisup.training import helpers
 
 
-def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(N, 1, ...) label map (nnU-Net's target layout, any dtype holding integers) → (N, C, ...) float32 one-hot."""
-    return helpers.one_hot(labels[:, 0], num_classes, torch.float32)
-
-
 def as_probabilities(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     if target.shape[1] == 1 and num_classes > 1:
-        return one_hot(target, num_classes)
+        return helpers.one_hot(target[:, 0], num_classes)
     return helpers.at_least_fp32(target)
 
 
@@ -95,7 +90,7 @@ def build_targets(soft_unlabeled, labeled_targets, num_classes: int, factors) ->
         if soft_unlabeled is not None:
             parts.append(pool_soft_target(soft_unlabeled, f))
         if labeled_targets is not None:
-            parts.append(one_hot(labeled_targets[s], num_classes))
+            parts.append(helpers.one_hot(labeled_targets[s][:, 0], num_classes))
         targets.append(torch.cat(parts) if len(parts) > 1 else parts[0])
     return targets
 

@@ -24,20 +24,10 @@ import torch.nn.functional as F
 
 from nnunetv2.training.loss.dice import SoftDiceLoss
 
-from nnunetv2_semisup.training.helpers import at_least_fp32, one_hot, sigmoid_rampup
+from nnunetv2_semisup.training.helpers import at_least_fp32, hard_label_map, one_hot, sigmoid_rampup
 
 DICE_SMOOTH = 1.0
 MASK_MODES = ("reference", "true")
-
-
-def _check_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if target.ndim == logits.ndim:
-        if target.shape[1] != 1:
-            raise ValueError(f"target must be (B, 1, ...) label maps or (B, ...), got {tuple(target.shape)}")
-        target = target[:, 0]
-    if target.shape != logits.shape[:1] + logits.shape[2:]:
-        raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
-    return target.long()
 
 
 # nnU-Net's soft Dice with the reference's settings: batch Dice, background excluded, smooth 1 (the reference adds
@@ -54,7 +44,7 @@ def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, weight: Optional[t
 
 def dcce_terms(logits: torch.Tensor, target: torch.Tensor):
     """(CE, Dice term) of DCCE for logits (B, C, ...) and integer labels (B, ...) or (B, 1, ...)."""
-    target = _check_target(logits, target)
+    target = hard_label_map(logits, target, "SKCDF DCCE")
     logits = at_least_fp32(logits)
     ce = F.cross_entropy(logits, target)
     dice = soft_dice_loss(torch.softmax(logits, 1), one_hot(target, logits.shape[1], logits.dtype))
@@ -71,7 +61,7 @@ def masked_dcce_terms(logits: torch.Tensor, target: torch.Tensor, mask: torch.Te
     """(CE, Dice term) of the masked DCCE of a balanced head. ``mask`` (B, 1, ...) or (B, ...) in {0, 1}."""
     if mode not in MASK_MODES:
         raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
-    target = _check_target(logits, target)
+    target = hard_label_map(logits, target, "SKCDF DCCE")
     logits = at_least_fp32(logits)
     mask = mask.to(logits.dtype)
     if mask.ndim == logits.ndim - 1:

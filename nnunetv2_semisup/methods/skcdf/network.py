@@ -1,4 +1,5 @@
-"""SKCDF network (Zhang et al., CVPR 2025; docs/skcdf.md): nnU-Net encoder from the plans,
+"""SKCDF network (Zhang et al., CVPR 2025; docs/skcdf.md): nnU-Net encoder from the plans (plain, or residual for
+the ResEnc presets),
 the Semantic Knowledge Complementarity Module (SKCM) at the bottleneck, and two nnU-Net decoders (D_l for labeled
 data, D_u for unlabeled data) that each end in a main head and an auxiliary class-balanced head.
 
@@ -18,8 +19,9 @@ from torch import nn
 
 from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
 
 from nnunetv2_semisup.methods.skcdf.skcm import SKCM
 
@@ -29,7 +31,7 @@ class SKCDFDecoder(nn.Module):
     ``head_aux`` (balanced head S^a; absent when ``use_aux`` is False). Unlike ``UNetDecoder`` it does not hold
     the encoder as a submodule, so EMA over the decoder's parameters never touches the shared encoder."""
 
-    def __init__(self, encoder: PlainConvEncoder, num_classes: int, n_conv_per_stage: Sequence[int],
+    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage: Sequence[int],
                  use_aux: bool = True, dropout_p: float = 0.0, nonlin_first: bool = False):
         super().__init__()
         n_enc = len(encoder.output_channels)
@@ -76,7 +78,9 @@ def conv_output_size(size: int, kernel: int, stride: int) -> int:
 
 
 class SKCDFNet(nn.Module):
-    """Encoder (nnU-Net ``PlainConvEncoder`` from the plans) + SKCM + D_l + D_u (docs/skcdf.md).
+    """Encoder (nnU-Net's ``PlainConvEncoder``, or its ``ResidualEncoder`` when ``n_blocks_per_stage`` is given: the
+    ResEnc presets) + SKCM + D_l + D_u (docs/skcdf.md). The decoders are nnU-Net's plain decoder stages in both
+    cases, as in ``ResidualEncoderUNet``.
 
     ``patch_size`` fixes the bottleneck shape (the global token learner is a dense map over it). ``use_skcm``
     False replaces the SKCM by the identity (ablation ``_noSKCM``/``_DF``); ``use_aux`` False builds no auxiliary
@@ -86,7 +90,8 @@ class SKCDFNet(nn.Module):
     """
 
     def __init__(self, input_channels: int, num_classes: int, n_stages: int, features_per_stage, conv_op,
-                 kernel_sizes, strides, n_conv_per_stage, n_conv_per_stage_decoder, patch_size: Sequence[int],
+                 kernel_sizes, strides, n_conv_per_stage=None, n_conv_per_stage_decoder=2,
+                 patch_size: Sequence[int] = (), n_blocks_per_stage=None,
                  conv_bias: bool = False, norm_op=None, norm_op_kwargs=None, dropout_op=None, dropout_op_kwargs=None,
                  nonlin=None, nonlin_kwargs=None, nonlin_first: bool = False, use_skcm: bool = True,
                  use_aux: bool = True, num_heads: int = 2, local_patch: int = 2, attn_dropout: float = 0.1,
@@ -98,12 +103,24 @@ class SKCDFNet(nn.Module):
         if conv_op is not nn.Conv3d:
             raise ValueError(f"SKCDF needs a 3D configuration (Conv3d); got conv_op={conv_op}. Train a 3d_fullres "
                              f"(or 3d_lowres) configuration.")
+        if len(patch_size) != 3:
+            raise ValueError(f"SKCDFNet needs the 3D patch size (it fixes the SKCM's bottleneck shape), got "
+                             f"{tuple(patch_size)}")
         if isinstance(n_conv_per_stage_decoder, int):
             n_conv_per_stage_decoder = [n_conv_per_stage_decoder] * (n_stages - 1)
-        self.encoder = PlainConvEncoder(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
-                                        n_conv_per_stage, conv_bias, norm_op, norm_op_kwargs, dropout_op,
-                                        dropout_op_kwargs, nonlin, nonlin_kwargs, return_skips=True,
-                                        nonlin_first=nonlin_first)
+        if (n_conv_per_stage is None) == (n_blocks_per_stage is None):
+            raise ValueError("SKCDFNet needs n_conv_per_stage (plain encoder) or n_blocks_per_stage (residual "
+                             "encoder), exactly one of them")
+        self.residual = n_blocks_per_stage is not None
+        if self.residual:
+            self.encoder = ResidualEncoder(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes,
+                                           strides, n_blocks_per_stage, conv_bias, norm_op, norm_op_kwargs,
+                                           dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, return_skips=True)
+        else:
+            self.encoder = PlainConvEncoder(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes,
+                                            strides, n_conv_per_stage, conv_bias, norm_op, norm_op_kwargs, dropout_op,
+                                            dropout_op_kwargs, nonlin, nonlin_kwargs, return_skips=True,
+                                            nonlin_first=nonlin_first)
         ks = [[k] * 3 if isinstance(k, int) else list(k) for k in self.encoder.kernel_sizes]
         shape = [int(s) for s in patch_size]
         for stage_stride, stage_kernel in zip(self.encoder.strides, ks):
@@ -119,10 +136,13 @@ class SKCDFNet(nn.Module):
                                       nonlin_first)
         self.decoder_u = SKCDFDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, use_aux, dropout_p,
                                       nonlin_first)
-        # nnU-Net init (He, neg. slope 1e-2) for encoder and decoders; SKCM keeps its own init
+        # nnU-Net init (He, neg. slope 1e-2) for encoder and decoders, plus ResidualEncoderUNet's zero init of each
+        # residual branch's last norm; SKCM keeps its own init
         init = InitWeights_He(1e-2)
         for m in (self.encoder, self.decoder_l, self.decoder_u):
             m.apply(init)
+        if self.residual:
+            self.encoder.apply(init_last_bn_before_add_to_0)
 
     def _bottleneck(self, h: torch.Tensor, mode: str) -> torch.Tensor:
         h = self.bottleneck_dropout(h)
@@ -163,12 +183,14 @@ class SKCDFNet(nn.Module):
 
 def skcdf_net_from_plans(configuration_manager, num_input_channels: int, num_output_channels: int,
                          **skcdf_kwargs) -> SKCDFNet:
-    """Build ``SKCDFNet`` from an nnU-Net configuration with a ``PlainConvUNet`` architecture."""
+    """Build ``SKCDFNet`` from an nnU-Net configuration with a ``PlainConvUNet`` or ``ResidualEncoderUNet``
+    architecture (the default planner and the ResEnc presets)."""
     import pydoc
     arch = configuration_manager.network_arch_class_name
-    if arch.split(".")[-1] != "PlainConvUNet":
-        raise ValueError(f"SKCDF builds its encoder/decoders from PlainConvUNet plans, but this configuration uses "
-                         f"{arch}. Plan with the default planner (nnUNetPlans) or use a PlainConvUNet configuration.")
+    if arch.split(".")[-1] not in ("PlainConvUNet", "ResidualEncoderUNet"):
+        raise ValueError(f"SKCDF builds its encoder/decoders from PlainConvUNet or ResidualEncoderUNet plans, but this "
+                         f"configuration uses {arch}. Plan with the default planner (nnUNetPlans) or a ResEnc preset "
+                         f"(nnUNetPlannerResEncM/L/XL).")
     kwargs = dict(configuration_manager.network_arch_init_kwargs)
     for k in configuration_manager.network_arch_init_kwargs_req_import:
         if kwargs.get(k) is not None:

@@ -83,7 +83,6 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         self.skcdf_mask_mode = "reference"
         self.skcdf_batch_size: Optional[int] = None
         self.skcdf_momentum = 0.99       # nnU-Net's SGD momentum (_paper: 0.9)
-        self.skcdf_grad_clip: Optional[float] = 12.0  # nnU-Net's clipping (_paper: None)
         self.enable_deep_supervision = False
         self.loss_terms = ("sup_main", "sup_aux", "u_main", "u_aux") if self.skcdf_use_aux else ("sup_main", "u_main")
         self.monitored_values = ("w_u", "mask_l", "mask_u") if self.skcdf_use_aux else ("w_u",)
@@ -214,10 +213,6 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         loss = sup_main + sup_aux + w * (u_main + u_aux)
         return {"loss": loss, "sup_main": sup_main, "sup_aux": sup_aux, "u_main": u_main, "u_aux": u_aux,
                 "w_u": w, "mask_l": frac_l, "mask_u": frac_u}
-
-    @property
-    def grad_clip(self) -> Optional[float]:
-        return self.skcdf_grad_clip
 
     def batch_to_device(self, batch: dict):
         if "data" not in batch or "unlabeled" not in batch:

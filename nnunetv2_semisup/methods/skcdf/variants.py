@@ -39,7 +39,7 @@ class nnUNetTrainerSKCDF_paper(nnUNetTrainerSKCDF):
         self.initial_lr = 0.3
         self.weight_decay = 3e-5
         self.skcdf_momentum = 0.9
-        self.skcdf_grad_clip = None
+        self.grad_clip = None
         self.num_epochs = 1500
         self.skcdf_batch_size = 2
 
