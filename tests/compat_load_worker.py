@@ -53,11 +53,12 @@ def main(dataset_id, trainer_name, checkpoint_file, report_file):
         if obj is not None:
             held[key] = (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).state_dict()
     method = trainer.get_method_state()
-    if trainer.method_state_key is not None:
-        held[trainer.method_state_key] = method
-        file_method = saved[trainer.method_state_key]
-    else:
-        file_method = saved["semisup_state"]["method"]
+    # where the legacy files (format 1) keep each part of the method state, written out here independently of the
+    # package's migration: SKCDF and CML under a top-level key, M&N's pseudo-label store next to "method"
+    legacy_key = {"nnUNetTrainerSKCDF_short": "skcdf_state", "nnUNetTrainerCML_short": "cml_state"}.get(trainer_name)
+    file_method = dict(saved[legacy_key] if legacy_key else saved["semisup_state"]["method"])
+    if trainer_name == "nnUNetTrainerMN_short":
+        file_method.update({k: saved["semisup_state"][k] for k in ("class_locations_file", "pseudo_label_round")})
     compared, differ = [], []
     for key, value in held.items():
         a = flatten(key, value, {})

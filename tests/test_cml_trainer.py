@@ -217,8 +217,8 @@ def test_checkpoint_restores_both_subnets_stage_and_optimizer(cml_run):
     ds, folder, first = cml_run
     ckpt = torch.load(first, map_location="cpu", weights_only=False)
     assert ckpt["trainer_name"] == SHORT and ckpt["current_epoch"] == 2
-    assert ckpt["cml_state"]["stage"] == "selftrain" and ckpt["cml_state"]["pretrain_epochs"] == 1
-    assert ckpt["cml_state"]["selftrain_iterations"] == 2
+    assert ckpt["semisup_state"]["method"]["stage"] == "selftrain" and ckpt["semisup_state"]["method"]["pretrain_epochs"] == 1
+    assert ckpt["semisup_state"]["method"]["selftrain_iterations"] == 2
     weights = ckpt["network_weights"]
     assert any(k.startswith("net1.") for k in weights) and any(k.startswith("net2.") for k in weights)
     # property 13 through the real loop: epoch 0 pretraining without unlabeled patches, epoch 1 self-training
@@ -242,7 +242,7 @@ def test_checkpoint_restores_both_subnets_stage_and_optimizer(cml_run):
     assert any(torch.count_nonzero(s["momentum_buffer"]) for s in ref["state"].values())
     assert opt["param_groups"][0]["lr"] == ref["param_groups"][0]["lr"]
     assert (t.cml_stage, t.cml_pretrain_epochs, t.cml_selftrain_iterations, t.cml_mask_draws) == (
-        "selftrain", 1, 2, ckpt["cml_state"]["mask_draws"])
+        "selftrain", 1, 2, ckpt["semisup_state"]["method"]["mask_draws"])
     assert t.current_epoch == 2 and t.cml_stage_for_epoch(t.current_epoch) == "selftrain"
 
 
@@ -252,7 +252,7 @@ def test_resume_from_pretraining_keeps_the_saved_switch_point(cml_run, tmp_path)
     ds, folder, first = cml_run
     ckpt = torch.load(first, map_location="cpu", weights_only=False)
     ckpt["current_epoch"] = 1
-    ckpt["cml_state"].update(stage="pretrain", pretrain_epochs=3, selftrain_iterations=0)
+    ckpt["semisup_state"]["method"].update(stage="pretrain", pretrain_epochs=3, selftrain_iterations=0)
     edited = str(tmp_path / "pretraining.pth")
     torch.save(ckpt, edited)
     t = make_trainer()
@@ -273,7 +273,7 @@ def test_resume_with_c_and_stock_predict(cml_run, tmp_path):
     ckpt = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert ckpt["current_epoch"] == 3
     # resumed in the self-training stage; counters continued from the checkpoint
-    assert ckpt["cml_state"]["pretrain_epochs"] == 1 and ckpt["cml_state"]["selftrain_iterations"] == 4
+    assert ckpt["semisup_state"]["method"]["pretrain_epochs"] == 1 and ckpt["semisup_state"]["method"]["selftrain_iterations"] == 4
     assert ckpt["logging"]["batch_unlabeled"] == [0, 2, 2]
     assert np.isfinite(ckpt["logging"]["loss_sup_u2"][2])
 

@@ -225,8 +225,7 @@ def test_checkpoint_keys_are_nnunets_plus_the_extras(started_trainer, tmp_path):
     a = torch.load(ours, map_location="cpu", weights_only=False)
     b = torch.load(stock, map_location="cpu", weights_only=False)
     assert set(b) == set(NNUNET_CHECKPOINT_KEYS)
-    assert set(a) == set(b) | set(trainer.extra_checkpoint_objects) | {"semisup_state"} | (
-        {trainer.method_state_key} - {None})
+    assert set(a) == set(b) | set(trainer.extra_checkpoint_objects) | {"semisup_state"}
     for k in b:
         if k == "network_weights":
             assert all(torch.equal(a[k][n], b[k][n]) for n in b[k])

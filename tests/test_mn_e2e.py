@@ -113,7 +113,7 @@ def test_train_resume_predict(planned_dataset, tiny_segformer_dir, tmp_path, mon
     assert state["segformer_config"]["hidden_sizes"] == [8, 16]
     lora_b = [v for n, v in ckpt["mn_segformer_state"].items() if ".lora_B." in n]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # LoRA was trained (B starts at 0)
-    assert ckpt["semisup_state"]["pseudo_label_round"] == 1  # end of warm-up (+ 25 % of T_3D, same epoch)
+    assert ckpt["semisup_state"]["method"]["pseudo_label_round"] == 1  # end of warm-up (+ 25 % of T_3D, same epoch)
 
     # ---- 2. property 24: a fresh trainer restores everything from that checkpoint; resuming rebuilds the 2D model
     # from the saved config and weights, so an unloadable nnUNet_semisup_segformer (offline, hub gone) is no problem
@@ -140,7 +140,7 @@ def test_train_resume_predict(planned_dataset, tiny_segformer_dir, tmp_path, mon
     assert tuple(t.mn_composition) == tuple(state["composition"])
     assert t.mn_rng.bit_generator.state == state["uniform_rng"]
     assert t.mn_refreshes == [tuple(r) for r in state["refreshes"]]
-    assert t.pseudo_label_round == 1 and t.class_locations_file == ckpt["semisup_state"]["class_locations_file"]
+    assert t.pseudo_label_round == 1 and t.class_locations_file == ckpt["semisup_state"]["method"]["class_locations_file"]
     assert os.path.isfile(t.class_locations_file)
     del t
 
@@ -155,7 +155,7 @@ def test_train_resume_predict(planned_dataset, tiny_segformer_dir, tmp_path, mon
     # property 22: refreshes at the end of warm-up (epoch 1, with 25 %) and at own 3D epoch ⌈0.375·3⌉ = 2
     # (epoch 3, with 50 %); none repeated after resuming
     assert [tuple(r) for r in fstate["refreshes"]] == [("warmup", 1, 1), (0.25, 1, 1), (0.375, 3, 2), (0.5, 3, 2)]
-    assert final["semisup_state"]["pseudo_label_round"] == 2
+    assert final["semisup_state"]["method"]["pseudo_label_round"] == 2
     for r in (1, 2):
         round_dir = os.path.join(out, "pseudo_labels", f"round_{r}")
         assert len([f for f in os.listdir(round_dir) if f.endswith(".nii.gz")]) == 6  # NIfTI per unlabeled case

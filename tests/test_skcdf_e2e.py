@@ -38,7 +38,7 @@ def skcdf_run(planned_dataset):
     # a marker p that a fresh computation could never give: proves --c restores instead of recomputing
     marked = torch.load(ckpt_file, map_location="cpu", weights_only=False)
     marker_p = np.array([0.125, 0.5, 0.75, 1.0])
-    marked["skcdf_state"]["p"] = marker_p
+    marked["semisup_state"]["method"]["p"] = marker_p
     torch.save(marked, ckpt_file)
     run_cli(["nnUNetv2_train", ds.dataset_id, "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu", "--c"],
             _env(ds, 3))
@@ -48,7 +48,7 @@ def skcdf_run(planned_dataset):
 
 def test_first_run_state(skcdf_run):
     ds, out, first, second, _ = skcdf_run
-    st = first["skcdf_state"]
+    st = first["semisup_state"]["method"]
     counts = np.asarray(st["class_counts"])
     assert counts.shape == (4,) and (counts > 0).all()
     # counts over all 4 labeled training cases (fold all) of the preprocessed segmentations
@@ -75,9 +75,9 @@ def test_first_run_state(skcdf_run):
 
 def test_resume_restores_state(skcdf_run):
     ds, out, first, second, marker_p = skcdf_run
-    st = second["skcdf_state"]
+    st = second["semisup_state"]["method"]
     np.testing.assert_array_equal(st["p"], marker_p)  # restored, not recomputed
-    np.testing.assert_array_equal(st["class_counts"], first["skcdf_state"]["class_counts"])
+    np.testing.assert_array_equal(st["class_counts"], first["semisup_state"]["method"]["class_counts"])
     assert st["iterations"] == 3 and second["current_epoch"] == 3
     assert st["last_ramp_weight"] == pytest.approx(10.0)  # epoch 2 of E = 3
     for k, v in first["network_weights"].items():
@@ -95,7 +95,7 @@ def test_checkpoint_loads_into_fresh_trainer(skcdf_run):
                                     device=torch.device("cpu"))
     trainer.load_checkpoint(os.path.join(out, "checkpoint_final.pth"))
     np.testing.assert_array_equal(trainer.skcdf_p, marker_p)
-    np.testing.assert_array_equal(trainer.skcdf_class_counts, second["skcdf_state"]["class_counts"])
+    np.testing.assert_array_equal(trainer.skcdf_class_counts, second["semisup_state"]["method"]["class_counts"])
     assert trainer.skcdf_iterations == 3 and trainer.current_epoch == 3
     for k, v in trainer.network.state_dict().items():
         assert torch.equal(v.cpu(), second["network_weights"][k]), k

@@ -55,6 +55,23 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+CHECKPOINT_FORMAT = 2  # semisup_state = {"format_version", "method"}
+
+
+def method_state_of(checkpoint: dict, legacy_key: Optional[str] = None) -> dict:
+    """The method state of a checkpoint of any format (the single migration of older layouts).
+
+    Format 1 kept SKCDF's and CML's state under a top-level key (``legacy_key``) and M&N's pseudo-label store
+    (``class_locations_file``, ``pseudo_label_round``) next to the method state; both now live in it."""
+    state = checkpoint["semisup_state"]
+    if state.get("format_version", 1) >= 2:
+        return state["method"]
+    method = dict(checkpoint[legacy_key] if legacy_key is not None else state["method"])
+    if state.get("class_locations_file") is not None or state.get("pseudo_label_round", 0):
+        method.update(class_locations_file=state["class_locations_file"], pseudo_label_round=state["pseudo_label_round"])
+    return method
+
+
 class nnUNetTrainerSemiSup(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -72,9 +89,6 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         self.unlabeled_preprocessed_folder = join(self.preprocessed_dataset_folder_base, unlabeled_folder_name(
             self.configuration_manager.data_identifier)) if self.preprocessed_dataset_folder_base else None
         self.extra_checkpoint_objects: Dict[str, object] = {}
-        # foreground-aware unlabeled crops: class locations of pseudo-labels (M&N's refreshes write them)
-        self.class_locations_file: Optional[str] = None
-        self.pseudo_label_round = 0
         self._labeled_stream = self._unlabeled_stream = None
         self._has_unlabeled = None
         self.logger.local_logger = SemiSupLocalLogger()  # nnU-Net's only accepts its own keys
@@ -177,7 +191,12 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                                    f"labeled cases only.")
             return None
         return UnlabeledDataset(self.dataset_class, self.unlabeled_preprocessed_folder,
-                                class_locations_file=self.class_locations_file, rebuild_command=cmd)
+                                class_locations_file=self.unlabeled_class_locations_file(), rebuild_command=cmd)
+
+    def unlabeled_class_locations_file(self) -> Optional[str]:
+        """Class locations of pseudo-labels that make unlabeled crops foreground-aware (oversampled with
+        ``unlabeled_oversample_foreground_percent``); None = uniform crops. M&N's refreshes provide one."""
+        return None
 
     def get_dataloaders(self):
         """Labeled + unlabeled training streams (``SemiSupBatchIterator``) and the validation loader, built like
@@ -365,9 +384,9 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         return {"network": unwrap(self.network)}
 
     # ------------------------------------------------------------------ checkpoints
-    # where get_method_state() is stored: None = checkpoint["semisup_state"]["method"]; a name = that top-level key
-    # (SKCDF and CML keep the keys their first checkpoints used)
-    method_state_key: Optional[str] = None
+    # get_method_state() is stored in checkpoint["semisup_state"]["method"] (format 2). Format 1 kept SKCDF's and CML's
+    # method state under this top-level key instead; read by ``method_state_of`` only
+    legacy_method_state_key: Optional[str] = None
     # variants whose networks an older default of this trainer built (README, "Upgrading"): named when a checkpoint's
     # network does not fit, so a model trained before the change can be resumed under the right name
     architecture_variants: Tuple[str, ...] = ()
@@ -409,19 +428,11 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
         }
         for key, obj in self.extra_checkpoint_objects.items():
-            if key in NNUNET_CHECKPOINT_KEYS or key in ("semisup_state", self.method_state_key):
+            if key in NNUNET_CHECKPOINT_KEYS or key in ("semisup_state", self.legacy_method_state_key):
                 raise KeyError(f"extra checkpoint key '{key}' collides with nnU-Net's own keys")
             checkpoint[key] = None if obj is None else \
                 (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).state_dict()
-        method = self.get_method_state()
-        if self.method_state_key is not None:
-            checkpoint[self.method_state_key], method = method, {}
-        checkpoint["semisup_state"] = {
-            "format_version": 1,
-            "class_locations_file": self.class_locations_file,
-            "pseudo_label_round": self.pseudo_label_round,
-            "method": method,
-        }
+        checkpoint["semisup_state"] = {"format_version": CHECKPOINT_FORMAT, "method": self.get_method_state()}
         tmp = filename + ".tmp"
         torch.save(checkpoint, tmp)
         os.replace(tmp, filename)
@@ -458,14 +469,7 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                                            f"device type; it starts fresh.")
                 continue
             (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).load_state_dict(checkpoint[key])
-        state = checkpoint["semisup_state"]
-        self.pseudo_label_round = state["pseudo_label_round"]
-        self.class_locations_file = state["class_locations_file"]
-        if self.class_locations_file is not None and not os.path.isfile(self.class_locations_file):
-            self.print_to_log_file(f"WARNING: pseudo-label store {self.class_locations_file} is gone; unlabeled "
-                                   f"crops are uniform until the next refresh.")
-            self.class_locations_file = None
-        self.set_method_state(state["method"] if self.method_state_key is None else checkpoint[self.method_state_key])
+        self.set_method_state(method_state_of(checkpoint, self.legacy_method_state_key))
         logs = self.logger.local_logger.my_fantastic_logging
         for m in self.monitored_values:  # checkpoints written before monitored values had their own series
             if f"loss_{m}" in logs and f"monitor_{m}" not in logs:

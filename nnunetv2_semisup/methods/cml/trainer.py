@@ -62,7 +62,7 @@ def pretrain_epochs_for(num_epochs: int, fraction: float) -> int:
 
 class nnUNetTrainerCML(nnUNetTrainerSemiSup):
     supports_regions = supports_ignore_label = False  # hard pseudo-labels and CutMix of label maps
-    method_state_key = "cml_state"
+    legacy_method_state_key = "cml_state"  # where checkpoints of format 1 kept the method state
     architecture_variants = ("nnUNetTrainerCML_identical",)  # the default before the heterogeneous pair
     # a class attribute: nnUNetv2_predict builds the network from the class (build_network_architecture) without
     # instantiating it. True = the reference's heterogeneous pair (subnet 2 upsamples by interpolation + conv)

@@ -1,5 +1,6 @@
 """M&N's pseudo-label refreshes (docs/mn.md): the 3D model's hard predictions of the unlabeled cases make later
-unlabeled crops foreground-aware; the base keeps ``class_locations_file`` and ``pseudo_label_round`` in checkpoints."""
+unlabeled crops foreground-aware (through the base's ``unlabeled_class_locations_file`` hook); ``class_locations_file``
+and ``pseudo_label_round`` are M&N's method state."""
 from typing import Optional
 
 from batchgenerators.utilities.file_and_folder_operations import join
@@ -37,6 +38,9 @@ class PseudoLabelRefreshMixin:  # for a subclass of nnUNetTrainerSemiSup
             dist.barrier()
         self.set_class_locations_file(filename)
         return filename
+
+    def unlabeled_class_locations_file(self) -> Optional[str]:
+        return self.class_locations_file
 
     def set_class_locations_file(self, filename: Optional[str]) -> None:
         self.class_locations_file = filename

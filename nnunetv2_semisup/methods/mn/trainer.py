@@ -13,6 +13,7 @@ Documentation, and every deviation from the reference code: docs/mn.md.
 - Inference: the 3D network only (``network_weights``, stock ``nnUNetv2_predict``); the SegFormer, its optimiser,
   grad scaler and the M&N state live under extra checkpoint keys.
 """
+import os
 from typing import Optional, Tuple
 
 import numpy as np
@@ -86,6 +87,9 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         self._mn_uniform_draws = []  # uniform mode: the current epoch's b_u per iteration
         self._mn_lr_peaks = {}
         self._mn_resume_segformer_config: Optional[dict] = None
+        # the pseudo-label refreshes' store: class locations that make unlabeled crops foreground-aware
+        self.class_locations_file: Optional[str] = None
+        self.pseudo_label_round = 0
 
     # ------------------------------------------------------------------ setup
     def _check_supported(self):
@@ -403,10 +407,18 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
                 "lrg_batch_size": self.mn_lrg_batch_size, "input_mapping": self.mn_2d_input_mapping,
                 "input_window": self.mn_2d_input_window,
                 "pretrained_2d": self.mn_2d_pretrained, "composition": tuple(self.mn_composition),
-                "uniform_rng": self.mn_rng.bit_generator.state, "refreshes": list(self.mn_refreshes)}
+                "uniform_rng": self.mn_rng.bit_generator.state, "refreshes": list(self.mn_refreshes),
+                "class_locations_file": self.class_locations_file, "pseudo_label_round": self.pseudo_label_round}
 
     def set_method_state(self, state: dict) -> None:
         super().set_method_state(state)
+        self.pseudo_label_round = state.get("pseudo_label_round", 0)
+        self.class_locations_file = state.get("class_locations_file")
+        if self.class_locations_file is not None and not os.path.isfile(self.class_locations_file):
+            self.print_to_log_file(f"WARNING: pseudo-label store {self.class_locations_file} is gone; unlabeled "
+                                   f"crops are uniform until the next refresh.")
+            self.class_locations_file = None
+        self.set_class_locations_file(self.class_locations_file)
         plan = self.mn_plan
         # checkpoints written before these settings existed used the LRG batch B and nnU-Net intensities
         saved = (state["num_epochs"], state["W"], state["cotraining"], state["lrg_mode"], state["schedule"],

@@ -14,8 +14,8 @@ Port decisions (docs/skcdf.md): nnU-Net encoder/decoders from the plans; batch =
 planned batch size (``skcdf_batch_size`` overrides; B_l ≠ B_u is an error); deep supervision off; nnU-Net's
 optimiser/schedule; p_c counted over all labeled training cases of the fold (absent classes → p_c = 1 with a
 warning); ramp without the reference's one-epoch lag; ``network_weights`` = the whole SKCDF module, whose
-``forward`` is the inference path (encoder → SKCM self → D_u main head). Extra checkpoint key ``skcdf_state``
-(class counts, p, last ramp weight). Region-based and ignore-label datasets are rejected.
+``forward`` is the inference path (encoder → SKCM self → D_u main head). Method state in the checkpoint: class
+counts, p, last ramp weight. Region-based and ignore-label datasets are rejected.
 """
 import warnings
 from typing import Optional
@@ -61,7 +61,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
     # balanced masks and pseudo-labels assume dense labels; the SKCM is built for 3D bottlenecks
     supports_regions = supports_ignore_label = False
     supported_patch_dims = (3,)
-    method_state_key = "skcdf_state"
+    legacy_method_state_key = "skcdf_state"  # where checkpoints of format 1 kept the method state
 
     # --- architecture (class attributes: read by build_network_architecture at prediction time too) ---
     skcdf_use_skcm = True
