@@ -145,6 +145,23 @@ def test_a_renamed_attribute_stops_with_its_new_name(planned_dataset, old):
         t.initialize()
 
 
+def test_batch_iterator_keeps_the_first_patches_of_each_part():
+    """``keep_first``: the first b_l labeled patches (image, every deep-supervision target, keys) and the first b_u
+    unlabeled ones; a part with 0 disappears; more than the streams delivered is refused."""
+    from nnunetv2_semisup.data.unlabeled_loader import keep_first
+    batch = {"data": torch.arange(3).view(3, 1), "target": [torch.arange(3) * 10, torch.arange(3) * 100],
+             "keys": ["a", "b", "c"], "unlabeled": {"data": torch.arange(2) + 7, "keys": ["u", "v"]}, "b_l": 3, "b_u": 2}
+    out = keep_first(batch, 2, 1)
+    assert out["data"].flatten().tolist() == [0, 1] and [t.tolist() for t in out["target"]] == [[0, 10], [0, 100]]
+    assert out["keys"] == ["a", "b"] and out["unlabeled"]["data"].tolist() == [7] and out["unlabeled"]["keys"] == ["u"]
+    assert (out["b_l"], out["b_u"]) == (2, 1)
+    only_u = keep_first(batch, 0, 2)
+    assert set(only_u) == {"unlabeled", "b_l", "b_u"} and only_u["unlabeled"]["keys"] == ["u", "v"]
+    assert "unlabeled" not in keep_first(batch, 3, 0)
+    with pytest.raises(ValueError, match="get_batch_composition"):
+        keep_first(batch, 1, 3)
+
+
 def test_mean_teacher_decay_warmup():
     assert mean_teacher_ema_decay(0, 0.99) == 0.0  # first step: teacher := student
     assert mean_teacher_ema_decay(1, 0.99) == 0.5

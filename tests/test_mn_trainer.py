@@ -310,11 +310,29 @@ def test_lrg_profile_follows_the_paper_at_nnunet_batch_sizes(trainer, B):
             assert all(b_u == int(b_u) for _, _, b_u in mine)  # one composition per epoch, as the paper
 
 
-def test_train_step_uses_the_iterations_share_of_an_over_delivered_batch(trainer):
+class FakeStream:
+    """Stands in for an AugmentedStream: a batch size and batches of fake_batch's layout, seeded per call."""
+
+    def __init__(self, t, batch_size, part):
+        self.t, self.batch_size, self.part, self.calls = t, batch_size, part, 0
+
+    def __next__(self):
+        self.calls += 1
+        n = self.batch_size
+        b = fake_batch(self.t, b_l=n if self.part == "labeled" else 0, b_u=n if self.part == "unlabeled" else 0,
+                       seed=self.calls)
+        if self.part == "labeled":
+            return {"data": b["data"], "target": b["target"], "keys": [f"l{self.calls}_{i}" for i in range(n)]}
+        return {"data": b["unlabeled"]["data"], "keys": [f"u{self.calls}_{i}" for i in range(n)]}
+
+
+def test_an_lrg_epoch_spreads_its_share_over_its_iterations(trainer):
     """B = 2, share 4/5: the loaders deliver (1, 2) patches; iteration i uses ⌊1.6(i+1)⌋ − ⌊1.6i⌋ unlabeled ones
-    (1, 2, 1, 2, 2, …) and fills the rest of B with labeled ones, so 5 iterations hold 8 unlabeled of 10."""
+    (1, 2, 1, 2, 2, …) and fills the rest of B with labeled ones, so 5 iterations hold 8 unlabeled of 10. The batch
+    iterator applies it (both streams read every iteration) and train_step trains on exactly those patches."""
+    from nnunetv2_semisup.data.unlabeled_loader import SemiSupBatchIterator
     t = trainer
-    saved = (t.mn_phase, t.mn_unlabeled_share, t._mn_iteration, list(t._mn_batch_unlabeled), t.batch_size)
+    saved = (t.mn_phase, t.mn_unlabeled_share, t.mn_composition, list(t._mn_batch_unlabeled), t.batch_size)
     seen = []
     orig = t.step_3d
 
@@ -324,17 +342,27 @@ def test_train_step_uses_the_iterations_share_of_an_over_delivered_batch(trainer
         return {"3d": np.float32(0), "dice_3d": np.float32(0), "kl_3d": np.float32(0)}
     try:
         t.step_3d = spy
-        t.batch_size, t.mn_phase, t.mn_unlabeled_share, t._mn_iteration = 2, TRAIN_3D, 0.8, 0
+        t.batch_size, t.mn_phase, t.mn_unlabeled_share = 2, TRAIN_3D, 0.8
+        t.mn_composition = epoch_composition(0.8, 2)
+        assert t.mn_composition == (1, 2)
+        assert [t.iteration_composition(i) for i in range(5)] == [(1, 1), (0, 2), (1, 1), (0, 2), (0, 2)]
+        labeled, unlabeled = FakeStream(t, 1, "labeled"), FakeStream(t, 2, "unlabeled")
+        it = SemiSupBatchIterator(labeled, unlabeled, t.iteration_composition)
         t._mn_batch_unlabeled = []
-        assert epoch_composition(0.8, 2) == (1, 2)
-        for i in range(5):
-            t.train_step(fake_batch(t, b_l=1, b_u=2, seed=20 + i))
+        batches = [next(it) for _ in range(5)]
+        assert [(b["b_l"], b["b_u"]) for b in batches] == [(1, 1), (0, 2), (1, 1), (0, 2), (0, 2)]
+        assert batches[0]["unlabeled"]["keys"] == ["u1_0"] and batches[1]["unlabeled"]["keys"] == ["u2_0", "u2_1"]
+        assert "data" not in batches[1] and labeled.calls == unlabeled.calls == 5
+        for b in batches:
+            t.train_step(b)
         assert seen == [(1, 1, 1), (2, 0, 0), (1, 1, 1), (2, 0, 0), (2, 0, 0)]
-        assert t._mn_batch_unlabeled == [1, 2, 1, 2, 2] and t._mn_iteration == 5
+        assert t._mn_batch_unlabeled == [1, 2, 1, 2, 2]
+        t.mn_phase = WARMUP  # warm-up epochs use the whole (all-labeled) batch
+        assert t.iteration_composition(0) is None
     finally:
         del t.step_3d
         assert t.step_3d == orig
-        t.mn_phase, t.mn_unlabeled_share, t._mn_iteration, t._mn_batch_unlabeled, t.batch_size = saved
+        t.mn_phase, t.mn_unlabeled_share, t.mn_composition, t._mn_batch_unlabeled, t.batch_size = saved
 
 
 def test_uniform_mode_draws_an_epoch_at_its_start_and_loads_only_what_it_uses(mn_env):
@@ -354,10 +382,4 @@ def test_uniform_mode_draws_an_epoch_at_its_start_and_loads_only_what_it_uses(mn
     b_l, b_u = t.get_batch_composition()
     assert t._mn_uniform_draws == list(expected)
     assert (b_l, b_u) == (4 - expected.min(), expected.max()) and b_u >= 1
-    seen, t._mn_iteration, t._mn_batch_unlabeled = [], 0, []
-    t.step_3d = lambda x_u, soft, x_l, y: seen.append((0 if x_u is None else len(x_u), 0 if x_l is None else len(x_l))) \
-        or {"3d": np.float32(0), "dice_3d": np.float32(0), "kl_3d": np.float32(0)}
-    t.soft_targets_2d = lambda x: torch.zeros_like(x)
-    for i in range(n):
-        t.train_step(fake_batch(t, b_l=b_l, b_u=b_u, seed=i))
-    assert seen == [(u, 4 - u) for u in expected]
+    assert [t.iteration_composition(i) for i in range(n)] == [(4 - u, u) for u in expected]

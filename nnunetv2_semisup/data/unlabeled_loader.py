@@ -2,8 +2,10 @@
 joins the labeled and unlabeled streams into one batch dict for ``train_step``.
 """
 from collections import OrderedDict
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
+import numpy as np
+import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
@@ -80,6 +82,22 @@ class AugmentedStream:
         self._augmenters.clear()
 
 
+def keep_first(batch: dict, b_l: int, b_u: int) -> dict:
+    """The batch with its first ``b_l`` labeled and ``b_u`` unlabeled patches (a part with 0 is removed)."""
+    if b_l > batch["b_l"] or b_u > batch["b_u"]:
+        raise ValueError(f"an iteration cannot use {(b_l, b_u)} patches when the streams deliver "
+                         f"{(batch['b_l'], batch['b_u'])}; get_batch_composition must return the most of each part")
+    def first(v, n):  # a tensor/array/list of keys, or deep supervision's list of targets
+        per_scale = isinstance(v, (list, tuple)) and v and isinstance(v[0], (torch.Tensor, np.ndarray))
+        return [t[:n] for t in v] if per_scale else v[:n]
+    out = {"b_l": b_l, "b_u": b_u}
+    if b_l > 0:
+        out.update({k: first(v, b_l) for k, v in batch.items() if k not in ("b_l", "b_u", "unlabeled")})
+    if b_u > 0:
+        out["unlabeled"] = {k: first(v, b_u) for k, v in batch["unlabeled"].items()}
+    return out
+
+
 def _finish(augmenter) -> None:
     if isinstance(augmenter, NonDetMultiThreadedAugmenter):
         augmenter._finish()
@@ -91,11 +109,18 @@ class SemiSupBatchIterator:
     ``next()`` returns nnU-Net's labeled batch dict (``data``, ``target``, ``keys``; absent when b_l = 0) with the
     unlabeled batch under ``"unlabeled"`` (``data``, ``keys``; absent when b_u = 0) and the composition under
     ``"b_l"``/``"b_u"``.
+
+    ``iteration_composition(i)`` (the trainer's hook of that name): the ``(b_l, b_u)`` that iteration i of the epoch
+    uses when a method varies it within the epoch (M&N's LRG), or None. The streams deliver the epoch's composition
+    (at least what any iteration uses) and are always both read, so their sampling does not depend on the split;
+    the iterator keeps the first b_l labeled and b_u unlabeled patches.
     """
 
-    def __init__(self, labeled: AugmentedStream, unlabeled: Optional[AugmentedStream]):
+    def __init__(self, labeled: AugmentedStream, unlabeled: Optional[AugmentedStream],
+                 iteration_composition: Optional[Callable[[int], Optional[Tuple[int, int]]]] = None):
         self.labeled = labeled
         self.unlabeled = unlabeled
+        self.iteration_composition = iteration_composition
         self.iteration = 0  # batches delivered in the current epoch (the trainer resets it at each epoch start)
 
     @property
@@ -112,8 +137,9 @@ class SemiSupBatchIterator:
             u = next(self.unlabeled)
             batch["unlabeled"] = {"data": u["data"], "keys": u["keys"]}
         batch["b_l"], batch["b_u"] = b_l, b_u
+        wanted = self.iteration_composition(self.iteration) if self.iteration_composition is not None else None
         self.iteration += 1
-        return batch
+        return batch if wanted is None or tuple(wanted) == (b_l, b_u) else keep_first(batch, *wanted)
 
     def finish(self):
         self.labeled.finish()

@@ -14,7 +14,7 @@ semi-supervised trainer base").
 Subclasses keep nnU-Net's 5-argument constructor and set hyperparameters as attributes in ``__init__``.
 """
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -239,7 +239,8 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         val_stream.set_batch_size(self.batch_size)
         mt_gen_val = val_stream.augmenter
         _ = next(mt_gen_val)
-        return SemiSupBatchIterator(self._labeled_stream, self._unlabeled_stream), mt_gen_val
+        return SemiSupBatchIterator(self._labeled_stream, self._unlabeled_stream,
+                                    self.iteration_composition), mt_gen_val
 
     # ------------------------------------------------------------------ the training step
     # The contract (README, "The semi-supervised trainer base"): a method implements compute_losses and, if it needs
@@ -249,13 +250,28 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
     def train_step(self, batch: dict) -> dict:
         x_l, y_l, x_u = self.batch_to_device(batch)
         self.before_step()
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            terms = self.compute_losses(x_l, y_l, x_u)
-        self.backward_and_step(terms["loss"], self.optimizer, self.grad_scaler, self.network.parameters(),
-                               self.grad_clip, terms=terms)
+        terms = self.optimizer_step(lambda: self.compute_losses(x_l, y_l, x_u), self.optimizer, self.grad_scaler,
+                                    self.network.parameters(), self.grad_clip)
         self.after_step(terms)
         return self.log_values(terms)
+
+    def optimizer_step(self, compute_terms: Callable[[], dict], optimizer: torch.optim.Optimizer, grad_scaler,
+                       parameters, max_grad_norm: Optional[float], free_gradients: bool = False) -> dict:
+        """One optimisation step for any (loss, optimizer) pair: zero the gradients, ``compute_terms()`` (a dict
+        with the total under ``"loss"``) under nnU-Net's autocast, then ``backward_and_step``. Returns the terms.
+        Every method's step goes through here (M&N's two models included)."""
+        optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            terms = compute_terms()
+        self.backward_and_step(terms["loss"], optimizer, grad_scaler, parameters, max_grad_norm, free_gradients,
+                               terms=terms)
+        return terms
+
+    def iteration_composition(self, iteration: int) -> Optional[Tuple[int, int]]:
+        """``(b_l, b_u)`` of iteration ``iteration`` of the epoch when a method varies it within the epoch (M&N's
+        LRG), or None: every iteration uses the epoch's composition (``get_batch_composition``), which must hold at
+        least what any iteration uses. ``SemiSupBatchIterator`` applies it before the batch reaches ``train_step``."""
+        return None
 
     def compute_losses(self, x_l: Optional[torch.Tensor], y_l, x_u: Optional[torch.Tensor]) -> dict:
         """The method's loss terms for one batch: a dict holding the total under ``"loss"`` (a tensor to

@@ -80,7 +80,6 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         self.mn_phase = None
         self.mn_composition: Tuple[int, int] = (0, 0)  # patches the two loaders deliver per iteration
         self.mn_unlabeled_share = 0.0  # share of unlabeled patches in the current epoch (paper/linear LRG)
-        self._mn_iteration = 0  # training iteration within the current epoch
         self.mn_refreshes = []  # [(point, global epoch, round)]
         self.mn_rng: Optional[np.random.Generator] = None  # uniform-mode draws; seeded in initialize
         self._mn_batch_unlabeled = []  # b_u of each iteration of the current epoch
@@ -248,7 +247,7 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
                 self.print_to_log_file(f"M&N: refreshing the 3D hard pseudo-labels (points {due})")
                 self.refresh_unlabeled_pseudo_labels(export_nifti=self.mn_export_pseudo_labels)
                 self.mn_refreshes.extend((p, e, self.pseudo_label_round) for p in due)
-        self._mn_batch_unlabeled, self._mn_iteration = [], 0
+        self._mn_batch_unlabeled = []
         super().on_train_epoch_start()  # network.train(), 3D scheduler step, lr log, get_batch_composition()
         self.network_2d.train()
         self.logger.log("lr_2d", self.optimizer_2d.param_groups[0]["lr"], e)
@@ -326,51 +325,53 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         """One 3D student step on cat(x_u, x_l) with cat(soft teacher targets, one-hot labels) at every DS scale."""
         x = torch.cat([t for t in (x_u, x_l) if t is not None])
         targets = build_targets(soft_u, targets_l, self.label_manager.num_segmentation_heads, self.mn_ds_factors)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            output = self.network(x)
-            loss, dice, kl = deep_supervision_loss(self.mn_loss, output, targets, self.mn_ds_weights)
-        self.backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), self.grad_clip,
-                               free_gradients=True, terms={"dice_3d": dice, "kl_3d": kl})
-        return self.log_values({"3d": loss, "dice_3d": dice, "kl_3d": kl})
+
+        def terms():
+            loss, dice, kl = deep_supervision_loss(self.mn_loss, self.network(x), targets, self.mn_ds_weights)
+            return {"loss": loss, "dice_3d": dice, "kl_3d": kl}
+        t = self.optimizer_step(terms, self.optimizer, self.grad_scaler, self.network.parameters(), self.grad_clip,
+                                free_gradients=True)  # the 3D model is the 2D model's teacher next
+        return self.log_values({"3d": t["loss"], "dice_3d": t["dice_3d"], "kl_3d": t["kl_3d"]})
 
     def step_2d(self, x_u, soft_u, x_l, target_l) -> dict:
         """One 2D student step (slice by slice, full resolution only) on the concatenated batch."""
         x = torch.cat([t for t in (x_u, x_l) if t is not None])
         target = build_targets(soft_u, None if target_l is None else [target_l],
                                self.label_manager.num_segmentation_heads, [(1, 1, 1)])[0]
-        self.optimizer_2d.zero_grad(set_to_none=True)
-        with self.autocast():
-            logits = self.network_2d(x)
-            dice, kl = self.mn_loss.components(logits, target)
-            loss = self.mn_loss.weight_dice * dice + self.mn_loss.weight_kl * kl
+
+        def terms():
+            dice, kl = self.mn_loss.components(self.network_2d(x), target)
+            return {"loss": self.mn_loss.weight_dice * dice + self.mn_loss.weight_kl * kl, "dice_2d": dice,
+                    "kl_2d": kl}
         params = [p for p in self.network_2d.parameters() if p.requires_grad]
-        self.backward_and_step(loss, self.optimizer_2d, self.grad_scaler_2d, params, self.mn_2d_grad_clip,
-                               free_gradients=True, terms={"dice_2d": dice, "kl_2d": kl})
-        return self.log_values({"2d": loss, "dice_2d": dice, "kl_2d": kl})
+        t = self.optimizer_step(terms, self.optimizer_2d, self.grad_scaler_2d, params, self.mn_2d_grad_clip,
+                                free_gradients=True)
+        return self.log_values({"2d": t["loss"], "dice_2d": t["dice_2d"], "kl_2d": t["kl_2d"]})
+
+    def iteration_composition(self, iteration: int) -> Optional[Tuple[int, int]]:
+        """An LRG epoch's share spread over its iterations at batch B: the loaders deliver the most of each part
+        (``get_batch_composition``) and iteration i uses B patches, b_u of them unlabeled (paper/linear: the share's
+        quantised cumulative sum; uniform: the draw made for it at the epoch start)."""
+        B = self.batch_size
+        n_l, n_u = self.mn_composition
+        if self.mn_phase in (None, WARMUP) or n_l + n_u <= B:
+            return None
+        if self.mn_lrg_mode != "uniform":
+            b_u = iteration_unlabeled(iteration, self.mn_unlabeled_share, B)
+        elif iteration < len(self._mn_uniform_draws):
+            b_u = self._mn_uniform_draws[iteration]
+        else:  # more iterations than nnU-Net's epoch has (e.g. a step outside its loop): draw now
+            b_u = self.draw_uniform_unlabeled()
+        b_u = min(max(b_u, B - n_l), n_u)
+        return B - b_u, b_u
 
     def train_step(self, batch: dict) -> dict:
-        x_l, targets = batch.get("data"), batch.get("target")
+        """The phase's step(s) on the patches ``iteration_composition`` kept: warm-up trains both models on the
+        labeled patches, a co-training epoch the phase's student with the other model as teacher."""
+        x_l, targets, x_u = self.batch_to_device(batch)
         targets = [targets] if torch.is_tensor(targets) else targets  # one list for deep supervision on or off
-        x_u = batch["unlabeled"]["data"] if "unlabeled" in batch else None
-        phase, B = self.mn_phase, self.batch_size
-        n_u, n_l = (0 if x is None else x.shape[0] for x in (x_u, x_l))
-        if phase != WARMUP and n_u + n_l > B:
-            # the loaders delivered more than B patches: this iteration's b_u of them are used (uniform: drawn at
-            # the epoch start; paper/linear: the epoch's share spread over its iterations)
-            if self.mn_lrg_mode != "uniform":
-                b_u = iteration_unlabeled(self._mn_iteration, self.mn_unlabeled_share, B)
-            elif self._mn_iteration < len(self._mn_uniform_draws):
-                b_u = self._mn_uniform_draws[self._mn_iteration]
-            else:  # a step outside nnU-Net's epoch loop: draw now
-                b_u = self.draw_uniform_unlabeled()
-            b_u = min(max(b_u, B - n_l), n_u)
-            x_u = x_u[:b_u] if b_u > 0 else None
-            x_l, targets = (x_l[:B - b_u], [t[:B - b_u] for t in targets]) if b_u < B else (None, None)
+        phase = self.mn_phase
         self._mn_batch_unlabeled.append(0 if x_u is None else x_u.shape[0])
-        self._mn_iteration += 1
-        # only the patches used go to the device
-        x_l, targets, x_u = self.batch_to_device({"data": x_l, "target": targets, "unlabeled": {"data": x_u}})
 
         out = {}
         if phase == WARMUP:
