@@ -267,6 +267,12 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                                terms=terms)
         return terms
 
+    def sgd(self, momentum: float = 0.99, nesterov: bool = True) -> torch.optim.SGD:
+        """nnU-Net's optimiser (SGD over the network, ``initial_lr``, ``weight_decay``); methods change only the
+        momentum terms (SKCDF's attribute, CML's reference recipe)."""
+        return torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                               momentum=momentum, nesterov=nesterov)
+
     def iteration_composition(self, iteration: int) -> Optional[Tuple[int, int]]:
         """``(b_l, b_u)`` of iteration ``iteration`` of the epoch when a method varies it within the epoch (M&N's
         LRG), or None: every iteration uses the epoch's composition (``get_batch_composition``), which must hold at

@@ -169,11 +169,16 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
                                    f"{tuple(patch_size)}: no mixing.")
         return mask
 
-    def before_step(self) -> None:
+    def set_iteration_lr(self) -> None:
+        """The one place a per-iteration LR reaches the optimiser: before every step, and at every epoch start
+        (``_PerIterationLR``, so nnU-Net logs the LR in use)."""
         lr = self.cml_iteration_lr()
         if lr is not None:
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
+
+    def before_step(self) -> None:
+        self.set_iteration_lr()
 
     def compute_losses(self, x_l, y_l, x_u) -> dict:
         dev = self.device

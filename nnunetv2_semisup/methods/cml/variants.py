@@ -66,9 +66,7 @@ class _PerIterationLR:
         self.trainer = trainer
 
     def step(self, current_step=None):
-        lr = self.trainer.cml_iteration_lr()
-        for g in self.trainer.optimizer.param_groups:
-            g["lr"] = lr
+        self.trainer.set_iteration_lr()
 
 
 class nnUNetTrainerCML_paper(nnUNetTrainerCML):
@@ -95,8 +93,7 @@ class nnUNetTrainerCML_paper(nnUNetTrainerCML):
             self.cml_paper_lr_decay = False
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                    momentum=0.9, nesterov=False)
+        optimizer = self.sgd(momentum=0.9, nesterov=False)
         return optimizer, _PerIterationLR(self)
 
     def cml_iteration_lr(self) -> Optional[float]:

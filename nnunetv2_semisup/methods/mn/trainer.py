@@ -214,8 +214,7 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
     def configure_optimizers(self):
         """3D optimiser and its own-epoch scheduler (``self.lr_scheduler``, stepped by nnU-Net each epoch)."""
         if self.mn_3d_optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                        momentum=0.99, nesterov=True)
+            optimizer = self.sgd()
         elif self.mn_3d_optimizer == "adamw":
             optimizer = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
         else:

@@ -118,8 +118,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         super().initialize()  # build_network_architecture refuses deep supervision
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                    momentum=self.skcdf_momentum, nesterov=True)
+        optimizer = self.sgd(momentum=self.skcdf_momentum)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def get_batch_composition(self):
