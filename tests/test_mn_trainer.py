@@ -383,3 +383,20 @@ def test_uniform_mode_draws_an_epoch_at_its_start_and_loads_only_what_it_uses(mn
     assert t._mn_uniform_draws == list(expected)
     assert (b_l, b_u) == (4 - expected.min(), expected.max()) and b_u >= 1
     assert [t.iteration_composition(i) for i in range(n)] == [(4 - u, u) for u in expected]
+
+
+def test_resume_with_other_settings_names_the_variant_and_a_legacy_window_is_adopted(mn_env):
+    """A checkpoint whose M&N settings differ stops with the attribute lines of the variant that continues it; one
+    trained with another named window names that window's variant; one from before the window existed (no
+    ``input_window``) continues with the per-patch mapping it was trained with."""
+    t = make_trainer(mn_env)
+    t.initialize()
+    state = t.get_method_state()
+    with pytest.raises(ValueError, match=r"nnUNetTrainerMN_resume.*self\.mn_warmup_epochs = 3"):
+        t.set_method_state({**state, "W": 3})
+    with pytest.raises(ValueError, match=r"'reference' window.*-tr nnUNetTrainerMN_paper"):
+        t.set_method_state({**state, "input_window": "reference"})
+    legacy = {k: v for k, v in state.items() if k != "input_window"}
+    t.set_method_state(legacy)
+    assert t.mn_2d_input_window == "patch" and t.network_2d.per_patch and t.network_2d.window_low is None
+    assert t.get_method_state()["input_window"] == "patch"

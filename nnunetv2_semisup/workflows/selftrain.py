@@ -261,17 +261,18 @@ def _made_by_this_run(settings: SelfTrainSettings, r: int) -> bool:
 
 
 def _trainer_class(name: str):
-    """The trainer class nnU-Net would use for ``-tr name`` (None if no such trainer exists)."""
+    """The trainer class nnU-Net would use for ``-tr name`` (None if no such trainer exists): its own lookup, in its
+    trainer folder and then in the folder nnUNet_extTrainer points at for ours."""
+    import warnings
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-    import nnunetv2_semisup.trainers as registry
-    cls = getattr(registry, name, None)
-    if cls is None:
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cls = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"),
-                                              name, "nnunetv2.training.nnUNetTrainer")
+    from nnunetv2_semisup.trainer_dir import TRAINER_DIR
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cls = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), name,
+                                          "nnunetv2.training.nnUNetTrainer")
+        if cls is None:
+            cls = recursive_find_python_class(TRAINER_DIR, name, "nnunetv2_semisup.nnunet_ext")
     return cls
 
 

@@ -428,11 +428,18 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         if saved[-1] != "none" and state.get("input_window", "patch") != self.mn_2d_input_window:
             self._adopt_or_refuse_input_window(state)
         if saved != now:
+            # the attribute that sets each entry: the refusal spells out the variant that continues the run
+            attributes = ("num_epochs", "mn_warmup_epochs", "mn_cotraining", "mn_lrg_mode", "mn_schedule",
+                          "mn_lrg_batch_size", "mn_2d_input_mapping")
+            lines = "; ".join(f"self.{a} = {v!r}" for a, v, w in zip(attributes, saved, now) if v != w)
             raise ValueError(f"{self.__class__.__name__}: the checkpoint was trained with (num_epochs, W, "
                              f"cotraining, lrg_mode, schedule, lrg_batch_size, 2d_input_mapping) = {saved}, this "
-                             f"trainer has {now}; the M&N schedules and the 2D model depend on them, so resume with "
-                             f"the same trainer variant and settings (set mn_warmup_epochs, mn_lrg_batch_size, "
-                             f"mn_2d_input_mapping in a subclass to continue an older run)")
+                             f"trainer has {now}; the M&N schedules and the 2D model depend on them. Resume with the "
+                             f"variant that has the checkpoint's settings, e.g. `class "
+                             f"{self.__class__.__name__}_resume({self.__class__.__name__}): def __init__(self, "
+                             f"*args, **kwargs): super().__init__(*args, **kwargs); {lines}` in a module under "
+                             f"nnUNet_extTrainer, after copying the model folder to that trainer's name (README, "
+                             f"'Upgrading')")
         if state["segformer_checkpoint"] != self.mn_segformer_checkpoint:
             self.print_to_log_file(f"NOTE: the checkpoint's SegFormer came from '{state['segformer_checkpoint']}', "
                                    f"now '{self.mn_segformer_checkpoint}'; the saved weights are used.")
