@@ -31,10 +31,12 @@ TINY_FEATURES = [4, 8, 16, 16, 16, 16]
 
 
 def run(cmd: List[str], env: dict, log: str) -> None:
+    """Run in the log's folder: ``python -c``/``-m`` put the working directory first on sys.path, and the
+    repository's own folder there would shadow the worktree on PYTHONPATH."""
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=os.path.dirname(log))
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
 
