@@ -4,10 +4,12 @@ semi-supervised trainer base").
 - A second data stream over ``<data_identifier>_unlabeled/`` (nnU-Net's loader and augmentations), joined with the
   labeled one by ``SemiSupBatchIterator``; the per-epoch composition ``(b_l, b_u)`` comes from
   ``get_batch_composition()`` and the streams are resized when it changes.
-- The training step contract: ``batch_to_device`` → ``before_step`` → ``compute_losses`` under ``autocast`` →
-  ``backward_and_step`` (one ``grad_clip``) → ``after_step`` → ``log_values``.
+- The training step contract: ``batch_to_device`` → ``before_step`` → ``optimizer_step`` (``compute_losses`` under
+  ``autocast`` → ``backward_and_step`` with one ``grad_clip``) → ``after_step`` → ``log_values``; a composition that
+  varies within an epoch is ``iteration_composition``, applied by the batch iterator.
 - Checkpoints (atomic writes, restored by ``--c``): nnU-Net's keys, every object in ``extra_checkpoint_objects`` under
-  its own key, ``get/set_method_state`` for plain values.
+  its own key, ``get/set_method_state`` for plain values (``semisup_state["method"]``; older layouts through
+  ``method_state_of``).
 - Logging: ``loss_terms`` as ``loss_<term>``, ``monitored_values`` (not losses) as ``monitor_<name>``, and ``b_l``,
   ``b_u``, in the log file and extra ``progress.png`` panels.
 
@@ -244,7 +246,7 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
 
     # ------------------------------------------------------------------ the training step
     # The contract (README, "The semi-supervised trainer base"): a method implements compute_losses and, if it needs
-    # them, the two hooks; one with several optimisers (M&N) writes its own train_step from the same pieces.
+    # them, the two hooks; one with several optimisers (M&N) switches between optimizer_step calls in its train_step.
     grad_clip: Optional[float] = 12.0  # nnU-Net's gradient-norm clipping; None = off (every method's one attribute)
 
     def train_step(self, batch: dict) -> dict:
