@@ -112,8 +112,9 @@ def compare(before: str, after: str) -> dict:
                 differ.append((f"{key}.{name}", "missing or reshaped"))
             elif not torch.equal(x, y):
                 differ.append((f"{key}.{name}", float((x.double() - y.double()).abs().max())))
-    return {"compared": compared, "differ": differ, "losses_before": a["logging"]["train_losses"],
-            "losses_after": b["logging"]["train_losses"]}
+    return {"compared": compared, "differ": differ,
+            "losses_before": [float(x) for x in a["logging"]["train_losses"]],
+            "losses_after": [float(x) for x in b["logging"]["train_losses"]]}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
