@@ -440,7 +440,22 @@ def verdicts(args, rows: list) -> dict:
                  "hd95_labeled_only": float(np.mean([lo[s]["hd95"] for s in runs if s in lo])) if lo else math.nan}
             complete = (len(runs) >= MIN_SEEDS_FOR_VERDICT and e["vs_compute_matched"]["n"] == len(runs)
                         and (method == SELFTRAIN or e["vs_selftrain"]["n"] == len(runs)))
-            if not complete:
+            # the rule needs every condition: one that already fails on all of the row's seeds (>= 5) decides it,
+            # whatever the baseline that is still missing will show
+            failing = []
+            if len(runs) >= MIN_SEEDS_FOR_VERDICT:
+                for key, why in (("vs_compute_matched", "interval vs compute-matched labeled-only not above 0"),
+                                 ("vs_selftrain", "interval vs self-training not above 0")):
+                    d = e[key]
+                    if d is not None and d["n"] == len(runs) and not d["low"] > 0:
+                        failing.append(why)
+                if e["hd95"] > e["hd95_labeled_only"]:
+                    failing.append("mean HD95 worse than labeled-only")
+            if not complete and failing:
+                e["beats_nnunet"] = False
+                e["verdict"] = ("does not beat nnU-Net: " + "; ".join(failing)
+                                + " (decided before every baseline has its seeds: no missing run can change it)")
+            elif not complete:
                 e["verdict"], e["beats_nnunet"] = "no verdict (fewer than 5 seeds with both baselines)", None
             else:
                 c1 = e["vs_compute_matched"]["low"] > 0

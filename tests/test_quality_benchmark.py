@@ -280,6 +280,14 @@ def test_t_interval_and_decision_rule_by_hand():
     # four seeds: no verdict
     v4 = {e["method"]: e for e in q.verdicts(a, [r for r in rows if r["seed"] < 4])["3"]}
     assert v4["A"]["beats_nnunet"] is None and "no verdict" in v4["A"]["verdict"]
+    # the compute-matched row missing: a row whose 5-seed interval vs self-training already includes 0 fails the
+    # rule whatever that row will show; one that passes the conditions it can be judged on waits for it
+    no_cm = [r for r in rows2 if r["method"] != q.COMPUTE_MATCHED]
+    vn = {e["method"]: e for e in q.verdicts(a, no_cm)["3"]}
+    assert vn["A"]["beats_nnunet"] is False and "self-training" in vn["A"]["verdict"]
+    assert "decided before every baseline" in vn["A"]["verdict"]
+    vp = {e["method"]: e for e in q.verdicts(a, [r for r in rows if r["method"] != q.COMPUTE_MATCHED])["3"]}
+    assert vp["A"]["beats_nnunet"] is None and "no verdict" in vp["A"]["verdict"]
     text = q.verdict_markdown(a, q.verdicts(a, rows))
     assert "+0.160 [+0.021, +0.299]" in text and "beats nnU-Net" in text
 
