@@ -59,15 +59,9 @@ def prepare_dataset(work: str, log: str) -> None:
          "--unlabeled", "6", "--test", "2", "--shape", "16", "32", "32", "--seed", "1", "--overwrite"], env, log)
     run([os.path.join(bin_dir, "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np",
          "1"], env, log)
+    from nnunetv2_semisup.demo import shrink_plans
     plans_file = glob.glob(os.path.join(env["nnUNet_preprocessed"], f"Dataset{DATASET_ID}_*", "nnUNetPlans.json"))[0]
-    with open(plans_file) as f:
-        plans = json.load(f)
-    for conf in plans["configurations"].values():
-        arch = conf.get("architecture", {}).get("arch_kwargs")
-        if arch is not None:
-            arch["features_per_stage"] = TINY_FEATURES[: arch["n_stages"]]
-    with open(plans_file, "w") as f:
-        json.dump(plans, f, indent=2)
+    shrink_plans(plans_file, TINY_FEATURES)  # the planned features (>= 32) capped: 4, 8, 16, 16, ...
     run([os.path.join(bin_dir, "nnUNetv2_semisup_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np",
          "1"], {**env, "nnUNet_n_proc_DA": "0"}, log)
 
