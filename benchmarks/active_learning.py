@@ -74,10 +74,10 @@ def make_raw(out: str, truth: str, labeled, unlabeled, test_cases) -> None:
 
 def train_and_evaluate(cfg: demo.DemoConfig, log) -> dict:
     """Plan (plans shrunk as in the quality benchmark), train labeled-only, predict and evaluate the test cases."""
-    progress = demo.Progress(0, log)
     steps = demo.dataset_steps(cfg)[1:2]   # plan and preprocess (the dataset itself is already written)
     results = []
     steps += demo.method_steps(cfg, demo.BASELINE, results)
+    progress = demo.Progress(len(steps), log)
     for what, fn in steps:
         progress.step(what, fn)
     r = results[0]

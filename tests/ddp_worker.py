@@ -2,13 +2,17 @@
 GPUs, and write a report (used by tests/test_ddp.py).
 
     python tests/ddp_worker.py TRAINER PREPROCESSED_DATASET_FOLDER REPORT.json [--c] [--stop-after EPOCHS]
+    python tests/ddp_worker.py --initialize-only TRAINER[,TRAINER...] PREPROCESSED_DATASET_FOLDER REPORT.json \
+        [--batch-size-override N]
 
 nnU-Net puts every DDP rank on ``cuda:<rank>`` and wraps its network with ``device_ids=[rank]``; here the trainer is
 subclassed to keep the CPU and nnU-Net's DDP call gets no device ids (what DDP requires for CPU modules). Everything
 else is the real trainer: nnU-Net's per-GPU batch split, its DDP loss and logging, our streams, steps and hooks.
 The report holds, per rank: every module's parameters (as hashes), the method state, the batch sizes and
 compositions, the case keys of the patches each step used, and the files each rank opened for writing under
-``nnUNet_results``.
+``nnUNet_results``. With ``--initialize-only`` each trainer is only initialised (optionally with
+``batch_size_override``), and the report holds per trainer and rank the batch size, the foreground oversampling and the
+batch composition of the first and the last epoch, or the error that initialisation raised.
 """
 import builtins
 import hashlib
@@ -125,6 +129,44 @@ def run_rank(rank: int, world: int, port: int, name: str, pp: str, report: str, 
     dist.destroy_process_group()
 
 
+def initialize_only(rank: int, world: int, port: int, names: str, pp: str, report: str, override):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    real_ddp = nnunet_trainer_module.DDP
+    nnunet_trainer_module.DDP = lambda module, device_ids=None, **kwargs: real_ddp(module, **kwargs)
+    mine = {}
+    for name in names.split(","):
+        cls = cpu_ddp_trainer(recursive_find_trainer_class_by_name(name))
+        plans = {**load_json(os.path.join(pp, "nnUNetPlans.json")), "continue_training": False}
+        trainer = cls(plans=plans, configuration="3d_fullres", fold="all",
+                      dataset_json=load_json(os.path.join(pp, "dataset.json")), device=torch.device("cuda"))
+        trainer.batch_size_override = override
+        planned_oversample = trainer.oversample_foreground_percent  # the share of the global batch
+        try:
+            trainer.initialize()
+            first = trainer.get_batch_composition()
+            trainer.current_epoch = trainer.num_epochs - 1
+            last = trainer.get_batch_composition()
+        except ValueError as e:
+            mine[name] = {"error": str(e)}
+            continue
+        mine[name] = {"batch_size": trainer.batch_size, "oversample": trainer.oversample_foreground_percent,
+                      "planned_oversample": planned_oversample,
+                      "planned_batch_size": trainer.configuration_manager.batch_size,
+                      "first_epoch": list(first), "last_epoch": list(last)}
+    everyone = [None] * world
+    dist.all_gather_object(everyone, mine)
+    if rank == 0:
+        with open(report, "w") as f:
+            json.dump(everyone, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -133,6 +175,10 @@ def free_port() -> int:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if args[0] == "--initialize-only":
+        override = int(args[args.index("--batch-size-override") + 1]) if "--batch-size-override" in args else None
+        mp.spawn(initialize_only, args=(2, free_port(), *args[1:4], override), nprocs=2, join=True)
+        sys.exit(0)
     resume = "--c" in args
     stop = int(args[args.index("--stop-after") + 1]) if "--stop-after" in args else None
     name, pp, report = args[:3]

@@ -75,10 +75,10 @@ def test_batch_composition_and_stages(planned_dataset):
     assert t.get_batch_composition() == (2, 2)
     t.batch_size = 1
     assert t.get_batch_composition() == (2, 2)
-    t.cml_batch_size = 3
-    with pytest.raises(ValueError, match="cml_batch_size=3"):
+    t.batch_size_override = t.batch_size = 3  # asked for (not planned): refused instead of rounded
+    with pytest.raises(ValueError, match="batch_size_override=3 is invalid for CML"):
         t.get_batch_composition()
-    t.cml_batch_size = None
+    t.batch_size_override = None
     t.cml_lambda1 = t.cml_lambda2 = 0.0  # _supOnly: no unlabeled patches at all
     assert t.get_batch_composition() == (2, 0)
 
@@ -153,9 +153,11 @@ def test_architecture_switch_set_in_init_is_refused(planned_dataset):
 
 def test_paper_variant_lr(planned_dataset):
     t = make_trainer("nnUNetTrainerCML_paper")
-    assert (t.cml_batch_size, t.num_epochs, t.num_iterations_per_epoch, t.grad_clip) == (4, 85, 200, None)
+    assert (t.batch_size_override, t.num_epochs, t.num_iterations_per_epoch, t.grad_clip) == (4, 85, 200, None)
     t.initialize()
     assert t.cml_pretrain_epochs == 10
+    t.current_epoch = 10
+    assert t.batch_size == 4 and t.get_batch_composition() == (4, 4)  # LA reference: 4 labeled + 4 unlabeled
     opt = t.optimizer.param_groups[0]
     assert (opt["momentum"], opt["nesterov"], opt["weight_decay"]) == (0.9, False, 1e-4)
     t.cml_stage = "pretrain"
@@ -174,7 +176,7 @@ def test_paper_variant_in_2d_is_the_acdc_script(planned_dataset):
     0.5/0.1/1/2."""
     from nnunetv2.run.run_training import get_trainer_from_args
     t = get_trainer_from_args(str(DATASET_ID), "2d", "all", "nnUNetTrainerCML_paper", device=torch.device("cpu"))
-    assert (t.cml_batch_size, t.num_epochs * t.num_iterations_per_epoch, t.grad_clip) == (12, 40000, None)
+    assert (t.batch_size_override, t.num_epochs * t.num_iterations_per_epoch, t.grad_clip) == (12, 40000, None)
     assert round(t.cml_pretrain_fraction * t.num_epochs) * t.num_iterations_per_epoch == 10000
     assert (t.cml_lambda1, t.cml_lambda2, t.cml_beta) == (0.5, 0.1, 0.5)
     t.cml_stage = "selftrain"
@@ -191,7 +193,7 @@ def test_paper_short_spreads_the_references_six_lr_levels_over_its_selftraining(
     monkeypatch.setenv("nnUNet_semisup_short_iterations", "50")
     t = make_trainer("nnUNetTrainerCML_paper_short")
     t.initialize()
-    assert (t.num_epochs, t.num_iterations_per_epoch, t.cml_pretrain_epochs, t.cml_batch_size) == (80, 50, 10, 4)
+    assert (t.num_epochs, t.num_iterations_per_epoch, t.cml_pretrain_epochs, t.batch_size) == (80, 50, 10, 4)
     assert t.cml_paper_decay_every == 584
     opt = t.optimizer.param_groups[0]
     assert (opt["momentum"], opt["nesterov"], opt["weight_decay"], t.grad_clip) == (0.9, False, 1e-4, None)
@@ -315,7 +317,7 @@ def test_variant_attributes(planned_dataset):
     for name, values in expected.items():
         t = make_trainer(name)
         got = (t.cml_lambda1, t.cml_lambda2, t.cml_labeled_weight, t.cml_beta, t.cml_pretrain_fraction,
-               type(t).cml_hetero, t.cml_lcc, t.cml_batch_size)
+               type(t).cml_hetero, t.cml_lcc, t.batch_size_override)
         assert got == values, name
         assert t.cml_binary_threshold == 0.5
         assert t.uses_unlabeled() == (name != "nnUNetTrainerCML_supOnly")

@@ -269,10 +269,13 @@ def test_pair_batch_sizes():
     assert b == 2 and "3 -> 2" in note
     assert resolve_pair_batch_size(1)[0] == 2
     assert resolve_pair_batch_size(2) == (2, None)
-    assert resolve_pair_batch_size(5, 4) == (4, None)
-    for bad in (3, 1, 0):
-        with pytest.raises(ValueError, match="cml_batch_size"):
-            resolve_pair_batch_size(2, bad)
+    # a size the user set (global over the GPUs): the per-GPU share is used as it is, or refused when odd
+    assert resolve_pair_batch_size(4, 4) == (4, None)
+    assert resolve_pair_batch_size(4, 8, world_size=2) == (4, None)
+    for per_gpu, override, world, suggestion in ((3, 3, 1, 4), (1, 1, 1, 2), (3, 6, 2, 8), (5, 10, 2, 8)):
+        with pytest.raises(ValueError, match=f"batch_size_override={override} .* {per_gpu} patches per GPU on "
+                                             f"{world} GPU.* batch_size_override={suggestion}\\)"):
+            resolve_pair_batch_size(per_gpu, override, world)
 
 
 def test_pretrain_epochs():

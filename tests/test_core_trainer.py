@@ -137,12 +137,31 @@ def test_ema_update_formula():
     assert torch.equal(student.weight, torch.full((1, 2), 3.0))  # the source is untouched
 
 
-@pytest.mark.parametrize("old", ["skcdf_grad_clip", "cml_grad_clip", "mn_3d_grad_clip"])
-def test_a_renamed_attribute_stops_with_its_new_name(planned_dataset, old):
+@pytest.mark.parametrize("old, new", [("skcdf_grad_clip", "grad_clip"), ("cml_grad_clip", "grad_clip"),
+                                      ("mn_3d_grad_clip", "grad_clip"), ("mn_batch_size", "batch_size_override"),
+                                      ("skcdf_batch_size", "batch_size_override"),
+                                      ("cml_batch_size", "batch_size_override")])
+def test_a_renamed_attribute_stops_with_its_new_name(planned_dataset, old, new):
     t = make_trainer(planned_dataset)
     setattr(t, old, None)  # what a subclass written for the old name does; it would otherwise be ignored
-    with pytest.raises(ValueError, match=f"{old} \\(now grad_clip\\)"):
+    with pytest.raises(ValueError, match=f"{old} \\(now {new}"):
         t.initialize()
+
+
+def test_batch_size_override_replaces_the_planned_batch_and_leaves_the_plans_alone(planned_dataset):
+    t = make_trainer(planned_dataset)
+    planned = t.configuration_manager.batch_size
+    t.batch_size_override = planned + 3
+    t.initialize()
+    assert t.batch_size == planned + 3  # nnU-Net's batch (one process: the whole global batch)
+    assert t.get_batch_composition() == (planned + 3, planned + 3)  # Mean Teacher: B labeled + B unlabeled
+    assert t.configuration_manager.batch_size == planned
+    assert t.plans_manager.plans["configurations"][t.configuration_name]["batch_size"] == planned
+    for bad in (0, -2, 2.5, True, "4"):
+        t = make_trainer(planned_dataset)
+        t.batch_size_override = bad
+        with pytest.raises(ValueError, match="batch_size_override="):
+            t.initialize()
 
 
 def test_batch_iterator_keeps_the_first_patches_of_each_part():

@@ -50,6 +50,15 @@ def run_worker(name, pp, env, report, *flags):
         return json.load(f)
 
 
+def initialize_only(names, pp, env, report, override):
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "ddp_worker.py"), "--initialize-only", ",".join(names),
+                           pp, str(report), "--batch-size-override", str(override)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    with open(report) as f:
+        return json.load(f)
+
+
 def assert_ranks_in_step(ranks):
     a, b = ranks
     assert a["parameters"].keys() == b["parameters"].keys()
@@ -103,3 +112,34 @@ def cpu_only_batchnorm_statistics(module: str, tensor: str) -> bool:
 def not_nnunets_copies(writes):
     return [w for w in writes if os.path.basename(w) not in ("plans.json", "dataset.json",
                                                              "dataset_fingerprint.json")]
+
+
+@pytest.mark.slow
+def test_batch_size_override_is_the_global_batch_split_by_nnunet(ddp_dataset, tmp_path):
+    """``batch_size_override`` means what the plans' batch size means: the global batch over all GPUs. nnU-Net splits
+    6 into 3 + 3 and moves the foreground oversampling so that the patches a batch of 6 forces on one GPU stay forced
+    (rank 0: none, rank 1: all of them); each method composes its batch from the rank's 3. CML, which needs an even
+    share per GPU, refuses 6 on two GPUs and names 8, with which it trains 4 + 4 per GPU."""
+    pp, env = ddp_dataset
+    names = [n for n in TRAINERS if n != "nnUNetTrainerCML_short"]
+    ranks = initialize_only(names + ["nnUNetTrainerCML_short"], pp, env, tmp_path / "six.json", override=6)
+    last_epoch = {"nnUNetTrainerMeanTeacher_short": [3, 3], "nnUNetTrainerSKCDF_short": [3, 3],
+                  "nnUNetTrainerWeakStrong_short": [3, 3]}
+    for name in names:
+        r0, r1 = (r[name] for r in ranks)
+        assert (r0["batch_size"], r1["batch_size"]) == (3, 3), name
+        assert (r0["planned_batch_size"], r1["planned_batch_size"]) == (4, 4)  # the plans stay as planned
+        p = r0["planned_oversample"]
+        # the forced patches of one batch of 6 on one GPU (nnU-Net's DataLoader: the last 6 - round(6·(1 - p)))
+        assert r0["oversample"] == 0.0 and r1["oversample"] * 3 == pytest.approx(6 - round(6 * (1 - p))), name
+        assert sum(r0["first_epoch"]) <= 2 * 3 and r0["first_epoch"][0] == 3, name
+        if name in last_epoch:
+            assert r0["last_epoch"] == r1["last_epoch"] == last_epoch[name], name
+        else:  # M&N: LRG spreads its share over each iteration's 3 patches; the loaders deliver at most 3 + 3
+            assert 3 <= sum(r0["last_epoch"]) <= 6 and max(r0["last_epoch"]) <= 3
+    for r in ranks:
+        assert "batch_size_override=6 is invalid for CML: it gives 3 patches per GPU on 2 GPU(s)" in \
+               r["nnUNetTrainerCML_short"]["error"] and "batch_size_override=8" in r["nnUNetTrainerCML_short"]["error"]
+    cml = initialize_only(["nnUNetTrainerCML_short"], pp, env, tmp_path / "eight.json", override=8)
+    assert [(r["nnUNetTrainerCML_short"]["batch_size"], r["nnUNetTrainerCML_short"]["first_epoch"],
+             r["nnUNetTrainerCML_short"]["last_epoch"]) for r in cml] == [(4, [4, 0], [4, 4])] * 2

@@ -246,9 +246,9 @@ def test_unequal_batches_are_rejected():
 
 
 def test_batch_composition_is_equal():
-    tr = stub_trainer(small_net(), batch_size=3, skcdf_batch_size=None)
+    tr = stub_trainer(small_net(), batch_size=3)
     assert tr.get_batch_composition() == (3, 3)
-    tr.skcdf_batch_size = 1
+    tr.batch_size = 1  # what batch_size_override = 1 gives nnU-Net's batch size on one GPU
     assert tr.get_batch_composition() == (1, 1)
 
 

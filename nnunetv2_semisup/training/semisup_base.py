@@ -28,6 +28,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunetv2_semisup.data.preprocess_unlabeled import stale_preprocessing_problem, unlabeled_folder_name
 from nnunetv2_semisup.data.unlabeled_loader import AugmentedStream, SemiSupBatchIterator
@@ -82,6 +83,9 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
         # False: a dataset without preprocessed unlabeled cases is an error. True: train on labeled data only
         # (b_u is folded into b_l) with a logged note.
         self.allow_labeled_only = False
+        # replaces the plans' batch size, with the plans' meaning: the global batch, which nnU-Net splits over the
+        # GPUs (with its oversampling); every method composes its labeled/unlabeled batch from the per-GPU share
+        self.batch_size_override: Optional[int] = None
         # unlabeled crops are foreground-forced with this probability once pseudo-label locations exist
         self.unlabeled_oversample_foreground_percent = self.oversample_foreground_percent
         self.loss_terms: Tuple[str, ...] = ()  # terms train_step returns besides 'loss': loss_<term> per epoch
@@ -120,7 +124,11 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                              f"'{self.configuration_name}' has a {dims}D patch.")
 
     # attributes that were renamed: a subclass still setting one would otherwise be ignored without a word
-    RENAMED_ATTRIBUTES = {"skcdf_grad_clip": "grad_clip", "cml_grad_clip": "grad_clip", "mn_3d_grad_clip": "grad_clip"}
+    RENAMED_ATTRIBUTES = {"skcdf_grad_clip": "grad_clip", "cml_grad_clip": "grad_clip", "mn_3d_grad_clip": "grad_clip",
+                          "mn_batch_size": "batch_size_override",
+                          # these two were per-GPU compositions; batch_size_override is global like the plans'
+                          "skcdf_batch_size": "batch_size_override, the global batch split over the GPUs",
+                          "cml_batch_size": "batch_size_override, the global batch split over the GPUs"}
 
     def initialize(self):
         renamed = [f"{old} (now {new})" for old, new in self.RENAMED_ATTRIBUTES.items() if hasattr(self, old)]
@@ -155,6 +163,22 @@ class nnUNetTrainerSemiSup(nnUNetTrainer):
                              f"a trainer subclass (e.g. `class MyTrainer({type(self).__name__}): "
                              f"{overridden[0]} = ...`), not in __init__: the network is built from the class at "
                              f"prediction time.")
+
+    def _set_batch_size_and_oversample(self):
+        """nnU-Net's batch size (split over the GPUs) from ``batch_size_override`` instead of the plans, when set. The
+        plans stay as planned: nnU-Net reads a configuration manager built on a copy of them."""
+        b = self.batch_size_override
+        if b is None:
+            return super()._set_batch_size_and_oversample()
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(f"{self.__class__.__name__}: batch_size_override={b!r} is invalid; use a positive "
+                             f"integer (the global batch over all GPUs, like the plans' batch_size) or None.")
+        planned = self.configuration_manager
+        self.configuration_manager = ConfigurationManager({**planned.configuration, "batch_size": b})
+        try:
+            super()._set_batch_size_and_oversample()
+        finally:
+            self.configuration_manager = planned
 
     def get_batch_composition(self) -> Tuple[int, int]:
         """``(b_l, b_u)`` for the current epoch: labeled and unlabeled patches per (per-GPU) batch.

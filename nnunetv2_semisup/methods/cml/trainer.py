@@ -14,16 +14,17 @@ heterogeneous VNet pair (``_identical``: two subnets of the same architecture).
   dis = 1 + mean per-voxel channel cosine at the bottleneck, partner detached (``methods/cml/losses.py``).
 - CutMix (``methods/cml/cutmix.py``): one zero box of ⌊β·s⌋ per axis per mixing operation, shared by all pairs; halves
   a (first B/2) and b (second B/2); mixing at full resolution, DS targets by nnU-Net's downsampling of the mixed label.
-- Batches: B_l = B_u = largest even number ≤ nnU-Net's planned (per-GPU) batch size, at least 2 (rounded with a
-  logged note); ``cml_batch_size`` overrides and must be even (an odd value is refused).
+- Batches: B_l = B_u = largest even number ≤ nnU-Net's per-GPU batch size, at least 2 (rounded with a logged note);
+  with ``batch_size_override`` (the global batch, split over the GPUs) the per-GPU share must be even (else refused).
 - Optimiser: nnU-Net's default over both subnets (one SGD, poly LR over all epochs, clipping at 12).
 - Inference: ``CMLDualNetwork.forward`` = (logits₁ + logits₂)/2; ``network_weights`` holds both subnets.
-- Checkpoint key ``cml_state``: stage, pretraining length, mask draws, self-training iterations.
+- Method state (checkpoint ``semisup_state``): stage, pretraining length, mask draws, self-training iterations.
 """
 import math
 from typing import Optional, Tuple
 
 import torch
+from torch import distributed as dist
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
@@ -36,16 +37,20 @@ from nnunetv2_semisup.training.semisup_base import nnUNetTrainerSemiSup, unwrap
 PRETRAIN, SELFTRAIN = "pretrain", "selftrain"
 
 
-def resolve_pair_batch_size(planned: int, override: Optional[int] = None) -> Tuple[int, Optional[str]]:
-    """(B, note): B_l = B_u for CML (docs/cml.md). Planned odd sizes round down to pairs (minimum 2), with a note to
-    log; an explicit ``cml_batch_size`` must be an even number ≥ 2."""
+def resolve_pair_batch_size(per_gpu: int, override: Optional[int] = None, world_size: int = 1
+                            ) -> Tuple[int, Optional[str]]:
+    """(B, note): B_l = B_u for CML (docs/cml.md) from nnU-Net's per-GPU batch size. A planned odd size rounds down to
+    pairs (minimum 2), with a note to log; a size the user asked for (``batch_size_override``, the global batch over
+    ``world_size`` GPUs) must give an even per-GPU share ≥ 2."""
     if override is not None:
-        if int(override) != override or override < 2 or override % 2:
-            raise ValueError(f"cml_batch_size={override} is invalid: CML mixes pairs of patches, so the labeled and "
-                             f"unlabeled batch sizes must be even and ≥ 2 (e.g. {max(2, int(override) // 2 * 2)}).")
-        return int(override), None
-    b = max(2, int(planned) // 2 * 2)
-    note = None if b == planned else (f"CML needs pairs of patches: planned batch size {planned} -> "
+        if per_gpu < 2 or per_gpu % 2:
+            even = 2 * world_size * max(1, round(override / (2 * world_size)))
+            raise ValueError(f"batch_size_override={override} is invalid for CML: it gives {per_gpu} patches per GPU "
+                             f"on {world_size} GPU(s), and CML mixes pairs of patches, so the labeled and unlabeled "
+                             f"batches per GPU must be even and ≥ 2 (e.g. batch_size_override={even}).")
+        return per_gpu, None
+    b = max(2, int(per_gpu) // 2 * 2)
+    note = None if b == per_gpu else (f"CML needs pairs of patches: planned batch size {per_gpu} -> "
                                       f"{b} labeled + {b} unlabeled patches per iteration")
     return b, note
 
@@ -78,7 +83,6 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
         self.cml_pretrain_fraction = 0.12  # pretraining share of epochs
         self.cml_lcc = True  # largest-connected-component filter on pseudo-labels
         self.cml_binary_threshold = 0.5  # foreground threshold when C = 2
-        self.cml_batch_size: Optional[int] = None  # override of B_l = B_u (must be even)
         if len(self.configuration_manager.patch_size) == 2:
             # the paper's 2D (ACDC) recipe; 3D (LA, BraTS) uses the values above. Variants set theirs after this.
             self.cml_lambda1, self.cml_lambda2, self.cml_beta = 0.5, 0.1, 1 / 2
@@ -110,7 +114,7 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
             self.loss, DeepSupervisionWrapper) else [1.0])
         if self.cml_pretrain_epochs is None:
             self.cml_pretrain_epochs = pretrain_epochs_for(self.num_epochs, self.cml_pretrain_fraction)
-        resolve_pair_batch_size(self.batch_size, self.cml_batch_size)  # refuse a bad override before training
+        self.pair_batch_size()  # refuse a bad override before training
         self.print_to_log_file(f"CML: {'heterogeneous' if type(self).cml_hetero else 'identical'} subnets, "
                                f"lambda1={self.cml_lambda1}, lambda2={self.cml_lambda2}, "
                                f"labeled weight={self.cml_labeled_weight}, beta={self.cml_beta:.4g} "
@@ -138,13 +142,19 @@ class nnUNetTrainerCML(nnUNetTrainerSemiSup):
         return self.cml_lambda1 != 0 or self.cml_lambda2 != 0
 
     def get_batch_composition(self) -> Tuple[int, int]:
-        b, note = resolve_pair_batch_size(self.batch_size, self.cml_batch_size)
-        if note and "batch" not in self._cml_logged:
-            self._cml_logged.add("batch")
-            self.print_to_log_file(f"NOTE: {note}")
+        b = self.pair_batch_size()
         if self.cml_stage_for_epoch(self.current_epoch) == PRETRAIN or not self.uses_unlabeled():
             return b, 0
         return b, b
+
+    def pair_batch_size(self) -> int:
+        """B_l = B_u from nnU-Net's per-GPU batch size (``resolve_pair_batch_size``); a rounding is logged once."""
+        world_size = dist.get_world_size() if self.is_ddp else 1
+        b, note = resolve_pair_batch_size(self.batch_size, self.batch_size_override, world_size)
+        if note and "batch" not in self._cml_logged:
+            self._cml_logged.add("batch")
+            self.print_to_log_file(f"NOTE: {note}")
+        return b
 
     def on_train_epoch_start(self):
         stage = self.cml_stage_for_epoch(self.current_epoch)

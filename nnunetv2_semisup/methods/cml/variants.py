@@ -76,7 +76,7 @@ class nnUNetTrainerCML_paper(nnUNetTrainerCML):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.cml_batch_size = 4
+        self.batch_size_override = 4
         self.initial_lr = 0.01
         self.weight_decay = 1e-4
         self.grad_clip = None
@@ -87,7 +87,7 @@ class nnUNetTrainerCML_paper(nnUNetTrainerCML):
         if len(self.configuration_manager.patch_size) == 2:
             # the reference's ACDC script: 10000 pretraining + 30000 self-training iterations (25 %), batch 12 + 12,
             # constant LR 0.01 (λ1/λ2/β: the 2D values nnUNetTrainerCML sets)
-            self.cml_batch_size = 12
+            self.batch_size_override = 12
             self.num_epochs = 200
             self.cml_pretrain_fraction = 0.25
             self.cml_paper_lr_decay = False

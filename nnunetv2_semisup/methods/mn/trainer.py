@@ -70,7 +70,6 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         self.mn_export_pseudo_labels = True  # NIfTI of every refresh under <fold>/pseudo_labels/round_k/
         self.mn_unlabeled_oversample: Optional[float] = None  # None: = oversample_foreground_percent
         self.mn_schedule = "nnunet"  # "nnunet" (poly 3D, warm-up + cosine 2D) | "reference" (both)
-        self.mn_batch_size: Optional[int] = None  # None: the plans' batch size
         self.mn_uniform_seed = 12345
         self.loss_terms = ("3d", "2d", "dice_3d", "kl_3d", "dice_2d", "kl_2d")
         # --- state (set in initialize / restored from checkpoints) ---
@@ -200,16 +199,6 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         if model == TRAIN_3D:
             return PolySchedule(initial_lr, T)
         return WarmupCosineSchedule(initial_lr, T, w)
-
-    def _set_batch_size_and_oversample(self):
-        if self.mn_batch_size is None:
-            return super()._set_batch_size_and_oversample()
-        conf = self.configuration_manager.configuration
-        planned, conf["batch_size"] = conf["batch_size"], self.mn_batch_size
-        try:
-            super()._set_batch_size_and_oversample()
-        finally:
-            conf["batch_size"] = planned
 
     def configure_optimizers(self):
         """3D optimiser and its own-epoch scheduler (``self.lr_scheduler``, stepped by nnU-Net each epoch)."""

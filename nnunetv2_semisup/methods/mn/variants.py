@@ -87,7 +87,7 @@ class nnUNetTrainerMN_paper(nnUNetTrainerMN):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.mn_batch_size = 5
+        self.batch_size_override = 5
         self.num_iterations_per_epoch = 8
         # nnU-Net's 50 validation iterations per epoch would cost 6x the 8 training iterations over 7500 epochs;
         # 8 keep the per-epoch pseudo-Dice (the reference validated every 50 3D epochs)

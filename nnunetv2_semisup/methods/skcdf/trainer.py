@@ -11,7 +11,7 @@ One iteration (docs/skcdf.md):
 7. loss = L_sup + w(e)·L_u, one backward, SGD step (nnU-Net optimiser and clipping by default).
 
 Port decisions (docs/skcdf.md): nnU-Net encoder/decoders from the plans; batch = B labeled + B unlabeled with B the
-planned batch size (``skcdf_batch_size`` overrides; B_l ≠ B_u is an error); deep supervision off; nnU-Net's
+(per-GPU) batch size (``batch_size_override`` replaces the plans'; B_l ≠ B_u is an error); deep supervision off; nnU-Net's
 optimiser/schedule; p_c counted over all labeled training cases of the fold (absent classes → p_c = 1 with a
 warning); ramp without the reference's one-epoch lag; ``network_weights`` = the whole SKCDF module, whose
 ``forward`` is the inference path (encoder → SKCM self → D_u main head). Method state in the checkpoint: class
@@ -81,7 +81,6 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         self.skcdf_ema_omega = 0.99
         self.skcdf_use_ema = True
         self.skcdf_mask_mode = "reference"
-        self.skcdf_batch_size: Optional[int] = None
         self.skcdf_momentum = 0.99       # nnU-Net's SGD momentum (_paper: 0.9)
         self.enable_deep_supervision = False
         self.loss_terms = ("sup_main", "sup_aux", "u_main", "u_aux") if self.skcdf_use_aux else ("sup_main", "u_main")
@@ -122,11 +121,8 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def get_batch_composition(self):
-        """B labeled + B unlabeled, B = ``skcdf_batch_size`` or nnU-Net's planned (per-GPU) batch size."""
-        b = int(self.skcdf_batch_size) if self.skcdf_batch_size is not None else int(self.batch_size)
-        if b < 1:
-            raise ValueError(f"skcdf_batch_size must be >= 1, got {b}")
-        return b, b
+        """B labeled + B unlabeled, B = nnU-Net's per-GPU batch size (``batch_size_override`` sets the global one)."""
+        return self.batch_size, self.batch_size
 
     # ------------------------------------------------------------------ balanced-head probabilities
     def compute_class_counts(self) -> np.ndarray:
@@ -221,8 +217,8 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         x_l, y_l, x_u = super().batch_to_device(batch)
         if x_u.shape[0] != x_l.shape[0]:
             raise ValueError(f"{self.__class__.__name__}: B_l = B_u is required (SKCM cross attention pairs the "
-                             f"two flows), got B_l={x_l.shape[0]}, B_u={x_u.shape[0]}. Set skcdf_batch_size instead "
-                             f"of changing get_batch_composition.")
+                             f"two flows), got B_l={x_l.shape[0]}, B_u={x_u.shape[0]}. Set batch_size_override "
+                             f"instead of changing get_batch_composition.")
         return x_l, y_l, x_u
 
     def before_step(self) -> None:

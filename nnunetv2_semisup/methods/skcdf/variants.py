@@ -41,14 +41,16 @@ class nnUNetTrainerSKCDF_paper(nnUNetTrainerSKCDF):
         self.skcdf_momentum = 0.9
         self.grad_clip = None
         self.num_epochs = 1500
-        self.skcdf_batch_size = 2
+        self.batch_size_override = 2
 
     def initialize(self):
         super().initialize()
-        # the reference repeats the labeled set to the unlabeled set size, drop_last, 2 per batch
+        # the reference repeats the labeled set to the unlabeled set size, drop_last, 2 per batch (the global batch:
+        # on several GPUs an iteration still consumes one batch in all)
         if self._unlabeled_available():
             n_u = len(self.dataset_class.get_identifiers(self.unlabeled_preprocessed_folder))
-            self.num_iterations_per_epoch = max(1, n_u // self.skcdf_batch_size)
+            global_batch = self.batch_size_override or self.configuration_manager.batch_size
+            self.num_iterations_per_epoch = max(1, n_u // global_batch)
 
 
 class nnUNetTrainerSKCDF_noSKCM(nnUNetTrainerSKCDF):
