@@ -102,7 +102,18 @@ def run_seed(args, seed: int, log=sys.stdout) -> dict:
     train = [f"syn_{i:03d}" for i in range(qa.train_cases)]
     test = [f"syn_{i:03d}" for i in range(qa.train_cases, qa.train_cases + qa.test)]
     start, pool = train[:args.start], train[args.start:]
-    out = {"seed": seed, "start": start}
+    partial = cache + ".partial"  # the stages done so far: an interrupted seed resumes after its last finished stage
+    if os.path.isfile(partial):
+        with open(partial) as f:
+            out = json.load(f)
+    else:
+        out = {"seed": seed, "start": start}
+
+    def save(path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(out, f, indent=1)
+        os.replace(path + ".tmp", path)
 
     def config(tag: str, dataset_id: int, n_labeled: int) -> demo.DemoConfig:
         return demo.DemoConfig(out=os.path.join(base, tag), device=args.device, methods=[demo.BASELINE],
@@ -112,30 +123,36 @@ def run_seed(args, seed: int, log=sys.stdout) -> dict:
                                dataset_name=f"Dataset{dataset_id}_AL{tag}")
 
     cfg0 = config("start", 901, args.start)
-    demo.prepare_out_folder(cfg0.out)
-    make_raw(cfg0.raw_dataset, truth, start, pool, test)
-    out["start_result"] = train_and_evaluate(cfg0, log)
-    rank_dir = os.path.join(base, "ranking")
-    t0 = time.time()
-    demo.run_command(["nnUNetv2_semisup_rank_unlabeled", "-d", cfg0.dataset_id, "-tr", demo.BASELINE, "-o", rank_dir,
-                      "--score", args.score, "-device", args.device, "--overwrite", "--quiet"],
-                     demo.build_env(cfg0), os.path.join(base, "rank.log"))
-    out["rank_seconds"] = time.time() - t0
-    with open(os.path.join(rank_dir, "ranking.csv")) as f:
-        order = [r["case"] for r in csv.DictReader(f)]
-    out["order"] = order
+    if "start_result" not in out:
+        demo.prepare_out_folder(cfg0.out)
+        make_raw(cfg0.raw_dataset, truth, start, pool, test)
+        out["start_result"] = train_and_evaluate(cfg0, log)
+        save(partial)
+    if "order" not in out:
+        rank_dir = os.path.join(base, "rank_unlabeled")  # not a strategy's folder name
+        t0 = time.time()
+        demo.run_command(["nnUNetv2_semisup_rank_unlabeled", "-d", cfg0.dataset_id, "-tr", demo.BASELINE, "-o",
+                          rank_dir, "--score", args.score, "-device", args.device, "--overwrite", "--quiet"],
+                         demo.build_env(cfg0), os.path.join(base, "rank.log"))
+        out["rank_seconds"] = time.time() - t0
+        with open(os.path.join(rank_dir, "ranking.csv")) as f:
+            out["order"] = [r["case"] for r in csv.DictReader(f)]
+        save(partial)
+    order = out["order"]
     picks = {"ranking": order[:args.add], "lowest": order[-args.add:],
              "random": list(np.random.default_rng(1000 + seed).choice(pool, args.add, replace=False))}
     out["picks"] = picks
     for k, strategy in enumerate(STRATEGIES):
+        if strategy in out:
+            continue
         labeled = start + picks[strategy]
         cfg = config(strategy, 902 + k, len(labeled))
         demo.prepare_out_folder(cfg.out)
         make_raw(cfg.raw_dataset, truth, labeled, [c for c in pool if c not in labeled], test)
         out[strategy] = train_and_evaluate(cfg, log)
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    with open(cache, "w") as f:
-        json.dump(out, f, indent=1)
+        save(partial)
+    save(cache)
+    os.remove(partial)
     return out
 
 

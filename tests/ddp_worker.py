@@ -120,6 +120,11 @@ def run_rank(rank: int, world: int, port: int, name: str, pp: str, report: str, 
         "compositions": trainer.logger.local_logger.my_fantastic_logging["batch_unlabeled"],
         "steps": steps, "writes": sorted(set(writes)),
     }
+    write_report(rank, world, report, mine)
+
+
+def write_report(rank: int, world: int, report: str, mine: dict) -> None:
+    """Rank 0 writes every rank's report; then the process group ends."""
     everyone = [None] * world
     dist.all_gather_object(everyone, mine)
     if rank == 0:
@@ -158,13 +163,7 @@ def initialize_only(rank: int, world: int, port: int, names: str, pp: str, repor
                       "planned_oversample": planned_oversample,
                       "planned_batch_size": trainer.configuration_manager.batch_size,
                       "first_epoch": list(first), "last_epoch": list(last)}
-    everyone = [None] * world
-    dist.all_gather_object(everyone, mine)
-    if rank == 0:
-        with open(report, "w") as f:
-            json.dump(everyone, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    write_report(rank, world, report, mine)
 
 
 def free_port() -> int:
