@@ -351,3 +351,28 @@ def test_mean_teacher_keeps_the_labeled_batch_and_adds_unlabeled_on_top(planned_
     half = make_trainer(planned_dataset, "nnUNetTrainerMeanTeacher_halfBatch_short")
     half._set_batch_size_and_oversample()
     assert half.get_batch_composition() == (1, 1)
+
+
+def test_mean_teacher_after_step_moves_the_teacher_by_the_warmed_up_decay_and_counts_steps():
+    """Teacher ← d·teacher + (1 − d)·student with d = min(1 − 1/(k + 1), α) at step k (α = 0.99), then k ← k + 1:
+    from teacher 0 and student 4 at k = 1: d = 1/2 → 2; at k = 2: d = 2/3 → 2/3·2 + 1/3·4 = 8/3."""
+    from nnunetv2_semisup.methods.mean_teacher.trainer import nnUNetTrainerMeanTeacher
+    t = nnUNetTrainerMeanTeacher.__new__(nnUNetTrainerMeanTeacher)
+    t.network, t.teacher = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        t.network.weight.fill_(4.0)
+        t.teacher.weight.fill_(0.0)
+    t.mt_ema_decay, t.mt_global_step = 0.99, 1
+    t.after_step({})
+    assert t.teacher.weight.item() == pytest.approx(2.0) and t.mt_global_step == 2
+    t.after_step({})
+    assert t.teacher.weight.item() == pytest.approx(8 / 3) and t.mt_global_step == 3
+    assert t.network.weight.item() == 4.0  # the student is untouched
+    t.batch_size, t.mt_unlabeled_batch_size = 2, None
+    assert t.get_batch_composition() == (2, 2)  # B labeled + B unlabeled on top
+    t.mt_unlabeled_batch_size = 3
+    assert t.get_batch_composition() == (2, 3)
+    for bad in (0, -1):
+        t.mt_unlabeled_batch_size = bad
+        with pytest.raises(ValueError, match=f"mt_unlabeled_batch_size must be >= 1, got {bad}"):
+            t.get_batch_composition()

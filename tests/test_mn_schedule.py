@@ -192,3 +192,22 @@ def test_default_refresh_points_follow_the_papers_proportions():
             served.append((plan.own_epoch(e, TRAIN_3D), tuple(due)))
             done.update(due)
     assert served == [(67, ("warmup",)), (134, (0.25,)), (201, (0.375,)), (267, (0.5,)), (401, (0.75,))]
+
+
+def test_lrg_ratios_by_hand_with_a_final_lr_above_zero():
+    """Paper eq. 10 r = (η₀ − η)/(η₀ − η_final) with η_final ≠ 0 (a clamp at 1 below η_final), its default η_final = 0,
+    and the reference's linear r = (e − W)/(T − W), 0 before W."""
+    assert lrg_paper(5, 0.06, 0.1, 0.02) == 2  # r = 0.04 / 0.08 = 0.5, ⌊2.5⌋
+    assert lrg_paper(5, 0.01, 0.1, 0.02) == 5  # below η_final: r clamped to 1
+    assert lrg_paper(4, 0.05, 0.1) == 2  # default η_final = 0: r = 0.5
+    assert lrg_ratio("paper", 3, 0, 10, lr=0.06, peak_epoch=1, peak_lr=0.1, final_lr=0.02) == pytest.approx(0.5)
+    assert lrg_ratio("paper", 3, 0, 10, lr=0.01, peak_epoch=1, peak_lr=0.1, final_lr=0.02) == 1.0
+    assert lrg_ratio("paper", 0, 0, 10, lr=0.05, peak_epoch=1, peak_lr=0.1) == 0.0  # before the co-training peak
+    assert lrg_ratio("paper", 3, 0, 10, lr=0.01, peak_epoch=1, peak_lr=0.1, final_lr=0.1) == 0.0  # no decay left
+    for e, r in ((0, 0.0), (3, 0.0), (4, 0.0), (6, 2 / 6), (9, 5 / 6), (12, 1.0)):  # W = 4, T = 10
+        assert lrg_ratio("linear", e, 4, 10) == pytest.approx(r), e
+    assert lrg_linear(5, 3, 4, 10) == 0 and lrg_linear(5, 4, 4, 10) == 0 and lrg_linear(6, 7, 4, 10) == 3
+    with pytest.raises(ValueError, match="unknown mn_lrg_mode 'uniform'"):
+        lrg_ratio("uniform", 3, 0, 10)
+    # a schedule too short for co-training: its peak is the LR at W
+    assert cotraining_lr_peak(lambda e: 1.0 / (e + 1), 5, 5) == (5, 1.0 / 6)

@@ -152,3 +152,18 @@ def test_rampup_values():
     ws = [sigmoid_rampup_weight(k, e) for k in range(0, 1600, 7)]
     assert all(b >= a for a, b in zip(ws, ws[1:]))
     assert sigmoid_rampup_weight(0, 1) == 10.0
+
+
+def test_class_counts_every_class_even_absent_ones_and_refuse_a_label_equal_to_the_class_count():
+    counts = class_voxel_counts([np.array([[0, 1], [1, -1]]), np.array([0, 0, 1])], num_classes=4)
+    assert counts.dtype == np.int64 and counts.tolist() == [4, 3, 0, 0]  # −1 counts as background; 2, 3 absent
+    with pytest.raises(ValueError, match="label 3 but the dataset has only 3 classes"):
+        class_voxel_counts([np.array([0, 1, 3])], num_classes=3)
+
+
+def test_balanced_probabilities_treat_a_single_voxel_as_present_and_name_the_absent_classes():
+    with pytest.warns(UserWarning, match=r"class\(es\) liver, tumour never occur"):
+        p = balanced_probabilities([10, 0, 1, 0, 4], class_names=["bg", "liver", "vessel", "tumour", "kidney"])
+    assert p.tolist() == pytest.approx([0.1, 1.0, 1.0, 1.0, 0.25])  # the one-voxel class is the rarest present
+    with pytest.warns(UserWarning, match=r"class\(es\) 1 never occur"):
+        balanced_probabilities([3, 0, 6])

@@ -351,3 +351,12 @@ def test_cross_mode_rejects_unequal_halves():
         m(torch.randn(3, 8, 2, 2, 2), "cross")
     with pytest.raises(ValueError, match="planned patch size"):
         m(torch.randn(2, 8, 2, 2, 4), "self")
+
+
+def test_cross_mode_refuses_an_odd_batch():
+    """Cross attention pairs the labeled half with the unlabeled half: an odd batch (here 3 samples of 2 channels)
+    has no halves."""
+    m = _skcm(2, (2, 4, 4))
+    with pytest.raises(ValueError, match="odd batch of 3 samples"):
+        m(torch.randn(3, 2, 2, 4, 4, dtype=torch.float64), "cross")
+    assert m(torch.randn(3, 2, 2, 4, 4, dtype=torch.float64), "self").shape == (3, 2, 2, 4, 4)
