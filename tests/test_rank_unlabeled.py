@@ -36,6 +36,32 @@ def test_scan_scores_of_two_disagreeing_views():
     assert s["disagreement"] == pytest.approx(0.5) and s["view_dice"] == pytest.approx(2 / 3) and s["views"] == 2
 
 
+def test_heat_map_is_disagreement_with_views_and_normalised_entropy_with_one(tmp_path):
+    one_hot = np.zeros((3, 1, 1, 3))
+    one_hot[0, 0, 0, 0] = one_hot[1, 0, 0, 1] = one_hot[2, 0, 0, 2] = 1  # labels 0, 1, 2
+    other = one_hot.copy()
+    other[:, 0, 0, 2] = (0, 1, 0)  # the second view says 1 where the first says 2
+    assert R.heat_map([one_hot, other]).ravel().tolist() == [0, 0, 1]
+    single = np.zeros((3, 1, 1, 3))
+    single[:, 0, 0, 0] = 1 / 3  # uniform: entropy log 3, normalised 1
+    single[:, 0, 0, 1] = (0.5, 0.5, 0.0)  # log 2 / log 3
+    single[:, 0, 0, 2] = (0.0, 0.0, 1.0)  # certain: 0
+    assert R.heat_map([single]).ravel() == pytest.approx([1.0, math.log(2) / math.log(3), 0.0], abs=1e-6)
+    # the picture shows the slice where the heat map sums highest (slice 2 of 4), its third panel white there
+    image, labels, heat = np.random.default_rng(0).random((4, 8, 8)), np.zeros((4, 8, 8), int), np.zeros((4, 8, 8))
+    heat[2], labels[2, 2:5, 2:5] = 1.0, 1
+    png = R.write_disagreement_png(str(tmp_path / "p.png"), image, labels, heat)
+    from matplotlib import pyplot as plt
+    row = plt.imread(png)[..., :3]
+    k = row.shape[0] // 8
+    third = row[:, -8 * k:]
+    assert third.min() == pytest.approx(1.0)  # all white: slice 2 was drawn
+    from nnunetv2_semisup.evaluation.pictures import SEPARATOR
+    plain, pred = row[:, :8 * k], row[:, (8 + SEPARATOR) * k:(16 + SEPARATOR) * k]
+    differs = (pred != plain).any(-1)
+    assert differs.any() and not differs[:2 * k].any()  # the outline of slice 2's square, nothing above it
+
+
 def test_combined_order_empty_first_then_uncertain_and_inconsistent():
     scores = {"easy": {"entropy": 0.1, "disagreement": 0.0, "foreground_voxels": 9},
               "unsure": {"entropy": 0.9, "disagreement": 0.2, "foreground_voxels": 9},

@@ -260,10 +260,8 @@ def rank(args, stream=None) -> List[dict]:
             probs.append(torch.softmax(logits, 0).numpy())
         scores[case] = scan_scores(probs)
         thumbs[case] = thumbnail(data)
-        labels = np.stack([reliability.hard_labels(p) for p in probs])
-        mean_label = reliability.hard_labels(np.mean(probs, 0))
-        differ = (labels != labels[0:1]).any(0)
-        pictures[case] = (np.asarray(data[0]), mean_label, differ.astype(np.float32))
+        mean_probs = np.mean(probs, 0)
+        pictures[case] = (np.asarray(data[0]), reliability.hard_labels(mean_probs), heat_map(probs))
     add_combined(scores)
     order = informative_order(scores, args.score)
     order, duplicates = spread(order, thumbs, args.diversity)
@@ -303,15 +301,25 @@ def rank(args, stream=None) -> List[dict]:
     return rows
 
 
-def write_disagreement_png(path: str, image: np.ndarray, labels: np.ndarray, differ: np.ndarray) -> str:
-    """One row on the slice (first array axis) where the views disagree most: image | prediction outlined |
-    disagreement (white where the views' labels differ)."""
+def heat_map(view_probabilities: Sequence[np.ndarray]) -> np.ndarray:
+    """Where a scan is unsure, per voxel in [0, 1]: with several views 1 where their labels differ (disagreement);
+    with one view the entropy of its softmax divided by log C (1 = uniform over the C classes)."""
+    if len(view_probabilities) > 1:
+        labels = np.stack([reliability.hard_labels(p) for p in view_probabilities])
+        return (labels != labels[0:1]).any(0).astype(np.float32)
+    p = np.clip(np.asarray(view_probabilities[0], np.float64), 1e-12, 1.0)
+    return (-(p * np.log(p)).sum(0) / math.log(p.shape[0])).astype(np.float32)
+
+
+def write_disagreement_png(path: str, image: np.ndarray, labels: np.ndarray, heat: np.ndarray) -> str:
+    """One row on the slice (first array axis) where the heat map (``heat_map``: the views' disagreement, or the
+    entropy of a single view) sums highest: image | prediction outlined | heat map (white = unsure)."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     from matplotlib import pyplot as plt
 
     from nnunetv2_semisup.evaluation.pictures import SEPARATOR, _grey, class_color, outline
-    z = int(np.argmax(differ.reshape(differ.shape[0], -1).sum(1)))
+    z = int(np.argmax(heat.reshape(heat.shape[0], -1).sum(1)))
     finite = image[np.isfinite(image)]
     window = tuple(np.percentile(finite, (1, 99))) if finite.size else (0.0, 1.0)
     shape = image.shape[1:]
@@ -319,9 +327,8 @@ def write_disagreement_png(path: str, image: np.ndarray, labels: np.ndarray, dif
     pred = plain.copy()
     for c in sorted(int(v) for v in np.unique(labels[z]) if v > 0):
         pred[outline(labels[z] == c)] = class_color(c)
-    heat = _grey(differ[z], shape, (0.0, 1.0))
     sep = np.full((shape[0], SEPARATOR, 3), 255, np.uint8)
-    row = np.concatenate((plain, sep, pred, sep, heat), axis=1)
+    row = np.concatenate((plain, sep, pred, sep, _grey(heat[z], shape, (0.0, 1.0))), axis=1)
     k = max(1, int(np.ceil(192 / max(shape))))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     plt.imsave(path, np.repeat(np.repeat(row, k, 0), k, 1))
