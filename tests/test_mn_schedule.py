@@ -211,3 +211,45 @@ def test_lrg_ratios_by_hand_with_a_final_lr_above_zero():
         lrg_ratio("uniform", 3, 0, 10)
     # a schedule too short for co-training: its peak is the LR at W
     assert cotraining_lr_peak(lambda e: 1.0 / (e + 1), 5, 5) == (5, 1.0 / 6)
+
+
+def test_schedule_bounds_and_the_per_model_scheduler_by_hand():
+    # W: 0 and E are allowed, outside them refused; no fraction means no supervised stage
+    assert warmup_stage_epochs(10, fraction=0) == 0 and warmup_stage_epochs(10, absolute=0) == 0
+    assert warmup_stage_epochs(10, absolute=10) == 10
+    for bad in (-1, 11):
+        with pytest.raises(ValueError, match=f"warm-up stage of {bad} epochs does not fit into num_epochs=10"):
+            warmup_stage_epochs(10, absolute=bad)
+    # E = 10, W = 3 with co-training: epochs 3, 5, 7, 9 train the 3D model, 4, 6, 8 the 2D model
+    plan = MNEpochPlan(10, 3)
+    assert [plan.phase(e) for e in range(10)] == [WARMUP] * 3 + [TRAIN_3D, TRAIN_2D] * 3 + [TRAIN_3D]
+    assert (plan.T_3d, plan.T_2d, plan.schedule_length(TRAIN_3D), plan.schedule_length(TRAIN_2D)) == (7, 6, 7, 6)
+    assert [plan.own_epoch(e, TRAIN_3D) for e in (3, 4, 5, 6, 9)] == [3, 4, 4, 5, 6]
+    assert [plan.own_epoch(e, TRAIN_2D) for e in (3, 4, 5, 6, 9)] == [3, 3, 4, 4, 6]
+    alone = MNEpochPlan(10, 3, cotraining=False)  # the 3D model trains every epoch, the 2D model only in the warm-up
+    assert [alone.own_epoch(e, TRAIN_3D) for e in (5, 9)] == [5, 9] and alone.own_epoch(9, TRAIN_2D) == 3
+    assert (alone.T_3d, alone.T_2d) == (10, 3)
+    # LR schedules: nnU-Net's poly ends at 0; the cosine ones refuse empty stages
+    assert PolySchedule(0.01, 10).final_lr == 0.0 and PolySchedule(0.01, 10)(10) == 0.0
+    for total, warmup in ((5, 0), (0, 1)):
+        with pytest.raises(ValueError, match=f"total ≥ 1 and warm-up ≥ 1 epochs, got {total} and {warmup}"):
+            WarmupCosineSchedule(1.0, total, warmup)
+    assert WarmupCosineSchedule(1.0, 1, 1)(0) == pytest.approx(0.01)
+    for warmup, restart, total in ((0, 5, 10), (5, 5, 10), (2, 10, 10)):
+        with pytest.raises(ValueError, match=rf"0 < warm-up \({warmup}\) < restart \({restart}\) < total \({total}\)"):
+            ReferenceCompositeSchedule(1.0, total, warmup, restart)
+    ReferenceCompositeSchedule(1.0, 3, 1, 2)  # the smallest valid one
+    assert lr_warmup_epochs(40, 50 / 4000) == 1 and lr_warmup_epochs(4000, 50 / 4000) == 50
+    # the per-model scheduler sets lr = schedule(own epoch) only in the epochs its model trains
+    import torch
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=99.0)
+    sched = ModelLRScheduler(opt, lambda e: 0.1 * (e + 1), plan, TRAIN_2D)
+    assert sched.get_last_lr() == [99.0] and sched.state_dict()["last_own_epoch"] is None
+    assert sched.step(5) is False and opt.param_groups[0]["lr"] == 99.0  # a 3D epoch
+    assert sched.step(6) is True and opt.param_groups[0]["lr"] == pytest.approx(0.5)  # own epoch 4
+    assert sched.get_last_lr() == [pytest.approx(0.5)]
+    assert sched.state_dict() == {"num_steps": 1, "last_own_epoch": 4, "last_lr": [pytest.approx(0.5)]}
+    # refresh points: none at the end of a warm-up that does not exist
+    assert "warmup" not in due_pseudo_label_refreshes(0, MNEpochPlan(10, 0), (), set())
+    assert due_pseudo_label_refreshes(3, plan, (), set()) == ["warmup"]
+    assert due_pseudo_label_refreshes(2, plan, (), set()) == []
