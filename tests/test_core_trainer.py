@@ -345,6 +345,8 @@ def test_mean_teacher_keeps_the_labeled_batch_and_adds_unlabeled_on_top(planned_
     assert t.batch_size == 2 and t.get_batch_composition() == (2, 2)
     t.mt_unlabeled_batch_size = 3
     assert t.get_batch_composition() == (2, 3)
+    t.mt_unlabeled_batch_size = 1
+    assert t.get_batch_composition() == (2, 1)
     t.mt_unlabeled_batch_size = 0
     with pytest.raises(ValueError, match="mt_unlabeled_batch_size"):
         t.get_batch_composition()
@@ -372,6 +374,8 @@ def test_mean_teacher_after_step_moves_the_teacher_by_the_warmed_up_decay_and_co
     assert t.get_batch_composition() == (2, 2)  # B labeled + B unlabeled on top
     t.mt_unlabeled_batch_size = 3
     assert t.get_batch_composition() == (2, 3)
+    t.mt_unlabeled_batch_size = 1
+    assert t.get_batch_composition() == (2, 1)
     for bad in (0, -1):
         t.mt_unlabeled_batch_size = bad
         with pytest.raises(ValueError, match=f"mt_unlabeled_batch_size must be >= 1, got {bad}"):

@@ -198,7 +198,7 @@ def test_lrg_ratios_by_hand_with_a_final_lr_above_zero():
     """Paper eq. 10 r = (η₀ − η)/(η₀ − η_final) with η_final ≠ 0 (a clamp at 1 below η_final), its default η_final = 0,
     and the reference's linear r = (e − W)/(T − W), 0 before W."""
     assert lrg_paper(5, 0.06, 0.1, 0.02) == 2  # r = 0.04 / 0.08 = 0.5, ⌊2.5⌋
-    assert lrg_paper(5, 0.01, 0.1, 0.02) == 5  # below η_final: r clamped to 1
+    assert lrg_paper(5, 0.0, 0.1, 0.02) == 5  # below η_final: r = 1.25 clamped to 1
     assert lrg_paper(4, 0.05, 0.1) == 2  # default η_final = 0: r = 0.5
     assert lrg_ratio("paper", 3, 0, 10, lr=0.06, peak_epoch=1, peak_lr=0.1, final_lr=0.02) == pytest.approx(0.5)
     assert lrg_ratio("paper", 3, 0, 10, lr=0.01, peak_epoch=1, peak_lr=0.1, final_lr=0.02) == 1.0
