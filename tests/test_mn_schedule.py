@@ -252,4 +252,5 @@ def test_schedule_bounds_and_the_per_model_scheduler_by_hand():
     # refresh points: none at the end of a warm-up that does not exist
     assert "warmup" not in due_pseudo_label_refreshes(0, MNEpochPlan(10, 0), (), set())
     assert due_pseudo_label_refreshes(3, plan, (), set()) == ["warmup"]
+    assert due_pseudo_label_refreshes(1, MNEpochPlan(10, 1), (), set()) == ["warmup"]  # a one-epoch warm-up too
     assert due_pseudo_label_refreshes(2, plan, (), set()) == []
