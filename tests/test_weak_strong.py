@@ -222,3 +222,23 @@ def test_contrast_remap_baseline_adds_the_remapping_to_nnunets_pipeline(planned_
     ours = t.get_training_transforms(*args).transforms
     assert isinstance(ours[1], RandomTransform) and isinstance(ours[1].transform, TissueContrastRemap)
     assert ours[1].apply_probability == 0.5 and [repr(x) for x in ours[:1] + ours[2:]] == stock
+
+
+def test_strong_view_is_the_documented_recipe():
+    """docs/weak_strong.md: the tissue-contrast remapping first (its own probability; 0 = off), then nnU-Net's six
+    intensity transforms, each with probability 0.5, noise variance ≤ 0.2, blur σ 0.5-1.5, brightness and contrast
+    0.5-1.5, low resolution down to 0.35 (not along ignored axes), gamma 0.5-2 (inverted with probability 0.2)."""
+    t = augment.strong_intensity_transforms(ignore_axes=(0,), remap_probability=0.3).transforms
+    assert [(type(r.transform).__name__, r.apply_probability) for r in t] == [
+        ("TissueContrastRemap", 0.3), ("GaussianNoiseTransform", 0.5), ("GaussianBlurTransform", 0.5),
+        ("MultiplicativeBrightnessTransform", 0.5), ("ContrastTransform", 0.5),
+        ("SimulateLowResolutionTransform", 0.5), ("GammaTransform", 0.5)]
+    noise, blur, brightness, contrast, lowres, gamma = (r.transform for r in t[1:])
+    assert tuple(noise.noise_variance) == (0, 0.2) and tuple(blur.blur_sigma) == (0.5, 1.5)
+    assert tuple(brightness.multiplier_range.contrast_range) == (0.5, 1.5)
+    assert tuple(contrast.contrast_range.contrast_range) == (0.5, 1.5) and contrast.preserve_range
+    assert tuple(lowres.scale) == (0.35, 1) and tuple(lowres.ignore_axes) == (0,)
+    assert tuple(gamma.gamma.contrast_range) == (0.5, 2.0) and gamma.p_invert_image == 0.2
+    assert gamma.p_retain_stats == 1
+    no_remap = augment.strong_intensity_transforms(remap_probability=0).transforms
+    assert [type(r.transform).__name__ for r in no_remap] == [type(r.transform).__name__ for r in t[1:]]
