@@ -242,3 +242,19 @@ def test_strong_view_is_the_documented_recipe():
     assert gamma.p_retain_stats == 1
     no_remap = augment.strong_intensity_transforms(remap_probability=0).transforms
     assert [type(r.transform).__name__ for r in no_remap] == [type(r.transform).__name__ for r in t[1:]]
+
+
+def test_strong_view_changes_nothing_of_nnunets_transforms_but_the_documented_ranges():
+    """Every other setting of each strong transform (per-channel probabilities, channel/axis synchronisation, range
+    preservation, kept statistics, ...) is nnU-Net's own, read from nnU-Net's training pipeline."""
+    changed = {"noise_variance", "blur_sigma", "multiplier_range", "contrast_range", "scale", "gamma", "p_invert_image",
+               "ignore_axes"}
+    nnunet = [r.transform for r in nnunet_pipeline().transforms
+              if isinstance(r, RandomTransform) and isinstance(r.transform, augment.INTENSITY_TRANSFORMS)]
+    strong = [r.transform for r in augment.strong_intensity_transforms(remap_probability=0).transforms]
+    for s in strong:
+        same_class = [n for n in nnunet if type(n) is type(s)]
+        assert same_class, type(s).__name__
+        kept = {k: v for k, v in vars(s).items() if k not in changed}
+        assert any(kept == {k: v for k, v in vars(n).items() if k not in changed} for n in same_class), \
+            (type(s).__name__, kept, [vars(n) for n in same_class])
