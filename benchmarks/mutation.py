@@ -18,6 +18,7 @@ The surviving mutants of a ``mutmut`` run are listed for a reviewer to judge (eq
 import argparse
 import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -210,11 +211,16 @@ def mutmut(args) -> int:
             t0 = time.time()
             timed_out = False
             with open(os.path.join(tmp, "mutmut.log"), "w") as log:
+                # its own process group: at the time limit mutmut *and* the mutant runs it forked are stopped
+                proc = subprocess.Popen([sys.executable, "-m", "mutmut", "run", "--max-children",
+                                         str(args.max_children)], cwd=copy, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
                 try:
-                    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
-                                   cwd=copy, env=env, timeout=args.timeout, stdout=log, stderr=subprocess.STDOUT)
+                    proc.wait(timeout=args.timeout)
                 except subprocess.TimeoutExpired:
                     timed_out = True  # the mutants run so far keep their result; the others count as not run
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
             out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=copy, env=env,
                                  capture_output=True, text=True).stdout
             status = [ln.strip().rsplit(": ", 1) for ln in out.splitlines() if ": " in ln]
