@@ -124,7 +124,10 @@ def run_rank(rank: int, world: int, port: int, name: str, pp: str, report: str, 
 
 
 def write_report(rank: int, world: int, report: str, mine: dict) -> None:
-    """Rank 0 writes every rank's report; then the process group ends."""
+    """Rank 0 writes every rank's report; then the process group ends and the rank exits at once. Left to Python's
+    interpreter shutdown, a rank aborted about once in 50 runs after a clean ``destroy_process_group`` ("terminate
+    called without an active exception": C++ threads torn down during finalization), which failed a CI run; the
+    report is complete by then, so nothing is lost by skipping finalization."""
     everyone = [None] * world
     dist.all_gather_object(everyone, mine)
     if rank == 0:
@@ -132,6 +135,9 @@ def write_report(rank: int, world: int, report: str, mine: dict) -> None:
             json.dump(everyone, f)
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def initialize_only(rank: int, world: int, port: int, names: str, pp: str, report: str, override):
