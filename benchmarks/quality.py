@@ -354,7 +354,8 @@ def summarize(args, rows: list) -> dict:
     for budget in args.budgets:
         base = {r["seed"]: r for r in main if r["method"] == demo.BASELINE and r["budget"] == budget}
         entries = []
-        for method in [demo.BASELINE, FULL] + list(args.methods):
+        # the compute-matched baseline is a row of the table too: how much of the gap more compute alone closes
+        for method in [demo.BASELINE, COMPUTE_MATCHED, FULL] + list(args.methods):
             runs = [r for r in main if r["method"] == method and (method == FULL or r["budget"] == budget)]
             if not runs:
                 continue
@@ -366,8 +367,11 @@ def summarize(args, rows: list) -> dict:
             labels = list(dict.fromkeys(k for r in runs for k in r["per_label_dice"]))
             # test cases of the scanners this budget's labeled cases come from vs the others (same images per seed)
             split = [seen_unseen_dice(r, set(r.get("train_case_scanners", [])[:budget])) for r in runs]
+            name = NAMES.get(method, demo.METHOD_NAMES.get(method, method))
+            if method == COMPUTE_MATCHED:
+                name = f"nnU-Net (labeled only, {args.compute_factor}x iterations: compute-matched)"
             entries.append({
-                "method": method, "name": NAMES.get(method, demo.METHOD_NAMES.get(method, method)), "n": len(runs),
+                "method": method, "name": name, "n": len(runs),
                 "seeds": sorted(r["seed"] for r in runs), "dice": _ms(r["dice"] for r in runs),
                 "hd95": _ms(r["hd95"] for r in runs), "gap_share": _ms(shares), "gap_share_per_seed": shares,
                 "dice_seen_scanners": _ms(x[0] for x in split), "dice_unseen_scanners": _ms(x[1] for x in split),

@@ -253,7 +253,8 @@ def test_t_interval_and_decision_rule_by_hand():
     a = q.parse_args(["--track", "iid", "--epochs", "10", "--methods", "A", "B", "--compute-factor", "2"])
 
     def row(method, seed, dice, hd95=10.0, budget=3):
-        return {"method": method, "budget": budget, "seed": seed, "epochs": 10, "dice": dice, "hd95": hd95}
+        return {"method": method, "budget": budget, "seed": seed, "epochs": 10, "dice": dice, "hd95": hd95,
+                "per_label_dice": {"organ": dice}, "per_label_hd95": {"organ": hd95}, "train_seconds": 1.0}
     lo = [0.50, 0.40, 0.45, 0.55, 0.50]
     rows = [row(q.demo.BASELINE, s, d) for s, d in enumerate(lo)]
     rows += [row(q.FULL, s, 0.9, budget=None) for s in range(5)]
@@ -265,6 +266,10 @@ def test_t_interval_and_decision_rule_by_hand():
     # B: better than both baselines on every seed but with a worse HD95
     rows += [row("B", s, d + 0.2, hd95=12.0) for s, d in enumerate(lo)]
     v = {e["method"]: e for e in q.verdicts(a, rows)["3"]}
+    # the compute-matched baseline is a row of the summary table (named with its factor), between the references
+    table = q.summarize(a, rows)["3"]
+    assert [e["method"] for e in table] == [q.demo.BASELINE, q.COMPUTE_MATCHED, q.FULL, "A", "B"]
+    assert table[1]["name"] == "nnU-Net (labeled only, 2x iterations: compute-matched)" and table[1]["n"] == 5
     assert v["A"]["vs_selftrain"]["mean"] == pytest.approx(0.16)
     assert v["A"]["vs_selftrain"]["low"] == pytest.approx(0.021178, abs=1e-6)
     assert v["A"]["vs_selftrain"]["high"] == pytest.approx(0.298822, abs=1e-6)
