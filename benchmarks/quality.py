@@ -396,7 +396,9 @@ def convergence(args, rows: list) -> list:
 
 
 # ------------------------------------------------------------------------------------------------- decision rule
-MIN_SEEDS_FOR_VERDICT = 5   # docs/benchmarks.md: "A row with fewer than 5 seeds gets no verdict"
+# docs/benchmarks.md: a row with fewer seeds than its track's protocol (i.i.d. 5; mixed-domain 3) gets no verdict
+def min_seeds_for_verdict(args) -> int:
+    return len(TRACKS[args.track]["seeds"])
 
 
 def t_interval(values) -> dict:
@@ -425,7 +427,7 @@ def verdicts(args, rows: list) -> dict:
     main = [r for r in rows if r["epochs"] == args.epochs]
     by = lambda method, budget: {r["seed"]: r for r in main if r["method"] == method  # noqa: E731
                                  and (method == FULL or r["budget"] == budget) and r["seed"] in args.seeds}
-    out = {}
+    out, min_seeds = {}, min_seeds_for_verdict(args)
     for budget in args.budgets:
         lo, cm, st, full = (by(demo.BASELINE, budget), by(COMPUTE_MATCHED, budget), by(SELFTRAIN, budget),
                             by(FULL, None))
@@ -442,12 +444,12 @@ def verdicts(args, rows: list) -> dict:
                  "gap_share": t_interval(shares),
                  "hd95": float(np.mean([runs[s]["hd95"] for s in runs])),
                  "hd95_labeled_only": float(np.mean([lo[s]["hd95"] for s in runs if s in lo])) if lo else math.nan}
-            complete = (len(runs) >= MIN_SEEDS_FOR_VERDICT and e["vs_compute_matched"]["n"] == len(runs)
+            complete = (len(runs) >= min_seeds and e["vs_compute_matched"]["n"] == len(runs)
                         and (method == SELFTRAIN or e["vs_selftrain"]["n"] == len(runs)))
-            # the rule needs every condition: one that already fails on all of the row's seeds (>= 5) decides it,
+            # the rule needs every condition: one that already fails on all of the row's seeds (>= min_seeds) decides it,
             # whatever the baseline that is still missing will show
             failing = []
-            if len(runs) >= MIN_SEEDS_FOR_VERDICT:
+            if len(runs) >= min_seeds:
                 for key, why in (("vs_compute_matched", "interval vs compute-matched labeled-only not above 0"),
                                  ("vs_selftrain", "interval vs self-training not above 0")):
                     d = e[key]
@@ -460,7 +462,8 @@ def verdicts(args, rows: list) -> dict:
                 e["verdict"] = ("does not beat nnU-Net: " + "; ".join(failing)
                                 + " (decided before every baseline has its seeds: no missing run can change it)")
             elif not complete:
-                e["verdict"], e["beats_nnunet"] = "no verdict (fewer than 5 seeds with both baselines)", None
+                e["verdict"] = f"no verdict (fewer than {min_seeds} seeds with both baselines)"
+                e["beats_nnunet"] = None
             else:
                 c1 = e["vs_compute_matched"]["low"] > 0
                 c2 = method == SELFTRAIN or e["vs_selftrain"]["low"] > 0

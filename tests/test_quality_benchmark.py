@@ -297,6 +297,35 @@ def test_t_interval_and_decision_rule_by_hand():
     assert "+0.160 [+0.021, +0.299]" in text and "beats nnU-Net" in text
 
 
+def test_mixed_domain_track_judges_its_three_seeds():
+    """The mixed-domain tracks run 3 seeds (their protocol): a row with all 3 gets a verdict from t(0.975, 2)."""
+    q = _quality()
+    a = q.parse_args(["--track", "unseen_C", "--epochs", "10", "--methods", "A", "--compute-factor", "3"])
+    assert a.seeds == [0, 1, 2] and a.budgets == [4]
+
+    def row(method, seed, dice, hd95=10.0, budget=4):
+        return {"method": method, "budget": budget, "seed": seed, "epochs": 10, "dice": dice, "hd95": hd95,
+                "per_label_dice": {"organ": dice}, "per_label_hd95": {"organ": hd95}, "train_seconds": 1.0}
+    lo = [0.50, 0.40, 0.45]
+    rows = [row(q.demo.BASELINE, s, d) for s, d in enumerate(lo)] + [row(q.FULL, s, 0.9, budget=None) for s in range(3)]
+    rows += [row(q.COMPUTE_MATCHED, s, d) for s, d in enumerate(lo)]
+    rows += [row(q.SELFTRAIN, s, d + 0.01) for s, d in enumerate(lo)]
+    # A - self-training = 0.10, 0.20, 0.30: mean 0.2, sd 0.1, t(0.975, 2) = 4.302653 -> half width 0.248414
+    rows += [row("A", s, d + 0.01 + x) for s, (d, x) in enumerate(zip(lo, (0.10, 0.20, 0.30)))]
+    v = {e["method"]: e for e in q.verdicts(a, rows)["4"]}
+    assert v["A"]["vs_selftrain"]["low"] == pytest.approx(0.2 - 0.248414, abs=1e-6)
+    assert v["A"]["vs_selftrain"]["high"] == pytest.approx(0.2 + 0.248414, abs=1e-6)
+    assert v["A"]["beats_nnunet"] is False and "self-training" in v["A"]["verdict"]
+    assert "decided before" not in v["A"]["verdict"]          # complete: all three seeds against both baselines
+    # self-training: +0.01 on each seed vs compute-matched (sd 0: a zero-width interval above 0)
+    assert v[q.SELFTRAIN]["beats_nnunet"] is True
+    # two seeds of the track's three: no verdict, and the message names the track's count
+    v2 = {e["method"]: e for e in q.verdicts(a, [r for r in rows if r["seed"] < 2])["4"]}
+    assert v2["A"]["beats_nnunet"] is None and "fewer than 3 seeds" in v2["A"]["verdict"]
+    # the i.i.d. track still wants five
+    assert q.min_seeds_for_verdict(q.parse_args(["--track", "iid"])) == 5
+
+
 def test_track_json_keeps_the_other_tracks(tmp_path):
     q = _quality()
     path = str(tmp_path / "q.json")
