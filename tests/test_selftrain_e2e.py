@@ -110,7 +110,8 @@ def test_selftrain_end_to_end_interrupted_in_every_step(source):
         unconfident = probs.max(0) < 0.5
         assert np.array_equal(label == 4, unconfident)
         assert np.array_equal(label[~unconfident], probs.argmax(0)[~unconfident])
-        assert float(r["ignored_share"]) == pytest.approx(unconfident.mean())
+        # the CSV keeps 6 significant digits (relative rounding error <= 5e-6)
+        assert float(r["ignored_share"]) == pytest.approx(unconfident.mean(), rel=1e-5)
     pngs = sorted(os.listdir(os.path.join(work, "round_1", "png")))
     assert len(pngs) == 6 and pngs[0].startswith("least_reliable_1_" + rows[-1]["case"])
 
