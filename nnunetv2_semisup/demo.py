@@ -47,6 +47,7 @@ METHOD_NAMES = {
     "nnUNetTrainerSKCDF_short": "SKCDF",
     "nnUNetTrainerCML_short": "CML",
     "nnUNetTrainerSKCDF_paper_short": "SKCDF (_paper recipe)",
+    "nnUNetTrainerSKCDF_earlyRamp_short": "SKCDF (λ_u ramp over the first 40 %)",
     "nnUNetTrainerCML_paper_short": "CML (_paper recipe)",
     "nnUNetTrainerWeakStrong_short": "weak→strong",
     "nnUNetTrainer_contrastRemap_short": "nnU-Net (labeled only) + contrast remapping",

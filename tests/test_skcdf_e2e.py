@@ -4,6 +4,7 @@ predict with stock ``nnUNetv2_predict`` (strict load of ``network_weights`` into
 """
 import glob
 import json
+import math
 import os
 
 import numpy as np
@@ -157,6 +158,17 @@ def test_variants_found_by_nnunet_and_configured(planned_dataset):
         assert tr.enable_deep_supervision is False and tr.skcdf_lambda_u == 10.0 and tr.skcdf_ema_omega == 0.99
         if name in expected:
             assert (tr.skcdf_use_skcm, tr.skcdf_use_aux, tr.skcdf_use_ema, tr.skcdf_mask_mode) == expected[name]
+        assert tr.skcdf_rampup_fraction == (0.4 if "earlyRamp" in name else 1.0)
+    early = get_trainer_from_args(str(ds.dataset_id), "3d_fullres", "all", "nnUNetTrainerSKCDF_earlyRamp_short",
+                                  device=torch.device("cpu"))
+    early.num_epochs = 11  # R = 0.4 · 10 = 4 epochs (published: R = 10)
+    assert early.unlabeled_weight(0) == pytest.approx(10 * math.exp(-5))
+    assert early.unlabeled_weight(2) == pytest.approx(10 * math.exp(-5 * 0.25))
+    assert early.unlabeled_weight(4) == early.unlabeled_weight(10) == 10.0
+    published = get_trainer_from_args(str(ds.dataset_id), "3d_fullres", "all", "nnUNetTrainerSKCDF_short",
+                                      device=torch.device("cpu"))
+    published.num_epochs = 11
+    assert published.unlabeled_weight(4) == pytest.approx(10 * math.exp(-5 * 0.36))
     tr = get_trainer_from_args(str(ds.dataset_id), "3d_fullres", "all", "nnUNetTrainerSKCDF_paper",
                                device=torch.device("cpu"))
     tr.initialize()

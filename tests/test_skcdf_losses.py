@@ -152,6 +152,12 @@ def test_rampup_values():
     ws = [sigmoid_rampup_weight(k, e) for k in range(0, 1600, 7)]
     assert all(b >= a for a, b in zip(ws, ws[1:]))
     assert sigmoid_rampup_weight(0, 1) == 10.0
+    # the early ramp spans 40 % of the run: R = 0.4 · 1500 = 600, so epoch 300 is t = 1/2 and 600 is full weight
+    assert sigmoid_rampup_weight(300, e, rampup_fraction=0.4) == pytest.approx(10 * math.exp(-5 / 4), abs=1e-12)
+    assert sigmoid_rampup_weight(600, e, rampup_fraction=0.4) == sigmoid_rampup_weight(1500, e, 10.0, 0.4) == 10.0
+    assert sigmoid_rampup_weight(5, e, rampup_fraction=0.0) == 10.0
+    with pytest.raises(ValueError, match="rampup_fraction must be in"):
+        sigmoid_rampup_weight(0, e, rampup_fraction=1.5)
 
 
 def test_class_counts_every_class_even_absent_ones_and_refuse_a_label_equal_to_the_class_count():

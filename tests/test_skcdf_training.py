@@ -40,7 +40,7 @@ def stub_trainer(net, cls=nnUNetTrainerSKCDF, **overrides):
     tr.skcdf_use_ema, tr.skcdf_ema_omega, tr.skcdf_mask_mode = True, 0.99, "reference"
     tr.skcdf_p = np.array([0.01, 0.2, 0.5, 1.0])
     tr.current_epoch, tr.num_epochs = 0, 10
-    tr.skcdf_rampup, tr.skcdf_lambda_u, tr.grad_clip = True, 10.0, 12.0
+    tr.skcdf_rampup, tr.skcdf_rampup_fraction, tr.skcdf_lambda_u, tr.grad_clip = True, 1.0, 10.0, 12.0
     tr.skcdf_iterations, tr.skcdf_last_ramp_weight = 0, None
     for k, v in overrides.items():
         setattr(tr, k, v)
@@ -174,6 +174,10 @@ def test_unlabeled_probabilities_follow_the_epoch():
     tr.current_epoch = 2
     np.testing.assert_allclose(tr.unlabeled_mask_probabilities(), 1 - 0.5 * (1 - tr.skcdf_p))
     assert tr.unlabeled_weight() == pytest.approx(10 * np.exp(-5 * 0.25))
+    tr.skcdf_rampup_fraction = 0.5  # R = 0.5·(5 − 1) = 2 epochs: full weight from epoch 2 on
+    assert tr.unlabeled_weight() == 10.0
+    assert tr.unlabeled_weight(1) == pytest.approx(10 * np.exp(-5 * 0.25))
+    np.testing.assert_allclose(tr.unlabeled_mask_probabilities(), 1 - 0.5 * (1 - tr.skcdf_p))  # q keeps its schedule
     tr.skcdf_rampup = False
     assert tr.unlabeled_weight() == 10.0
 

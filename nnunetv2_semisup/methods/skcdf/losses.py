@@ -127,6 +127,9 @@ def bernoulli_mask(probabilities, labels: torch.Tensor, generator: Optional[torc
     return torch.bernoulli(probs[labels.long()], generator=generator)[:, None]
 
 
-def sigmoid_rampup_weight(epoch: int, num_epochs: int, lambda_u: float = 10.0) -> float:
-    """w(e) = λ_u·exp(−5(1 − min(e, R)/R)²), R = E − 1 (the reference's one-epoch lag is dropped); λ_u if R = 0."""
-    return float(lambda_u * sigmoid_rampup(max(epoch, 0), num_epochs - 1))
+def sigmoid_rampup_weight(epoch: int, num_epochs: int, lambda_u: float = 10.0, rampup_fraction: float = 1.0) -> float:
+    """w(e) = λ_u·exp(−5(1 − min(e, R)/R)²), R = f·(E − 1) (the published ramp: f = 1, without the reference's
+    one-epoch lag); λ_u if R = 0."""
+    if not 0.0 <= rampup_fraction <= 1.0:
+        raise ValueError(f"rampup_fraction must be in [0, 1] (the share of the run the ramp spans), got {rampup_fraction}")
+    return float(lambda_u * sigmoid_rampup(max(epoch, 0), rampup_fraction * (num_epochs - 1)))

@@ -78,6 +78,7 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         # --- hyperparameters (docs/skcdf.md) ---
         self.skcdf_lambda_u = 10.0
         self.skcdf_rampup = True
+        self.skcdf_rampup_fraction = 1.0  # share of the run the ramp spans (published: all of it; _earlyRamp: 0.4)
         self.skcdf_ema_omega = 0.99
         self.skcdf_use_ema = True
         self.skcdf_mask_mode = "reference"
@@ -157,11 +158,12 @@ class nnUNetTrainerSKCDF(nnUNetTrainerSemiSup):
         return unlabeled_probabilities(self.skcdf_p, self.current_epoch if epoch is None else epoch, self.num_epochs)
 
     def unlabeled_weight(self, epoch: Optional[int] = None) -> float:
-        """w(e) = λ_u·exp(−5(1 − e/(E − 1))²) with the ramp, λ_u without."""
+        """w(e) = λ_u·exp(−5(1 − min(e/R, 1))²), R = f·(E − 1), f = ``skcdf_rampup_fraction``, with the ramp; λ_u
+        without."""
         epoch = self.current_epoch if epoch is None else epoch
         if not self.skcdf_rampup:
             return float(self.skcdf_lambda_u)
-        return sigmoid_rampup_weight(epoch, self.num_epochs, self.skcdf_lambda_u)
+        return sigmoid_rampup_weight(epoch, self.num_epochs, self.skcdf_lambda_u, self.skcdf_rampup_fraction)
 
     # ------------------------------------------------------------------ training
     def inference_views(self) -> dict:

@@ -10,7 +10,9 @@
 | ``_DF`` | neither SKCM nor auxiliary heads (decoupled decoders + decoder EMA) | Tab. 3 "+ DF", Tab. 4 |
 | ``_DF_noEMA`` | ``_DF`` without decoder EMA | Tab. 4 "unlabeled / no" |
 | ``_DF_inferL``, ``_DF_noEMA_inferL`` | ``_DF`` / ``_DF_noEMA`` predicting with D_l's main head | Tab. 4 "labeled" rows |
+| ``_earlyRamp`` | the λ_u ramp spans the first 40 % of the run instead of all of it (half weight at 25 % instead of 63 %; Mean Teacher's default span) — a benchmark variant that tests whether the published ramp holds SKCDF back on a short schedule | — |
 | ``_short`` | short schedule for tests and the demo (``ShortScheduleMixin``) | — |
+| ``_earlyRamp_short`` | ``_earlyRamp`` on the short schedule (the quality benchmark's early-ramp row) | — |
 | ``_paper_short`` | ``_paper``'s optimiser, dropout, batch and no clipping on the short schedule (its epochs × iterations instead of 1500 × ⌊\|U\|/2⌋; the poly decay spans them) — the quality benchmark's paper row | — |
 
 Architecture switches are class attributes (nnU-Net rebuilds the network from the class at prediction time).
@@ -88,11 +90,25 @@ class nnUNetTrainerSKCDF_DF_noEMA_inferL(nnUNetTrainerSKCDF_DF_noEMA):
     skcdf_inference_decoder = "labeled"
 
 
+class nnUNetTrainerSKCDF_earlyRamp(nnUNetTrainerSKCDF):
+    """λ_u reaches full weight after 40 % of the run: the unlabeled term acts at ≥ half weight for the last 75 % of
+    any schedule (published ramp: the last 37 %). Not in the paper; a benchmark variant (docs/benchmarks.md)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.skcdf_rampup_fraction = 0.4
+
+
 class nnUNetTrainerSKCDF_short(ShortScheduleMixin, nnUNetTrainerSKCDF):
     """Short schedule for tests and the demo (epochs/iterations via nnUNet_semisup_short_* variables)."""
 
 
 class nnUNetTrainerSKCDF_DF_short(ShortScheduleMixin, nnUNetTrainerSKCDF_DF):
+    pass
+
+
+class nnUNetTrainerSKCDF_earlyRamp_short(ShortScheduleMixin, nnUNetTrainerSKCDF_earlyRamp):
     pass
 
 
@@ -110,4 +126,4 @@ __all__ = ["nnUNetTrainerSKCDF", "nnUNetTrainerSKCDF_truemask", "nnUNetTrainerSK
            "nnUNetTrainerSKCDF_noSKCM", "nnUNetTrainerSKCDF_noABSH", "nnUNetTrainerSKCDF_noEMA",
            "nnUNetTrainerSKCDF_DF", "nnUNetTrainerSKCDF_DF_noEMA", "nnUNetTrainerSKCDF_DF_inferL",
            "nnUNetTrainerSKCDF_DF_noEMA_inferL", "nnUNetTrainerSKCDF_short", "nnUNetTrainerSKCDF_DF_short",
-           "nnUNetTrainerSKCDF_paper_short"]
+           "nnUNetTrainerSKCDF_paper_short", "nnUNetTrainerSKCDF_earlyRamp", "nnUNetTrainerSKCDF_earlyRamp_short"]
