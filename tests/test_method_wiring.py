@@ -27,7 +27,7 @@ def test_skcdf_total_is_sup_plus_aux_plus_ramped_unlabeled_terms_and_du_learns_f
     tr.skcdf_p = np.ones(4)              # every voxel kept by the Bernoulli masks: deterministic
     tr.skcdf_mask_mode = "reference"
     tr.current_epoch, tr.num_epochs = 3, 10
-    tr.skcdf_rampup, tr.skcdf_lambda_u = True, 10.0
+    tr.skcdf_rampup, tr.skcdf_rampup_fraction, tr.skcdf_lambda_u = True, 1.0, 10.0  # the published ramp: the whole run
     g = torch.Generator().manual_seed(0)
     b = 2
     out = SKCDFTrainOutput(*(torch.randn(n, 4, 4, 6, 6, generator=g) for n in (2 * b, 2 * b, b, b)))
