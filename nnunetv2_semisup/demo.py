@@ -44,6 +44,7 @@ METHOD_NAMES = {
     BASELINE: "nnU-Net (labeled only)",
     "nnUNetTrainerMeanTeacher_short": "Mean Teacher",
     "nnUNetTrainerMN_short": "M&N",
+    "nnUNetTrainerMN_labeledIntact_short": "M&N (B labeled + LRG's unlabeled on top)",
     "nnUNetTrainerSKCDF_short": "SKCDF",
     "nnUNetTrainerCML_short": "CML",
     "nnUNetTrainerSKCDF_paper_short": "SKCDF (_paper recipe)",

@@ -174,7 +174,8 @@ def test_region_or_ignore_label_rejected(mn_env, kind):  # property 26
 @pytest.mark.parametrize("variant", ["nnUNetTrainerMN_whole", "nnUNetTrainerMN_decoder", "nnUNetTrainerMN_freeze",
                                      "nnUNetTrainerMN_scratch", "nnUNetTrainerMN_lrglinear",
                                      "nnUNetTrainerMN_uniform", "nnUNetTrainerMN_fixedpseudo", "nnUNetTrainerMN_paper",
-                                     "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_short"])
+                                     "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_short",
+                                     "nnUNetTrainerMN_labeledIntact", "nnUNetTrainerMN_labeledIntact_short"])
 def test_variants(mn_env, variant):  # docs/spec/mn.md §4, found by name through nnU-Net's own trainer lookup
     import math
     from nnunetv2_semisup.methods.mn.schedule import ReferenceCompositeSchedule
@@ -221,6 +222,7 @@ def test_variants(mn_env, variant):  # docs/spec/mn.md §4, found by name throug
         assert [math.ceil(f * t.mn_plan.T_3d) for f in t.mn_pseudo_refresh_fractions] == [1000, 1500, 2000, 3000]
         assert t.mn_2d_input_mapping == "unit" and t.lrg_batch_size == t.batch_size == 5
         assert t.mn_lrg_mode == ("linear" if variant.endswith("_lrglinear") else "paper")
+    assert t.mn_labeled_batch_intact == ("_labeledIntact" in variant)
     if variant.endswith("_short"):
         assert t.mn_2d_chunk_size == 16 and t.save_every == 1
 
@@ -365,6 +367,48 @@ def test_an_lrg_epoch_spreads_its_share_over_its_iterations(trainer):
         t.mn_phase, t.mn_unlabeled_share, t.mn_composition, t._mn_batch_unlabeled, t.batch_size = saved
 
 
+def test_labeled_batch_intact_adds_lrgs_unlabeled_patches_on_top_of_the_whole_labeled_batch(mn_env):
+    """``_labeledIntact`` (benchmark variant): B = 2, share 4/5 → the same b_u per iteration as the paper's batch
+    (⌊1.6(i+1)⌋ − ⌊1.6i⌋ = 1, 2, 1, 2, 2) but every step keeps both labeled patches: the loaders deliver (2, 2),
+    the student trains on 2 labeled + b_u unlabeled, 8 unlabeled and 10 labeled patches over 5 iterations (the
+    paper's batch: 8 and 2). Share 0 → (2, 0); warm-up → the whole labeled batch; uniform mode → (B, max draw)."""
+    from nnunetv2_semisup.data.unlabeled_loader import SemiSupBatchIterator
+    t = make_trainer(mn_env, "nnUNetTrainerMN_labeledIntact")
+    t.initialize()
+    seen = []
+
+    def spy(x_u, soft_u, x_l, targets_l):
+        seen.append((0 if x_u is None else x_u.shape[0], 0 if x_l is None else x_l.shape[0],
+                     0 if targets_l is None else targets_l[0].shape[0]))
+        return {"3d": np.float32(0), "dice_3d": np.float32(0), "kl_3d": np.float32(0)}
+    t.step_3d = spy
+    t.batch_size, t.mn_phase, t.mn_unlabeled_share = 2, TRAIN_3D, 0.8
+    t.current_epoch = next(e for e in range(t.num_epochs) if t.mn_plan.phase(e) == TRAIN_3D)
+    t.mn_composition = (2, 2)
+    assert [t.iteration_composition(i) for i in range(5)] == [(2, 1), (2, 2), (2, 1), (2, 2), (2, 2)]
+    labeled, unlabeled = FakeStream(t, 2, "labeled"), FakeStream(t, 2, "unlabeled")
+    it = SemiSupBatchIterator(labeled, unlabeled, t.iteration_composition)
+    for _ in range(5):
+        t.train_step(next(it))
+    assert seen == [(1, 2, 2), (2, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]
+    assert sum(u for u, _, _ in seen) == 8 and sum(l for _, l, _ in seen) == 10
+    assert t._mn_batch_unlabeled == [1, 2, 1, 2, 2]
+    t.mn_composition, t.mn_unlabeled_share = (2, 0), 0.0
+    assert all(t.iteration_composition(i) in (None, (2, 0)) for i in range(3))
+    t.mn_phase = WARMUP
+    assert t.iteration_composition(0) is None
+    # the epoch's loader composition: LRG's share from the learning rate, B labeled kept
+    t.mn_phase = None
+    t.mn_lrg_mode, t.batch_size, t.num_iterations_per_epoch, t._has_unlabeled = "uniform", 4, 30, True
+    t._labeled_stream = type("S", (), {"dataset": type("D", (), {"identifiers": ["a"] * 2})})()
+    t._unlabeled_stream = type("S", (), {"dataset": type("D", (), {"identifiers": ["b"] * 6})})()
+    b_l, b_u = t.get_batch_composition()
+    assert b_l == 4 and b_u == max(t._mn_uniform_draws) >= 1
+    t.mn_phase, t.mn_composition = TRAIN_3D, (b_l, b_u)
+    assert [t.iteration_composition(i) for i in range(30)] == [(4, u) for u in t._mn_uniform_draws]
+    del t.step_3d
+
+
 def test_uniform_mode_draws_an_epoch_at_its_start_and_loads_only_what_it_uses(mn_env):
     """'No LRG' ablation: b_u ~ Binomial(B, |U|/(|L|+|U|)) per iteration. The epoch's draws are made at its start
     (the same sequence from the same seed as one draw per step), the loaders deliver (B − min b_u, max b_u), and
@@ -394,6 +438,8 @@ def test_resume_with_other_settings_names_the_variant_and_a_legacy_window_is_ado
     state = t.get_method_state()
     with pytest.raises(ValueError, match=r"nnUNetTrainerMN_resume.*self\.mn_warmup_epochs = 3"):
         t.set_method_state({**state, "W": 3})
+    with pytest.raises(ValueError, match=r"self\.mn_labeled_batch_intact = True"):
+        t.set_method_state({**state, "labeled_batch_intact": True})
     with pytest.raises(ValueError, match=r"'reference' window.*-tr nnUNetTrainerMN_paper"):
         t.set_method_state({**state, "input_window": "reference"})
     legacy = {k: v for k, v in state.items() if k != "input_window"}

@@ -8,7 +8,8 @@ Documentation, and every deviation from the reference code: docs/mn.md.
 - Loss (``losses.py``): Dice_sq + KL_mean on cat(unlabeled with soft teacher targets, labeled with one-hot labels);
   the 3D student keeps nnU-Net's deep supervision with average-pooled soft targets.
 - Batches (``lrg.py``): a co-training epoch's unlabeled share s = ⌊r·B_LRG⌋/B_LRG from the trained model's LR
-  decay r (eq. 10), spread over its iterations at nnU-Net's batch size B; ``"uniform"`` draws b_u per iteration.
+  decay r (eq. 10), spread over its iterations at nnU-Net's batch size B; ``"uniform"`` draws b_u per iteration;
+  ``mn_labeled_batch_intact`` (benchmark variant) adds the b_u unlabeled patches to B labeled ones instead.
 - Pseudo-label refreshes (``pseudo_label_refresh.py``) at the end of warm-up and at 25/37.5/50/75 % of T_3D.
 - Inference: the 3D network only (``network_weights``, stock ``nnUNetv2_predict``); the SegFormer, its optimiser,
   grad scaler and the M&N state live under extra checkpoint keys.
@@ -59,6 +60,9 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         self.mn_warmup_fraction, self.mn_warmup_epochs = 0.125, None
         self.mn_lrg_mode = "paper"  # "paper" | "linear" | "uniform"
         self.mn_lrg_batch_size: Optional[int] = 5  # LRG share quantised as ⌊r·5⌋/5 (paper's B); None: planned B
+        # False (paper): LRG's b_u unlabeled patches replace labeled ones in the batch of B; True (_labeledIntact,
+        # a benchmark variant): nnU-Net's B labeled patches stay and the b_u unlabeled ones come on top
+        self.mn_labeled_batch_intact = False
         self.mn_2d_input_mapping = "imagenet"  # "imagenet" | "unit" (reference's [0, 1]) | "none" (nnU-Net's)
         # how intensities reach [0, 1] ("imagenet"/"unit"): "dataset" (one window from the plans), "reference"
         # (CT: the reference's [-175, 250] HU), "patch" (each patch by its percentiles; default before 2026-12-06)
@@ -260,6 +264,8 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         else:
             self.mn_unlabeled_share = unlabeled_share(self.lrg_ratio(phase), self.lrg_batch_size)
             comp = epoch_composition(self.mn_unlabeled_share, B)
+        if self.mn_labeled_batch_intact:
+            comp = (B, comp[1])  # the most unlabeled patches any iteration adds, on top of all B labeled ones
         self.mn_composition = comp
         return comp
 
@@ -339,7 +345,8 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
     def iteration_composition(self, iteration: int) -> Optional[Tuple[int, int]]:
         """An LRG epoch's share spread over its iterations at batch B: the loaders deliver the most of each part
         (``get_batch_composition``) and iteration i uses B patches, b_u of them unlabeled (paper/linear: the share's
-        quantised cumulative sum; uniform: the draw made for it at the epoch start)."""
+        quantised cumulative sum; uniform: the draw made for it at the epoch start). With
+        ``mn_labeled_batch_intact`` the same b_u come on top of all B labeled patches (B + b_u per step)."""
         B = self.batch_size
         n_l, n_u = self.mn_composition
         if self.mn_phase in (None, WARMUP) or n_l + n_u <= B:
@@ -351,7 +358,7 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
         else:  # more iterations than nnU-Net's epoch has (e.g. a step outside its loop): draw now
             b_u = self.draw_uniform_unlabeled()
         b_u = min(max(b_u, B - n_l), n_u)
-        return B - b_u, b_u
+        return (n_l if self.mn_labeled_batch_intact else B - b_u), b_u
 
     def train_step(self, batch: dict) -> dict:
         """The phase's step(s) on the patches ``iteration_composition`` kept: warm-up trains both models on the
@@ -394,6 +401,7 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
                 "scheduler_3d": self.lr_scheduler.state_dict(), "scheduler_2d": self.mn_scheduler_2d.state_dict(),
                 "lrg_mode": self.mn_lrg_mode, "schedule": self.mn_schedule,
                 "lrg_batch_size": self.mn_lrg_batch_size, "input_mapping": self.mn_2d_input_mapping,
+                "labeled_batch_intact": self.mn_labeled_batch_intact,
                 "input_window": self.mn_2d_input_window,
                 "pretrained_2d": self.mn_2d_pretrained, "composition": tuple(self.mn_composition),
                 "uniform_rng": self.mn_rng.bit_generator.state, "refreshes": list(self.mn_refreshes),
@@ -409,20 +417,23 @@ class nnUNetTrainerMN(PseudoLabelRefreshMixin, nnUNetTrainerSemiSup):
             self.class_locations_file = None
         self.set_class_locations_file(self.class_locations_file)
         plan = self.mn_plan
-        # checkpoints written before these settings existed used the LRG batch B and nnU-Net intensities
+        # checkpoints written before these settings existed used the LRG batch B, nnU-Net intensities and the
+        # paper's shared batch
         saved = (state["num_epochs"], state["W"], state["cotraining"], state["lrg_mode"], state["schedule"],
-                 state.get("lrg_batch_size"), state.get("input_mapping", "none"))
+                 state.get("lrg_batch_size"), state.get("input_mapping", "none"),
+                 state.get("labeled_batch_intact", False))
         now = (plan.num_epochs, plan.warmup_epochs, plan.cotraining, self.mn_lrg_mode, self.mn_schedule,
-               self.mn_lrg_batch_size, self.mn_2d_input_mapping)
-        if saved[-1] != "none" and state.get("input_window", "patch") != self.mn_2d_input_window:
+               self.mn_lrg_batch_size, self.mn_2d_input_mapping, self.mn_labeled_batch_intact)
+        if saved[6] != "none" and state.get("input_window", "patch") != self.mn_2d_input_window:
             self._adopt_or_refuse_input_window(state)
         if saved != now:
             # the attribute that sets each entry: the refusal spells out the variant that continues the run
             attributes = ("num_epochs", "mn_warmup_epochs", "mn_cotraining", "mn_lrg_mode", "mn_schedule",
-                          "mn_lrg_batch_size", "mn_2d_input_mapping")
+                          "mn_lrg_batch_size", "mn_2d_input_mapping", "mn_labeled_batch_intact")
             lines = "; ".join(f"self.{a} = {v!r}" for a, v, w in zip(attributes, saved, now) if v != w)
             raise ValueError(f"{self.__class__.__name__}: the checkpoint was trained with (num_epochs, W, "
-                             f"cotraining, lrg_mode, schedule, lrg_batch_size, 2d_input_mapping) = {saved}, this "
+                             f"cotraining, lrg_mode, schedule, lrg_batch_size, 2d_input_mapping, "
+                             f"labeled_batch_intact) = {saved}, this "
                              f"trainer has {now}; the M&N schedules and the 2D model depend on them. Resume with the "
                              f"variant that has the checkpoint's settings, e.g. `class "
                              f"{self.__class__.__name__}_resume({self.__class__.__name__}): def __init__(self, "

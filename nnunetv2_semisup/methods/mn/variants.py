@@ -17,6 +17,10 @@
 - ``nnUNetTrainerMN_paper_lrglinear``: ``_paper`` + linear LRG, the fully code-faithful schedule.
 - ``nnUNetTrainerMN_patchWindow``: the 2D input mapped to [0, 1] by each patch's own percentiles (the default
   before 2026-12-06; resumes runs started then).
+- ``nnUNetTrainerMN_labeledIntact``: not in the paper, a benchmark variant — nnU-Net's B labeled patches stay in
+  every batch and LRG's b_u unlabeled patches come on top (B + b_u per step) instead of replacing labeled ones, so
+  the 3D model sees as many labeled patches per step as nnU-Net alone (docs/benchmarks.md, issue 28).
+- ``nnUNetTrainerMN_labeledIntact_short``: ``_labeledIntact`` on the short schedule (the quality benchmark's row).
 - ``nnUNetTrainerMN_short``: test/demo variant (``ShortScheduleMixin``), 6 epochs, chunks of 16 slices.
 """
 import torch
@@ -27,7 +31,8 @@ from nnunetv2_semisup.training.short_schedule import ShortScheduleMixin
 __all__ = ["nnUNetTrainerMN", "nnUNetTrainerMN_whole", "nnUNetTrainerMN_decoder", "nnUNetTrainerMN_freeze",
            "nnUNetTrainerMN_scratch", "nnUNetTrainerMN_lrglinear",
            "nnUNetTrainerMN_uniform", "nnUNetTrainerMN_fixedpseudo", "nnUNetTrainerMN_paper",
-           "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_patchWindow", "nnUNetTrainerMN_short"]
+           "nnUNetTrainerMN_paper_lrglinear", "nnUNetTrainerMN_patchWindow", "nnUNetTrainerMN_labeledIntact",
+           "nnUNetTrainerMN_short", "nnUNetTrainerMN_labeledIntact_short"]
 
 
 class nnUNetTrainerMN_whole(nnUNetTrainerMN):
@@ -120,9 +125,26 @@ class nnUNetTrainerMN_patchWindow(nnUNetTrainerMN):
         self.mn_2d_input_window = "patch"
 
 
+class nnUNetTrainerMN_labeledIntact(nnUNetTrainerMN):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_labeled_batch_intact = True
+
+
 class nnUNetTrainerMN_short(ShortScheduleMixin, nnUNetTrainerMN):
     """Tests and the offline demo: 6 epochs (W = 1; the 3D and 2D models then alternate and b_u reaches 1 for
     B = 2), chunks of 16 slices so chunking and checkpointing are exercised."""
+    short_epochs = 6
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mn_2d_chunk_size = 16
+
+
+class nnUNetTrainerMN_labeledIntact_short(ShortScheduleMixin, nnUNetTrainerMN_labeledIntact):
+    """The quality benchmark's labeled-batch-intact M&N row (``_labeledIntact`` on the short schedule)."""
     short_epochs = 6
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
