@@ -64,7 +64,9 @@ def test_legacy_checkpoint_loads_every_tensor(compat_dataset, trainer, tmp_path)
     # and the transformers version that wrote the SegFormer config
     computed_at_save = {"method.epoch_3d", "method.epoch_2d", "method.segformer_config.transformers_version"}
     # settings added after the file was written take the value that reproduces how it was trained
-    added = {"method.input_window": "patch"} if trainer == "nnUNetTrainerMN_short" else {}
+    # (M&N: the per-patch input window and the paper's shared labeled/unlabeled batch)
+    added = ({"method.input_window": "patch", "method.labeled_batch_intact": "False"}
+             if trainer == "nnUNetTrainerMN_short" else {})
     assert r["added_since"] == added
     assert [d for d in r["differ"] if d not in computed_at_save | set(added)] == [], r["differ"][:10]
     assert r["current_epoch"] == 1
